@@ -1,0 +1,42 @@
+# The two commands of the README, and the steps they are made of.
+#   make run    set up .venv if needed, then generate a video with the default models
+#   make test   set up .venv if needed, then lint, type-check and run every test
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROMPT ?= A rocket flying that is about to take off
+PRESET ?=
+OUTPUT ?= rocket.mp4
+
+.PHONY: install run test lint typecheck pytest bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-torch
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	./scripts/install-torch $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fastsvd generate "$(PROMPT)" -o $(OUTPUT) $(if $(PRESET),--preset $(PRESET))
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,241 @@
+"""The ``fastsvd`` command line: ``fastsvd generate`` runs the pipeline on this machine.
+
+Errors are one line on stderr (``error: <field>: <message>``) with a non-zero exit code:
+2 for bad input, 1 for anything else, 130 when interrupted. No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+
+from fastsvd import __version__
+from fastsvd import constants as c
+from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput
+from fastsvd.schema import (
+    VIDEO_SIZE_PRESETS,
+    DeepCache,
+    File,
+    ImageToVideoInput,
+    TextToVideoInput,
+    VideoOutput,
+    field_errors,
+    resolve_seed,
+)
+from fastsvd.settings import Settings
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _parse_size(value: str | None) -> object:
+    """``WIDTHxHEIGHT`` becomes an object; anything else goes to the schema as a preset name."""
+    if value is None:
+        return None
+    width, sep, height = value.lower().partition("x")
+    if sep and width.strip().isdigit() and height.strip().isdigit():
+        return {"width": int(width), "height": int(height)}
+    return value
+
+
+def _image_data_uri(path: str) -> str:
+    """A local picture as a ``data:`` URI, the form the schema's ``image_url`` accepts."""
+    if path.startswith("data:"):
+        return path
+    if "://" in path:
+        raise InvalidInput(
+            "image_url", "the CLI reads local files; send URLs to a server (fastsvd serve)"
+        )
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInput("image_url", f"no such file: {path}")
+    content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    return f"data:{content_type};base64,{base64.b64encode(file.read_bytes()).decode()}"
+
+
+@contextmanager
+def _cancel_on_interrupt() -> Iterator[threading.Event]:
+    """The first Ctrl-C asks the pipeline to stop at its next step; a second one kills."""
+    cancelled = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if cancelled.is_set():
+            raise KeyboardInterrupt
+        cancelled.set()
+        click.echo("\ncancelling at the next step (Ctrl-C again to abort)", err=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancelled
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastsvd")
+def main() -> None:
+    """fastsvd: self-hosted, fal-compatible text-to-video (SDXL first frame + SVD-XT)."""
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the MP4.")
+@click.option("--image", help="Animate this picture (a file) instead of drawing a first frame.")
+@click.option("--negative-prompt", help="What the first frame should not show.")
+@click.option(
+    "--motion-bucket-id",
+    help=f"More motion when higher; 1-255 (default {c.DEFAULT_MOTION_BUCKET_ID}).",
+)
+@click.option(
+    "--cond-aug", help=f"Noise added to the first frame; 0-10 (default {c.DEFAULT_COND_AUG})."
+)
+@click.option("--seed", help="Seed for both stages (default: random, printed at the end).")
+@click.option(
+    "--steps", help=f"Video denoising steps; 1-{c.STEPS_MAX} (default {c.DEFAULT_STEPS})."
+)
+@click.option(
+    "--deep-cache",
+    help=f"Reuse deep U-Net features: {', '.join(d.value for d in DeepCache)} (default none).",
+)
+@click.option("--fps", help=f"Frames per second; 1-{c.FPS_MAX} (default {c.DEFAULT_FPS}).")
+@click.option(
+    "--video-size",
+    help=f"WIDTHxHEIGHT (multiples of 64) or one of {', '.join(VIDEO_SIZE_PRESETS)}.",
+)
+@click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny (no weights needed).")
+@click.option("--device", help="cuda, cuda:N or cpu (default: the best available).")
+@click.option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print the fal output object as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def generate(
+    prompt: str | None,
+    output: str | None,
+    image: str | None,
+    negative_prompt: str | None,
+    motion_bucket_id: str | None,
+    cond_aug: str | None,
+    seed: str | None,
+    steps: str | None,
+    deep_cache: str | None,
+    fps: str | None,
+    video_size: str | None,
+    preset: str | None,
+    device: str | None,
+    dtype: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Make a video from PROMPT (or from --image) on this machine and write it as MP4."""
+    fields: dict[str, Any] = {
+        "negative_prompt": negative_prompt,
+        "motion_bucket_id": motion_bucket_id,
+        "cond_aug": cond_aug,
+        "seed": seed,
+        "steps": steps,
+        "deep_cache": deep_cache,
+        "fps": fps,
+        "video_size": _parse_size(video_size),
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    request: TextToVideoInput | ImageToVideoInput
+    try:
+        if image is not None:
+            fields.pop("negative_prompt", None)
+            request = ImageToVideoInput.model_validate(
+                {"image_url": _image_data_uri(image), **fields}
+            )
+        else:
+            request = TextToVideoInput.model_validate({"prompt": prompt or "", **fields})
+    except ValidationError as exc:
+        field, message = field_errors(exc)[0]
+        _fail(f"{field}: {message}", EXIT_INVALID)
+    except InvalidInput as exc:
+        _fail(exc.message, EXIT_INVALID)
+
+    settings = Settings.from_env().with_overrides(preset=preset, device=device, dtype=dtype)
+    try:
+        result, path = _run_local(request, settings, output, quiet=quiet)
+    except InvalidInput as exc:
+        _fail(exc.message, EXIT_INVALID)
+    except GenerationCancelled:
+        _fail("cancelled", EXIT_INTERRUPTED)
+    except FastSVDError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+
+    if as_json:
+        click.echo(result.model_dump_json())
+    else:
+        click.echo(f"wrote {path}  seed={result.seed}")
+
+
+def _run_local(
+    request: TextToVideoInput | ImageToVideoInput,
+    settings: Settings,
+    output: str | None,
+    *,
+    quiet: bool,
+) -> tuple[VideoOutput, Path]:
+    # Heavy imports here, so `fastsvd --help` and input errors answer at once.
+    from fastsvd.pipeline.quiet import quiet_libraries
+
+    quiet_libraries()  # before the model libraries load, which is when they talk most
+
+    from fastsvd import media
+    from fastsvd.cli_progress import StageProgress
+    from fastsvd.pipeline.core import load_pipeline
+    from fastsvd.pipeline.device import choose
+    from fastsvd.pipeline.hooks import Hooks
+    from fastsvd.pipeline.presets import PRESETS
+
+    if settings.preset not in PRESETS:
+        raise InvalidInput("preset", f"unknown preset; use one of {', '.join(PRESETS)}")
+    seed = resolve_seed(request.seed)
+    placement = choose(settings.device, settings.dtype)
+    with StageProgress(enabled=not quiet) as progress, _cancel_on_interrupt() as cancelled:
+        progress.note(f"loading {settings.preset} on {placement}")
+        pipeline = load_pipeline(
+            PRESETS[settings.preset],
+            placement,
+            video_model=settings.video_model,
+            first_frame_model=settings.first_frame_model,
+            with_first_frame=isinstance(request, TextToVideoInput),
+        )
+        hooks = Hooks(on_step=progress.on_step, should_cancel=cancelled.is_set)
+        if isinstance(request, TextToVideoInput):
+            video = pipeline.text_to_video(request, seed, hooks)
+        else:
+            picture = media.decode_data_uri_image(request.image_url)
+            video = pipeline.image_to_video(picture, request, seed, hooks)
+        data = pipeline.to_mp4(video, hooks)
+    path = Path(output or f"fastsvd-{seed}.mp4").resolve()
+    path.write_bytes(data)
+    file = File(
+        url=path.as_uri(),
+        content_type=c.VIDEO_CONTENT_TYPE,
+        file_name=path.name,
+        file_size=len(data),
+    )
+    return VideoOutput(video=file, seed=seed), path
+
+
+if __name__ == "__main__":
+    main()

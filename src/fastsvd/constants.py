@@ -1,0 +1,48 @@
+"""Every fixed number and name of fastsvd in one place, with its unit in its name."""
+
+from __future__ import annotations
+
+# --- the fal endpoint contract -------------------------------------------------------------
+
+TEXT_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd/text-to-video"
+IMAGE_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd"
+
+NUM_FRAMES = 25  # SVD-XT renders 25 frames; fal: "Total video length is 25 frames"
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "unrealistic, saturated, high contrast, big nose, painting, drawing, sketch, cartoon, "
+    "anime, manga, render, CG, 3d, watermark, signature, label"
+)
+DEFAULT_MOTION_BUCKET_ID = 127
+DEFAULT_COND_AUG = 0.02
+DEFAULT_STEPS = 20
+DEFAULT_FPS = 10
+DEFAULT_VIDEO_SIZE = "landscape_16_9"
+
+# fal publishes no bounds for this endpoint; these follow its sibling endpoints where they have
+# them (motion_bucket_id 1-255, cond_aug 0-10) and the model's limits elsewhere.
+MOTION_BUCKET_ID_MIN, MOTION_BUCKET_ID_MAX = 1, 255
+COND_AUG_MIN, COND_AUG_MAX = 0.0, 10.0
+STEPS_MIN, STEPS_MAX = 1, 50
+FPS_MIN, FPS_MAX = 1, 100
+SEED_MIN, SEED_MAX = 0, 2**63 - 1
+RANDOM_SEED_MAX = 2**32 - 1  # seeds drawn for the caller stay short enough to read and retype
+PROMPT_MAX_CHARS = 2000
+
+# Custom sizes: each side a multiple of SIZE_MULTIPLE (the VAE's /8 times the U-Net's three
+# /2 downsamples, so every level of the U-Net sees whole latents), within these bounds.
+SIZE_MULTIPLE = 64
+SIDE_MIN_PX, SIDE_MAX_PX = 64, 2048
+PIXELS_MAX = 1024 * 1024  # the largest fal preset, square_hd
+
+# --- output files ------------------------------------------------------------------------
+
+VIDEO_CONTENT_TYPE = "video/mp4"
+VIDEO_CRF = 17  # x264 quality: visually lossless for 25 short frames, a few hundred KB
+
+DEFAULT_PRESET = "svd-xt-1.1"  # SDXL base first frame + SVD-XT 1.1, the model fal serves
+
+# --- input pictures -----------------------------------------------------------------------
+
+DATA_URI_MAX_BYTES = 20 * 1024 * 1024  # a data: URI's decoded size
+IMAGE_PIXELS_MAX = 40_000_000  # refuse larger pictures before decoding them (bombs)

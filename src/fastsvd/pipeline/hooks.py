@@ -1,0 +1,58 @@
+"""How a caller watches and stops a generation: named stages, a step hook, a cancel hook."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from fastsvd.errors import GenerationCancelled
+
+
+class Stage(enum.StrEnum):
+    """The stages of a text-to-video request, in order (image-to-video skips the first)."""
+
+    first_frame = "first_frame"  # text-to-image denoising steps
+    video = "video"  # SVD-XT denoising steps
+    decode = "decode"  # temporal VAE decode, one step per chunk of frames
+    export = "export"  # H.264 encode into MP4, one step per frame
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Step ``step`` (1-based) of ``total`` in ``stage`` has finished."""
+
+    stage: Stage
+    step: int
+    total: int
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Callbacks a generation calls: after every step, before every step, and with the first frame.
+
+    ``should_cancel`` is checked before every step of every stage, so a cancelled request stops
+    within one step with ``GenerationCancelled``.
+    """
+
+    on_step: Callable[[StepEvent], None] = field(default=_ignore)
+    should_cancel: Callable[[], bool] = field(default=_never)
+    on_first_frame: Callable[[Image.Image], None] = field(default=_ignore)
+
+    def check_cancel(self, stage: Stage, step: int) -> None:
+        """Raise ``GenerationCancelled`` if the caller asked to stop."""
+        if self.should_cancel():
+            raise GenerationCancelled(f"cancelled before {stage} step {step}")
+
+
+NO_HOOKS = Hooks()

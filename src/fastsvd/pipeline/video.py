@@ -1,0 +1,161 @@
+"""Stage 2: SVD-XT animates a first frame into 25 frames, then the temporal VAE decodes them.
+
+The denoising loop is ours rather than ``StableVideoDiffusionPipeline.__call__`` so that DeepCache,
+progress and cancellation sit inside it; every tensor it computes is the one the stock pipeline
+computes (the tests compare the two bit for bit with DeepCache off). It reuses the stock
+pipeline's components and helpers, so loading, preprocessing and conditioning are diffusers' own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import StableVideoDiffusionPipeline
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _append_dims,
+    retrieve_timesteps,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from fastsvd.pipeline.deepcache import CachedUNet, CacheSchedule
+from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """The inputs of one SVD-XT run, in the model's own terms."""
+
+    width: int
+    height: int
+    num_frames: int
+    steps: int
+    fps: int  # playback rate; the model is conditioned on fps - 1, as SVD was trained
+    motion_bucket_id: int
+    noise_aug_strength: float  # fal's cond_aug
+    seed: int
+    min_guidance_scale: float
+    max_guidance_scale: float
+    decode_chunk_size: int
+    cache: CacheSchedule | None
+
+
+def animate(
+    pipe: StableVideoDiffusionPipeline,
+    image: Image.Image,
+    settings: VideoSettings,
+    hooks: Hooks,
+) -> np.ndarray:
+    """Animate ``image``, already ``width`` x ``height``.
+
+    Returns the frames as float32 [F, H, W, 3] in [0, 1].
+    """
+    s = settings
+    device = pipe._execution_device
+    do_cfg = s.max_guidance_scale > 1.0
+    # One CPU generator, consumed in the stock order: conditioning noise, then initial latents.
+    generator = torch.Generator("cpu").manual_seed(s.seed)
+
+    # 1. CLIP image embedding: [cfg * 1, 1, dim], zeros for the unconditional half
+    image_embeddings = pipe._encode_image(image, device, 1, do_cfg)
+
+    # 2. VAE latents of the noise-augmented conditioning frame, repeated over the frames
+    pixels = pipe.video_processor.preprocess(image, height=s.height, width=s.width).to(device)
+    noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
+    pixels = pixels + s.noise_aug_strength * noise
+    needs_upcasting = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
+    if needs_upcasting:
+        pipe.vae.to(dtype=torch.float32)
+    image_latents = pipe._encode_vae_image(
+        pixels, device=device, num_videos_per_prompt=1, do_classifier_free_guidance=do_cfg
+    ).to(image_embeddings.dtype)
+    if needs_upcasting:
+        pipe.vae.to(dtype=torch.float16)
+    # [cfg, C, h, w] -> [cfg, F, C, h, w]
+    image_latents = image_latents.unsqueeze(1).repeat(1, s.num_frames, 1, 1, 1)
+
+    # 3. added time ids: (fps - 1, motion bucket, noise augmentation)
+    added_time_ids = pipe._get_add_time_ids(
+        s.fps - 1,
+        s.motion_bucket_id,
+        s.noise_aug_strength,
+        image_embeddings.dtype,
+        1,
+        1,
+        do_cfg,
+    ).to(device)
+
+    # 4. timesteps and initial latents [1, F, 4, h, w]
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, s.steps, device, None, None)
+    latents = pipe.prepare_latents(
+        1,
+        s.num_frames,
+        pipe.unet.config.in_channels,
+        s.height,
+        s.width,
+        image_embeddings.dtype,
+        device,
+        generator,
+        None,
+    )
+
+    # 5. per-frame guidance ramp: [1, F, 1, 1, 1]
+    guidance = torch.linspace(s.min_guidance_scale, s.max_guidance_scale, s.num_frames)
+    guidance = _append_dims(guidance.unsqueeze(0).to(device, latents.dtype), latents.ndim)
+
+    # 6. denoising loop
+    cached = CachedUNet(pipe.unet, s.cache) if s.cache is not None else None
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
+        hooks.check_cancel(Stage.video, i + 1)
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        model_input = pipe.scheduler.scale_model_input(model_input, t)
+        # [cfg, F, 4 + 4, h, w]: noisy latents beside the conditioning latents
+        model_input = torch.cat([model_input, image_latents], dim=2)
+        if cached is None:
+            noise_pred = pipe.unet(
+                model_input,
+                t,
+                encoder_hidden_states=image_embeddings,
+                added_time_ids=added_time_ids,
+                return_dict=False,
+            )[0]
+        else:
+            noise_pred = cached(model_input, t, image_embeddings, added_time_ids, step=i)
+        if do_cfg:
+            noise_uncond, noise_cond = noise_pred.chunk(2)
+            noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
+        latents = pipe.scheduler.step(noise_pred, t, latents).prev_sample
+        hooks.on_step(StepEvent(Stage.video, i + 1, total))
+
+    # 7. decode, a chunk of frames at a time
+    frames = decode(pipe, latents, s.num_frames, s.decode_chunk_size, hooks)
+    video = pipe.video_processor.postprocess_video(video=frames, output_type="np")
+    out: np.ndarray = video[0]
+    return out
+
+
+def decode(
+    pipe: StableVideoDiffusionPipeline,
+    latents: torch.Tensor,
+    num_frames: int,
+    chunk_size: int,
+    hooks: Hooks,
+) -> torch.Tensor:
+    """Latents [1, F, 4, h, w] to pixels [1, 3, F, H, W] (float32), as the stock pipeline does."""
+    # [1, F, 4, h, w] -> [F, 4, h, w]
+    # (the stock pipeline multiplies by the reciprocal; so do we, for identical results)
+    latents = 1 / pipe.vae.config.scaling_factor * latents.flatten(0, 1)
+    starts = range(0, latents.shape[0], chunk_size)
+    chunks = []
+    for step, start in enumerate(starts, 1):
+        hooks.check_cancel(Stage.decode, step)
+        chunk = latents[start : start + chunk_size]
+        chunks.append(pipe.vae.decode(chunk, num_frames=chunk.shape[0]).sample)
+        hooks.on_step(StepEvent(Stage.decode, step, len(starts)))
+    frames = torch.cat(chunks, dim=0)
+    # [F, 3, H, W] -> [1, 3, F, H, W]
+    frames = frames.reshape(-1, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+    return frames.float()

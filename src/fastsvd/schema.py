@@ -1,0 +1,298 @@
+"""The wire types of fal's ``fast-svd`` endpoints: inputs, outputs and the ``File`` object.
+
+Field names, types and defaults follow fal exactly, because fal's clients depend on them. Where fal
+publishes no bound, the bound is ours and is documented on the field. This module imports no web
+framework and no torch: the server, the client, the CLI and the pipeline all share it.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+
+from fastsvd import constants as c
+
+VIDEO_SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    # name: (width, height), fal's presets
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+
+class DeepCache(enum.StrEnum):
+    """How much deep U-Net work is reused between denoising steps (docs/deepcache.md)."""
+
+    none = "none"  # every step runs the whole U-Net: the stock result
+    minimum = "minimum"  # a full step every 2nd step
+    medium = "medium"  # a full step every 3rd step
+    high = "high"  # a full step every 3rd step, shallowest cut: fastest, lowest quality
+
+
+class ImageSize(BaseModel):
+    """A video size in pixels; also accepts one of fal's preset names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(
+        512,
+        description=(
+            f"The width of the video in pixels: a multiple of {c.SIZE_MULTIPLE}, "
+            f"{c.SIDE_MIN_PX}-{c.SIDE_MAX_PX}."
+        ),
+    )
+    height: int = Field(
+        512,
+        description=(
+            f"The height of the video in pixels: a multiple of {c.SIZE_MULTIPLE}, "
+            f"{c.SIDE_MIN_PX}-{c.SIDE_MAX_PX}."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data not in VIDEO_SIZE_PRESETS:
+                raise PydanticCustomError(
+                    "enum",
+                    "Input should be one of {expected} or an object with width and height",
+                    {"expected": ", ".join(VIDEO_SIZE_PRESETS)},
+                )
+            width, height = VIDEO_SIZE_PRESETS[data]
+            return {"width": width, "height": height}
+        return data
+
+    @field_validator("width", "height")
+    @classmethod
+    def _check_side(cls, value: int) -> int:
+        if not c.SIDE_MIN_PX <= value <= c.SIDE_MAX_PX:
+            raise PydanticCustomError(
+                "range",
+                "Input should be between {min} and {max} pixels",
+                {"min": c.SIDE_MIN_PX, "max": c.SIDE_MAX_PX},
+            )
+        if value % c.SIZE_MULTIPLE:
+            raise PydanticCustomError(
+                "multiple_of",
+                "Input should be a multiple of {multiple_of}",
+                {"multiple_of": c.SIZE_MULTIPLE},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> ImageSize:
+        if self.width * self.height > c.PIXELS_MAX:
+            raise PydanticCustomError(
+                "pixel_budget",
+                "width x height is {pixels} pixels; at most {max} are allowed",
+                {"pixels": self.width * self.height, "max": c.PIXELS_MAX},
+            )
+        return self
+
+
+class _PresetOrImageSize:
+    """Documents ``video_size`` as fal does: a preset name or an ``ImageSize`` object."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {
+            "anyOf": [
+                {"type": "string", "enum": list(VIDEO_SIZE_PRESETS), "title": "VideoSizePreset"},
+                handler(core_schema),
+            ]
+        }
+
+
+VideoSize = Annotated[ImageSize, _PresetOrImageSize]
+
+
+class _VideoParams(BaseModel):
+    """The SVD inputs shared by text-to-video and image-to-video."""
+
+    # fal's apps ignore fields they do not know; clients of newer schemas rely on that.
+    model_config = ConfigDict(extra="ignore")
+
+    motion_bucket_id: int = Field(
+        c.DEFAULT_MOTION_BUCKET_ID,
+        ge=c.MOTION_BUCKET_ID_MIN,
+        le=c.MOTION_BUCKET_ID_MAX,
+        description=(
+            "The motion bucket id determines the motion of the generated video. "
+            "The higher the number, the more motion there will be."
+        ),
+    )
+    cond_aug: float = Field(
+        c.DEFAULT_COND_AUG,
+        ge=c.COND_AUG_MIN,
+        le=c.COND_AUG_MAX,
+        allow_inf_nan=False,
+        description=(
+            "The conditoning augmentation determines the amount of noise that will be added "
+            "to the conditioning frame. The higher the number, the more noise there will be, "
+            "and the less the video will look like the initial image. Increase it for more "
+            "motion."
+        ),
+    )
+    seed: int | None = Field(
+        None,
+        ge=c.SEED_MIN,
+        le=c.SEED_MAX,
+        description=(
+            "The same seed and the same prompt given to the same version of Stable Diffusion "
+            "will output the same image every time."
+        ),
+    )
+    steps: int = Field(
+        c.DEFAULT_STEPS,
+        ge=c.STEPS_MIN,
+        le=c.STEPS_MAX,
+        description=(
+            "The number of steps to run the model for. The higher the number the better "
+            "the quality and longer it will take to generate."
+        ),
+    )
+    deep_cache: DeepCache = Field(
+        DeepCache.none,
+        description=(
+            "Enabling DeepCache will make the execution faster, but might sometimes degrade "
+            "overall quality. The higher the setting, the faster the execution will be, but "
+            "the more quality might be lost."
+        ),
+    )
+    fps: int = Field(
+        c.DEFAULT_FPS,
+        ge=c.FPS_MIN,
+        le=c.FPS_MAX,
+        description=(
+            "The FPS of the generated video. The higher the number, the faster the video will "
+            f"play. Total video length is {c.NUM_FRAMES} frames."
+        ),
+    )
+
+
+class TextToVideoInput(_VideoParams):
+    """The input of ``fal-ai/fast-svd/text-to-video``."""
+
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=c.PROMPT_MAX_CHARS,
+        description="The prompt to use as a starting point for the generation.",
+        examples=["A rocket flying that is about to take off"],
+    )
+    negative_prompt: str = Field(
+        c.DEFAULT_NEGATIVE_PROMPT,
+        max_length=c.PROMPT_MAX_CHARS,
+        description=(
+            "The negative prompt to use as a starting point for the generation. "
+            "It steers the first frame away from what it names."
+        ),
+    )
+    video_size: VideoSize = Field(
+        c.DEFAULT_VIDEO_SIZE,  # a preset name, validated into ImageSize
+        validate_default=True,
+        description="The size of the generated video.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("string_blank", "The prompt must not be blank")
+        return value
+
+
+class ImageToVideoInput(_VideoParams):
+    """The input of ``fal-ai/fast-svd`` (image-to-video): SVD-XT alone, from a given first frame."""
+
+    image_url: str = Field(
+        ...,
+        min_length=1,
+        description=(
+            "The URL of the image to use as a starting point for the generation: an https URL, "
+            "a data: URI, or the URL of a file uploaded to this server."
+        ),
+        examples=["https://storage.googleapis.com/falserverless/model_tests/svd/rocket.png"],
+    )
+    video_size: VideoSize | None = Field(
+        None,
+        description=(
+            "The size of the generated video. When absent, the preset whose aspect ratio is "
+            "closest to the image's; the image is scaled to cover it and centre-cropped."
+        ),
+    )
+
+    @field_validator("image_url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+        if scheme not in ("http", "https", "data"):
+            raise PydanticCustomError(
+                "url_scheme", "URL scheme should be 'https', 'http' or 'data'"
+            )
+        return value
+
+
+class File(BaseModel):
+    """A file the server made, served by URL (fal's ``File``)."""
+
+    url: str = Field(..., description="The URL where the file can be downloaded from.")
+    content_type: str | None = Field(None, description="The mime type of the file.")
+    file_name: str | None = Field(None, description="The name of the file.")
+    file_size: int | None = Field(None, description="The size of the file in bytes.")
+
+
+class VideoOutput(BaseModel):
+    """The output of both endpoints: the video and the seed that made it."""
+
+    video: File = Field(..., description="The generated video file.")
+    seed: int = Field(
+        ...,
+        description=(
+            "Seed of the generated Image. It will be the same value of the one passed in the "
+            "input or the randomly generated that was used in case none was passed."
+        ),
+    )
+
+
+def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """Each error of ``exc`` as (dotted field path, message), for one-line reports."""
+    out = []
+    for err in exc.errors():
+        path = ".".join(str(part) for part in err["loc"]) or "input"
+        out.append((path, err["msg"]))
+    return out
+
+
+def closest_preset(width: int, height: int) -> ImageSize:
+    """The fal preset whose aspect ratio is closest to ``width:height`` (ties: the first)."""
+    aspect = width / height
+    name = min(
+        VIDEO_SIZE_PRESETS,
+        key=lambda n: abs(VIDEO_SIZE_PRESETS[n][0] / VIDEO_SIZE_PRESETS[n][1] - aspect),
+    )
+    return ImageSize.model_validate(name)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The seed a request runs with: its own, or a fresh random one (returned to the caller)."""
+    return seed if seed is not None else secrets.randbelow(c.RANDOM_SEED_MAX + 1)
