@@ -9,6 +9,7 @@ and saying how to provide it.
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import Any, TypeVar
 
 import torch
@@ -27,15 +28,16 @@ def load_pretrained(cls: type[P], model: str, *, dtype: torch.dtype, role: str, 
     error: Exception | None = None
     for extra in attempts:
         try:
-            pipe: P = cls.from_pretrained(model, torch_dtype=dtype, **extra)
+            pipe: P = cls.from_pretrained(model, dtype=dtype, **extra)
             return pipe
         except (OSError, ValueError) as exc:  # hub, cache and file errors all land here
             error = exc
     assert error is not None
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = " ".join(str(error).split()) or type(error).__name__
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     raise ModelNotAvailable(
-        f"{role} model '{model}' is not available ({reason[:200]}). "
-        f"Download it with `hf download {model}`{' (offline mode is on)' if offline else ''}, "
-        f"or set {env_var} to a local folder, or use the tiny preset (--preset tiny)."
+        f"{role} model '{model}' is not available ({textwrap.shorten(reason, 160)}). "
+        f"Download it with `hf download {model}` (gated models need HF_TOKEN)"
+        f"{', then run again; offline mode is on' if offline else ''}; "
+        f"or set {env_var} to a local folder; or use the tiny preset (--preset tiny)."
     ) from error

@@ -1,0 +1,133 @@
+"""Loading real presets from a local folder and from the Hugging Face cache, offline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastsvd.errors import ModelNotAvailable
+from fastsvd.pipeline.core import VideoPipeline, load_pipeline
+from fastsvd.pipeline.device import choose
+from fastsvd.pipeline.loading import load_pretrained
+from fastsvd.pipeline.presets import SVD_XT_1_1
+from fastsvd.schema import TextToVideoInput
+
+REQUEST = TextToVideoInput(prompt="a rocket", video_size={"width": 64, "height": 64}, steps=2)
+
+
+@pytest.fixture(scope="module")
+def saved_models(tiny_pipeline: VideoPipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny models saved in the Hugging Face folder layout, as real weights would be."""
+    root = tmp_path_factory.mktemp("weights")
+    tiny_pipeline.video.save_pretrained(root / "video")
+    tiny_pipeline.first_frame.save_pretrained(root / "first-frame")
+    return root
+
+
+def test_real_preset_loads_from_local_folders(
+    tiny_pipeline: VideoPipeline, saved_models: Path
+) -> None:
+    placement = choose("cpu", "fp32")
+    loaded = load_pipeline(
+        SVD_XT_1_1,
+        placement,
+        video_model=str(saved_models / "video"),
+        first_frame_model=str(saved_models / "first-frame"),
+    )
+    for ours, theirs in (
+        (loaded.video, tiny_pipeline.video),
+        (loaded.first_frame, tiny_pipeline.first_frame),
+    ):
+        for name, module in theirs.components.items():
+            if isinstance(module, torch.nn.Module):
+                got_state = ours.components[name].state_dict()
+                assert all(torch.equal(got_state[k], v) for k, v in module.state_dict().items())
+    same_weights = VideoPipeline(
+        SVD_XT_1_1, placement, tiny_pipeline.video, tiny_pipeline.first_frame
+    )
+    got = loaded.text_to_video(REQUEST, seed=3)
+    want = same_weights.text_to_video(REQUEST, seed=3)
+    assert np.array_equal(np.asarray(got.first_frame), np.asarray(want.first_frame))
+    # Weights read back from safetensors sit at other addresses; oneDNN's kernels may then
+    # round differently in the last float bit, which can flip a pixel by one level.
+    assert np.abs(got.frames.astype(np.int16) - want.frames).max() <= 1
+
+
+def test_missing_local_folder_names_the_model() -> None:
+    from diffusers import StableVideoDiffusionPipeline
+
+    with pytest.raises(ModelNotAvailable) as caught:
+        load_pretrained(
+            StableVideoDiffusionPipeline,
+            "/no/such/folder",
+            dtype=torch.float32,
+            role="video (SVD-XT)",
+            env_var="FASTSVD_VIDEO_MODEL",
+        )
+    message = caught.value.message
+    assert "'/no/such/folder'" in message
+    assert "FASTSVD_VIDEO_MODEL" in message
+    assert "--preset tiny" in message
+
+
+def put_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """Lay ``folder`` out as huggingface_hub caches a downloaded repo snapshot."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastsvd.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_cli_loads_hub_ids_from_the_cache_offline(saved_models: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    put_in_hf_cache(cache, "example/tiny-svd", saved_models / "video")
+    put_in_hf_cache(cache, "example/tiny-sdxl", saved_models / "first-frame")
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "FASTSVD_VIDEO_MODEL": "example/tiny-svd",
+        "FASTSVD_FIRST_FRAME_MODEL": "example/tiny-sdxl",
+    }
+    out = run_cli(
+        "generate", "a rocket", "--video-size", "64x64", "--steps", "1", "--seed", "1",
+        "-q", "-o", "cached.mp4", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cached.mp4").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_cli_without_weights_says_which_model_and_how_to_get_it(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    env.pop("FASTSVD_VIDEO_MODEL", None)
+    out = run_cli("generate", "a rocket", "-q", env=env, cwd=tmp_path)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: video (SVD-XT) model ")
+    assert "stabilityai/stable-video-diffusion-img2vid-xt-1-1" in lines[0]
+    assert "hf download" in lines[0]
+    assert "--preset tiny" in lines[0]
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,50 @@
+"""Settings come from FASTSVD_* variables once; flags override them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastsvd.errors import FastSVDError
+from fastsvd.pipeline.device import choose
+from fastsvd.settings import Settings
+
+
+def test_defaults_without_environment() -> None:
+    assert Settings.from_env({}) == Settings()
+    assert Settings().preset == "svd-xt-1.1"
+
+
+def test_environment_and_overrides() -> None:
+    env = {
+        "FASTSVD_PRESET": "tiny",
+        "FASTSVD_DEVICE": "cpu",
+        "FASTSVD_VIDEO_MODEL": " /w ",
+        "FASTSVD_DTYPE": "",
+    }
+    got = Settings.from_env(env)
+    assert (got.preset, got.device, got.video_model, got.dtype) == ("tiny", "cpu", "/w", None)
+    assert got.with_overrides(preset="svd-xt", device=None).preset == "svd-xt"
+    assert got.with_overrides(preset=None).preset == "tiny"
+
+
+def test_cpu_runs_float32_and_dtypes_can_be_chosen() -> None:
+    assert choose("cpu").dtype == torch.float32
+    assert choose("cpu", "bf16").dtype == torch.bfloat16
+    assert str(choose("cpu", "fp16")) == "cpu float16"
+
+
+@pytest.mark.parametrize(("device", "dtype"), [("cpu", "int8"), ("tpu", None)])
+def test_unknown_device_or_dtype_is_refused(device: str, dtype: str | None) -> None:
+    with pytest.raises(FastSVDError):
+        choose(device, dtype)
+
+
+def test_cuda_is_used_only_where_there_is_one() -> None:
+    if torch.cuda.is_available():
+        assert choose().device.type == "cuda"
+        assert choose().dtype in (torch.bfloat16, torch.float16)
+    else:
+        assert choose().device.type == "cpu"
+        with pytest.raises(FastSVDError, match="no CUDA GPU"):
+            choose("cuda")
