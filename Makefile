@@ -9,6 +9,11 @@ STAMP := $(VENV)/.installed
 PROMPT ?= A rocket flying that is about to take off
 PRESET ?=
 OUTPUT ?= rocket.mp4
+ARGS ?=
+# The tiny preset is for smoke runs on a CPU: a small size and few steps keep it to seconds.
+ifeq ($(PRESET),tiny)
+  ARGS += --video-size 128x64 --steps 8
+endif
 
 .PHONY: install run test lint typecheck pytest bench clean
 
@@ -21,7 +26,7 @@ $(STAMP): pyproject.toml scripts/install-torch
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fastsvd generate "$(PROMPT)" -o $(OUTPUT) $(if $(PRESET),--preset $(PRESET))
+	$(BIN)/fastsvd generate "$(PROMPT)" -o $(OUTPUT) $(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
 test: lint typecheck pytest
 
