@@ -1,0 +1,1 @@
+"""The job store: one relational schema (SQLAlchemy Core) for SQLite and PostgreSQL."""

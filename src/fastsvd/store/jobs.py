@@ -1,0 +1,391 @@
+"""Jobs: the queue, leases with fencing tokens, logs, results and cancellation.
+
+Life cycle (``JobState``)::
+
+    queued  --claim-->              running
+    queued  --cancel / deadline-->  completed   (error: cancelled / request_timeout)
+    running --result / failure-->   completed
+    running --cancel seen-->        completed   (error: cancelled)
+    running --lease expired-->      queued      (attempts left)  or  completed (runner_disconnected)
+
+A claim bumps the job's ``lease_token``; every later write from that worker names the token, so a
+worker whose lease was taken (it stalled, the job was handed on) cannot write a late result.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from fastsvd.store.db import Database
+from fastsvd.store.tables import job_logs, jobs
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    queued = "queued"  # waiting for a worker
+    running = "running"  # claimed by a worker that holds a lease
+    completed = "completed"  # final: an output, or an error with its error_type
+
+
+class CancelOutcome(enum.StrEnum):
+    """What a cancel request found (fal's cancel answers)."""
+
+    not_found = "NOT_FOUND"
+    already_completed = "ALREADY_COMPLETED"
+    requested = "CANCELLATION_REQUESTED"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job ended without an output, as fal reports it."""
+
+    message: str
+    error_type: str
+    http_status: int
+
+
+CANCELLED = Failure("Request cancelled", "cancelled", 499)
+START_TIMEOUT = Failure("Request start timeout exceeded", "request_timeout", 504)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as read from the store."""
+
+    id: str
+    seq: int
+    key_id: str
+    endpoint: str
+    input: dict[str, Any]
+    state: JobState
+    priority: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    lease_token: int
+    cancel_requested: bool
+    output: dict[str, Any] | None
+    error: str | None
+    error_type: str | None
+    http_status: int | None
+    inference_time_s: float | None
+    webhook_url: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Job:
+        return cls(
+            id=row.id,
+            seq=row.seq,
+            key_id=row.key_id,
+            endpoint=row.endpoint,
+            input=json.loads(row.input),
+            state=JobState(row.state),
+            priority=row.priority,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            attempts=row.attempts,
+            lease_token=row.lease_token,
+            cancel_requested=bool(row.cancel_requested),
+            output=json.loads(row.output) if row.output else None,
+            error=row.error,
+            error_type=row.error_type,
+            http_status=row.http_status,
+            inference_time_s=row.inference_time_s,
+            webhook_url=row.webhook_url,
+        )
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a job's log."""
+
+    id: int
+    at: float
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker holds, and the fencing token its writes must carry."""
+
+    job: Job
+    token: int
+
+
+class JobStore:
+    """Every read and write of jobs goes through here."""
+
+    def __init__(self, db: Database, *, max_attempts: int = 3) -> None:
+        self.db = db
+        self.max_attempts = max_attempts
+
+    # --- the API side ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        key_id: str,
+        endpoint: str,
+        input: dict[str, Any],
+        priority: int = 0,
+        start_deadline_at: float | None = None,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue a job; returns it and whether it is new (False: an idempotent repeat)."""
+        job_id = str(uuid.uuid4())
+        values = {
+            "id": job_id,
+            "key_id": key_id,
+            "endpoint": endpoint,
+            "input": json.dumps(input, separators=(",", ":")),
+            "state": JobState.queued.value,
+            "priority": priority,
+            "created_at": time.time(),
+            "start_deadline_at": start_deadline_at,
+            "webhook_url": webhook_url,
+            "idempotency_key": idempotency_key,
+        }
+        try:
+            with self.db.write() as conn:
+                conn.execute(insert(jobs).values(**values))
+                return self._get(conn, job_id), True
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(jobs).where(
+                    jobs.c.key_id == key_id, jobs.c.idempotency_key == idempotency_key
+                )
+            ).one()
+        return Job.from_row(row), False
+
+    def get(self, job_id: str, key_id: str | None = None) -> Job | None:
+        """The job, if it exists and (when ``key_id`` is given) belongs to that key."""
+        with self.db.read() as conn:
+            query = select(jobs).where(jobs.c.id == job_id)
+            if key_id is not None:
+                query = query.where(jobs.c.key_id == key_id)
+            row = conn.execute(query).first()
+        return Job.from_row(row) if row is not None else None
+
+    def queue_position(self, job: Job) -> int:
+        """How many queued jobs will start before ``job`` (0: it is next)."""
+        with self.db.read() as conn:
+            ahead = conn.scalar(
+                select(func.count())
+                .select_from(jobs)
+                .where(
+                    jobs.c.state == JobState.queued.value,
+                    or_(
+                        jobs.c.priority < job.priority,
+                        and_(jobs.c.priority == job.priority, jobs.c.seq < job.seq),
+                    ),
+                )
+            )
+        return int(ahead or 0)
+
+    def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]:
+        """The job's log lines with id > ``after_id``, in order."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(job_logs)
+                .where(job_logs.c.job_id == job_id, job_logs.c.id > after_id)
+                .order_by(job_logs.c.id)
+            ).all()
+        return [LogLine(r.id, r.at, r.level, r.message) for r in rows]
+
+    def request_cancel(self, job_id: str, key_id: str | None) -> CancelOutcome:
+        """Cancel: a queued job ends at once; a running one is flagged for its worker."""
+        with self.db.write() as conn:
+            query = select(jobs.c.state).where(jobs.c.id == job_id)
+            if key_id is not None:
+                query = query.where(jobs.c.key_id == key_id)
+            state = conn.scalar(query)
+            if state is None:
+                return CancelOutcome.not_found
+            if state == JobState.completed:
+                return CancelOutcome.already_completed
+            if state == JobState.queued:
+                self._finish(conn, job_id, None, failure=CANCELLED)
+            else:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
+            return CancelOutcome.requested
+
+    def queue_depth(self) -> int:
+        """How many jobs wait for a worker."""
+        with self.db.read() as conn:
+            count = conn.scalar(
+                select(func.count()).select_from(jobs).where(jobs.c.state == JobState.queued)
+            )
+        return int(count or 0)
+
+    # --- the worker side ------------------------------------------------------------------
+
+    def claim(self, owner: str, lease_s: float, endpoints: list[str]) -> Claim | None:
+        """Take the next queued job for ``endpoints``, holding it for ``lease_s``."""
+        now = time.time()
+        self.reap(now)
+        with self.db.write() as conn:
+            self._expire_start_deadlines(conn, now)
+            row = conn.execute(
+                select(jobs.c.id, jobs.c.lease_token)
+                .where(jobs.c.state == JobState.queued.value, jobs.c.endpoint.in_(endpoints))
+                .order_by(jobs.c.priority, jobs.c.seq)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if row is None:
+                return None
+            token = row.lease_token + 1
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == row.id)
+                .values(
+                    state=JobState.running.value,
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_s,
+                    lease_token=token,
+                    attempts=jobs.c.attempts + 1,
+                    started_at=now,
+                )
+            )
+            return Claim(self._get(conn, row.id), token)
+
+    def renew(self, job_id: str, token: int, lease_s: float) -> bool:
+        """Extend the lease; False when it is no longer this worker's job."""
+        with self.db.write() as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(self._held(job_id, token))
+                .values(lease_expires_at=time.time() + lease_s)
+            )
+        return done.rowcount == 1
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether someone asked to cancel this job."""
+        with self.db.read() as conn:
+            return bool(conn.scalar(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
+
+    def log(self, job_id: str, token: int, message: str, level: str = "INFO") -> bool:
+        """Append a log line, if the job is still this worker's."""
+        with self.db.write() as conn:
+            held = conn.scalar(select(jobs.c.id).where(self._held(job_id, token)))
+            if held is None:
+                return False
+            conn.execute(
+                insert(job_logs).values(job_id=job_id, at=time.time(), level=level, message=message)
+            )
+        return True
+
+    def complete(
+        self, job_id: str, token: int, output: dict[str, Any], inference_time_s: float
+    ) -> bool:
+        """Record the output; False (and nothing written) when the lease was lost."""
+        with self.db.write() as conn:
+            return self._finish(
+                conn, job_id, token, output=output, inference_time_s=inference_time_s
+            )
+
+    def fail(
+        self, job_id: str, token: int, failure: Failure, inference_time_s: float | None = None
+    ) -> bool:
+        """Record a failure; False (and nothing written) when the lease was lost."""
+        with self.db.write() as conn:
+            return self._finish(
+                conn, job_id, token, failure=failure, inference_time_s=inference_time_s
+            )
+
+    def reap(self, now: float | None = None) -> int:
+        """Jobs whose worker stopped renewing: back to the queue, or ended after max attempts."""
+        now = time.time() if now is None else now
+        expired = and_(jobs.c.state == JobState.running.value, jobs.c.lease_expires_at < now)
+        with self.db.write() as conn:
+            rows = conn.execute(select(jobs.c.id, jobs.c.attempts).where(expired)).all()
+            for row in rows:
+                if row.attempts >= self.max_attempts:
+                    failure = Failure(
+                        f"The worker running this request stopped {row.attempts} times; giving up",
+                        "runner_disconnected",
+                        500,
+                    )
+                    self._finish(conn, row.id, None, failure=failure, now=now)
+                else:
+                    conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == row.id, expired)
+                        .values(
+                            state=JobState.queued.value, lease_owner=None, lease_expires_at=None
+                        )
+                    )
+        return len(rows)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _held(job_id: str, token: int) -> Any:
+        return and_(
+            jobs.c.id == job_id,
+            jobs.c.lease_token == token,
+            jobs.c.state == JobState.running.value,
+        )
+
+    @staticmethod
+    def _get(conn: Connection, job_id: str) -> Job:
+        return Job.from_row(conn.execute(select(jobs).where(jobs.c.id == job_id)).one())
+
+    def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
+        late = conn.scalars(
+            select(jobs.c.id).where(
+                jobs.c.state == JobState.queued.value, jobs.c.start_deadline_at < now
+            )
+        ).all()
+        for job_id in late:
+            self._finish(conn, job_id, None, failure=START_TIMEOUT, now=now)
+
+    def _finish(
+        self,
+        conn: Connection,
+        job_id: str,
+        token: int | None,
+        *,
+        output: dict[str, Any] | None = None,
+        failure: Failure | None = None,
+        inference_time_s: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Make a job completed; with a token, only if the caller still holds it."""
+        where = (
+            self._held(job_id, token)
+            if token is not None
+            else and_(jobs.c.id == job_id, jobs.c.state != JobState.completed.value)
+        )
+        done = conn.execute(
+            update(jobs)
+            .where(where)
+            .values(
+                state=JobState.completed.value,
+                finished_at=time.time() if now is None else now,
+                lease_owner=None,
+                lease_expires_at=None,
+                output=json.dumps(output, separators=(",", ":")) if output is not None else None,
+                error=failure.message if failure else None,
+                error_type=failure.error_type if failure else None,
+                http_status=failure.http_status if failure else None,
+                inference_time_s=inference_time_s,
+            )
+        )
+        return done.rowcount == 1

@@ -1,0 +1,157 @@
+"""The job store on SQLite: queue order, leases and fencing, cancel, reaping, idempotency."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from fastsvd.store.db import Database, sqlite_url
+from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore
+from fastsvd.store.keys import KeyStore, Scope
+from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
+
+T2V = "text-to-video"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(sqlite_url(tmp_path / "jobs.db"))
+    migrate(database)
+    return database
+
+
+@pytest.fixture
+def store(db: Database) -> JobStore:
+    return JobStore(db, max_attempts=2)
+
+
+def submit(store: JobStore, key: str = "k1", **extra: object) -> str:
+    job, new = store.submit(key_id=key, endpoint=T2V, input={"prompt": "x"}, **extra)  # type: ignore[arg-type]
+    assert new
+    return job.id
+
+
+def test_migrations_are_idempotent(db: Database) -> None:
+    assert current_version(db) == len(MIGRATIONS)
+    assert migrate(db) == len(MIGRATIONS)
+
+
+def test_fifo_within_priority_and_low_priority_last(store: JobStore) -> None:
+    low = submit(store, priority=1)
+    first, second = submit(store), submit(store)
+    positions = [store.queue_position(store.get(j)) for j in (first, second, low)]  # type: ignore[arg-type]
+    assert positions == [0, 1, 2]
+    claimed = [store.claim("w", 30, [T2V]) for _ in range(3)]
+    assert [c.job.id for c in claimed if c] == [first, second, low]
+    assert store.claim("w", 30, [T2V]) is None
+
+
+def test_claims_never_hand_one_job_to_two_workers(store: JobStore) -> None:
+    ids = {submit(store) for _ in range(20)}
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while (claim := store.claim(name, 30, [T2V])) is not None:
+            with lock:
+                got.append(claim.job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(ids)
+
+
+def test_result_after_lost_lease_is_ignored(store: JobStore) -> None:
+    job_id = submit(store)
+    first = store.claim("w1", -1, [T2V])  # a lease that has already expired
+    assert first is not None
+    second = store.claim("w2", 30, [T2V])  # reaps, requeues, hands it on
+    assert second is not None
+    assert second.job.id == job_id
+    assert second.token == first.token + 1
+    assert not store.complete(job_id, first.token, {"late": True}, 1.0)
+    assert not store.log(job_id, first.token, "late line")
+    assert store.complete(job_id, second.token, {"video": 1}, 1.0)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.state, job.output, job.attempts) == (JobState.completed, {"video": 1}, 2)
+    assert store.logs(job_id) == []
+
+
+def test_a_job_whose_worker_keeps_dying_ends_after_max_attempts(store: JobStore) -> None:
+    job_id = submit(store)
+    for _ in range(2):
+        assert store.claim("w", -1, [T2V]) is not None
+    store.reap()
+    job = store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.completed
+    assert job.error_type == "runner_disconnected"
+
+
+def test_cancel_queued_running_and_finished(store: JobStore) -> None:
+    queued, running = submit(store), submit(store, priority=-1)
+    claim = store.claim("w", 30, [T2V])
+    assert claim is not None
+    assert claim.job.id == running
+    assert store.request_cancel(queued, "k1") == CancelOutcome.requested
+    assert store.get(queued).error_type == "cancelled"  # type: ignore[union-attr]
+    assert store.request_cancel(running, "k1") == CancelOutcome.requested
+    assert store.cancel_requested(running)
+    assert store.fail(running, claim.token, CANCELLED)
+    assert store.request_cancel(running, "k1") == CancelOutcome.already_completed
+    assert store.request_cancel(running, "other-key") == CancelOutcome.not_found
+    assert store.claim("w", 30, [T2V]) is None  # the cancelled queued job never runs
+
+
+def test_start_deadline_ends_a_job_that_waited_too_long(store: JobStore) -> None:
+    job_id = submit(store, start_deadline_at=0.0)
+    assert store.claim("w", 30, [T2V]) is None
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.error_type, job.http_status) == ("request_timeout", 504)
+
+
+def test_idempotent_submit_returns_the_first_job(store: JobStore) -> None:
+    first, new = store.submit(key_id="k", endpoint=T2V, input={}, idempotency_key="abc")
+    again, new_again = store.submit(key_id="k", endpoint=T2V, input={}, idempotency_key="abc")
+    other, _ = store.submit(key_id="k2", endpoint=T2V, input={}, idempotency_key="abc")
+    assert (new, new_again) == (True, False)
+    assert again.id == first.id
+    assert other.id != first.id
+
+
+def test_jobs_are_scoped_to_their_key(store: JobStore) -> None:
+    job_id = submit(store, key="k1")
+    assert store.get(job_id, "k1") is not None
+    assert store.get(job_id, "k2") is None
+
+
+def test_failure_is_recorded_with_its_type(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = store.claim("w", 30, [T2V])
+    assert claim is not None
+    assert store.log(job_id, claim.token, "step 1/2")
+    assert store.fail(job_id, claim.token, Failure("boom", "generation_failed", 500), 0.5)
+    job = store.get(job_id)
+    assert job is not None
+    assert (job.error, job.error_type, job.http_status) == ("boom", "generation_failed", 500)
+    assert [line.message for line in store.logs(job_id)] == ["step 1/2"]
+
+
+def test_keys_are_checked_by_hash_and_can_be_revoked(db: Database) -> None:
+    keys = KeyStore(db)
+    secret, info = keys.create("ci", Scope.admin)
+    key_id, _, raw = secret.partition(":")
+    assert keys.check(secret) == info
+    assert keys.check(f"{key_id}:{'0' * len(raw)}") is None
+    assert keys.check("nonsense") is None
+    assert raw not in str(keys.list())  # only the hash is stored
+    assert keys.revoke(key_id)
+    assert keys.check(secret) is None
+    assert not keys.revoke(key_id)
