@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from fastsvd import __version__
 from fastsvd import constants as c
-from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput
+from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput, ModelNotAvailable
 from fastsvd.schema import (
     VIDEO_SIZE_PRESETS,
     DeepCache,
@@ -235,6 +235,139 @@ def _run_local(
         file_size=len(data),
     )
     return VideoOutput(video=file, seed=seed), path
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env().with_overrides(**overrides)
+    except ValueError as exc:
+        _fail(f"settings: {exc}", EXIT_INVALID)
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 8000).")
+@click.option("--workers", type=int, help="Worker processes (default: one per GPU, or one).")
+@click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Database and files.")
+@click.option("--no-auth", is_flag=True, help="No API keys (only on a loopback address).")
+def serve(
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    preset: str | None,
+    data_dir: str | None,
+    no_auth: bool,
+) -> None:
+    """Run the fal-compatible API and its workers."""
+    from fastsvd.serve import serve as run_service
+
+    settings = _settings(
+        host=host,
+        port=port,
+        workers=workers,
+        preset=preset,
+        data_dir=Path(data_dir) if data_dir else None,
+        auth=False if no_auth else None,
+    )
+    try:
+        code = run_service(settings)
+    except FastSVDError as exc:
+        _fail(exc.message)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Database and files.")
+def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
+    """Run one worker: load the model, then run queued jobs one at a time."""
+    from fastsvd.api.services import Services
+    from fastsvd.runner import make_runner
+    from fastsvd.serve import EXIT_MODEL_NOT_AVAILABLE
+    from fastsvd.worker import Worker, WorkerServices, image_loader
+
+    settings = _settings(preset=preset, data_dir=Path(data_dir) if data_dir else None)
+    services = Services.from_settings(settings)
+    runner = make_runner(settings, image_loader(services.files, services.storage))
+    worker = Worker(
+        WorkerServices(
+            jobs=services.jobs,
+            files=services.files,
+            storage=services.storage,
+            registry=services.registry,
+            wake_folder=settings.data_dir / "wake",
+            lease_s=settings.lease_s,
+            retention_s=settings.retention_s,
+            idle_poll_s=settings.idle_poll_s,
+        ),
+        runner,
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if worker.stopping.is_set():
+            worker.abort.set()  # a second signal: stop the current job too
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.serve(burst=burst)
+    except ModelNotAvailable as exc:
+        _fail(exc.message, EXIT_MODEL_NOT_AVAILABLE)
+    except FastSVDError as exc:
+        _fail(exc.message)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+def _key_store() -> Any:
+    from fastsvd.api.services import Services
+
+    return Services.from_settings(_settings()).keys
+
+
+@keys.command("create")
+@click.option("--name", default="", help="A label for the key.")
+@click.option("--admin", is_flag=True, help="An admin key (can manage keys).")
+def keys_create(name: str, admin: bool) -> None:
+    """Make a key and print it (only now: just its hash is stored)."""
+    from fastsvd.store.keys import Scope
+
+    key, _info = _key_store().create(name, Scope.admin if admin else Scope.user)
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: id, scope, name, state (never the secret)."""
+    for info in _key_store().list():
+        state = "revoked" if info.revoked_at else "live"
+        click.echo(f"{info.key_id}  {info.scope:5s}  {state:7s}  {info.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke KEY_ID at once."""
+    if not _key_store().revoke(key_id):
+        _fail(f"key_id: no live key {key_id}", EXIT_INVALID)
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("webhook-secret")
+@click.argument("key_id")
+def keys_webhook_secret(key_id: str) -> None:
+    """The secret that signs KEY_ID's webhooks (Standard Webhooks, HMAC-SHA256)."""
+    for info in _key_store().list():
+        if info.key_id == key_id:
+            click.echo(info.webhook_secret)
+            return
+    _fail(f"key_id: no key {key_id}", EXIT_INVALID)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from fastsvd.constants import DEFAULT_PRESET
 
@@ -15,29 +16,67 @@ ENV_PREFIX = "FASTSVD_"
 class Settings:
     """Everything configurable, with its environment variable in the comment."""
 
+    # --- models
     preset: str = DEFAULT_PRESET  # FASTSVD_PRESET: svd-xt-1.1, svd-xt or tiny
     device: str | None = None  # FASTSVD_DEVICE: cuda, cuda:1, cpu (default: the best there is)
     dtype: str | None = None  # FASTSVD_DTYPE: bf16, fp16, fp32 (default: bf16 on CUDA)
     video_model: str | None = None  # FASTSVD_VIDEO_MODEL: HF id or folder of the SVD weights
     first_frame_model: str | None = None  # FASTSVD_FIRST_FRAME_MODEL: HF id or folder (SDXL)
+    # FASTSVD_RUNNER: "module:attribute" of a runner factory replacing the model (tests, demos)
+    runner: str | None = None
+
+    # --- service
+    data_dir: Path = field(default_factory=lambda: Path("data"))  # FASTSVD_DATA_DIR
+    database_url: str | None = None  # FASTSVD_DATABASE_URL (default: SQLite in data_dir)
+    host: str = "127.0.0.1"  # FASTSVD_HOST
+    port: int = 8000  # FASTSVD_PORT
+    auth: bool = True  # FASTSVD_AUTH=0 turns it off; allowed on loopback only
+    workers: int | None = None  # FASTSVD_WORKERS (default: one per GPU, one on a CPU)
+    lease_s: float = 30.0  # FASTSVD_LEASE_S: a worker silent this long loses its job
+    max_attempts: int = 3  # FASTSVD_MAX_ATTEMPTS: tries before a crashing job is given up
+    retention_s: float = 7 * 24 * 3600.0  # FASTSVD_RETENTION_S: how long files are kept
+    idle_poll_s: float = 2.0  # FASTSVD_IDLE_POLL_S: an idle worker's safety-net poll
+
+    @property
+    def db_url(self) -> str:
+        """The database URL, SQLite under ``data_dir`` unless one is set."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'fastsvd.db'}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``FASTSVD_*`` variables; unset or empty ones keep their defaults."""
         env = os.environ if env is None else env
+        defaults = cls()
 
         def get(name: str) -> str | None:
             value = env.get(ENV_PREFIX + name.upper(), "").strip()
             return value or None
 
+        def number(name: str, default: float) -> float:
+            value = get(name)
+            return float(value) if value is not None else default
+
+        workers = get("workers")
+        auth = get("auth")
         return cls(
             preset=get("preset") or DEFAULT_PRESET,
             device=get("device"),
             dtype=get("dtype"),
             video_model=get("video_model"),
             first_frame_model=get("first_frame_model"),
+            runner=get("runner"),
+            data_dir=Path(get("data_dir") or defaults.data_dir),
+            database_url=get("database_url"),
+            host=get("host") or defaults.host,
+            port=int(number("port", defaults.port)),
+            auth=auth is None or auth.lower() not in ("0", "false", "no", "off"),
+            workers=int(workers) if workers is not None else None,
+            lease_s=number("lease_s", defaults.lease_s),
+            max_attempts=int(number("max_attempts", defaults.max_attempts)),
+            retention_s=number("retention_s", defaults.retention_s),
+            idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
         )
 
-    def with_overrides(self, **values: str | None) -> Settings:
+    def with_overrides(self, **values: object) -> Settings:
         """A copy with every given value that is not None replaced (command-line flags)."""
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
+        return replace(self, **{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]

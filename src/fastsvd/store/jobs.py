@@ -80,6 +80,7 @@ class Job:
     http_status: int | None
     inference_time_s: float | None
     webhook_url: str | None
+    base_url: str | None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:
@@ -103,6 +104,7 @@ class Job:
             http_status=row.http_status,
             inference_time_s=row.inference_time_s,
             webhook_url=row.webhook_url,
+            base_url=row.base_url,
         )
 
 
@@ -143,6 +145,7 @@ class JobStore:
         start_deadline_at: float | None = None,
         webhook_url: str | None = None,
         idempotency_key: str | None = None,
+        base_url: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: an idempotent repeat)."""
         job_id = str(uuid.uuid4())
@@ -157,6 +160,7 @@ class JobStore:
             "start_deadline_at": start_deadline_at,
             "webhook_url": webhook_url,
             "idempotency_key": idempotency_key,
+            "base_url": base_url,
         }
         try:
             with self.db.write() as conn:

@@ -67,6 +67,7 @@ jobs = Table(
     Column("inference_time_s", Float),
     Column("webhook_url", Text),
     Column("idempotency_key", String(200)),
+    Column("base_url", Text),  # how the submitter reached the API: the root of output URLs
 )
 Index("ix_jobs_queue", jobs.c.state, jobs.c.priority, jobs.c.seq)
 Index("ix_jobs_lease", jobs.c.state, jobs.c.lease_expires_at)
@@ -97,3 +98,14 @@ files = Table(
     Column("upload_token", String(64)),  # set while an upload is initiated, not yet sent
 )
 Index("ix_files_expiry", files.c.expires_at)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ready_at", Float),  # models loaded
+    Column("seen_at", Float, nullable=False),  # last heartbeat
+)

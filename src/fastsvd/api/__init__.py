@@ -1,0 +1,1 @@
+"""The HTTP edge: fal's queue protocol, files and operations (FastAPI)."""

@@ -1,0 +1,395 @@
+"""The FastAPI application: fal's queue protocol, synchronous runs, files, health.
+
+Routes call the stores; they never import the pipeline. Errors become fal-style bodies
+(``{"detail": ...}``) in the exception handlers at the bottom; no input a client can send makes
+a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+
+from fastsvd import __version__
+from fastsvd import constants as c
+from fastsvd.api.auth import Unauthorized, credentials, current_key
+from fastsvd.api.services import Services
+from fastsvd.api.status import APP_PATH, absolute_output, status_body, urls
+from fastsvd.errors import InvalidInput
+from fastsvd.schema import ImageToVideoInput, TextToVideoInput
+from fastsvd.store.jobs import CancelOutcome, Job, JobState
+from fastsvd.store.keys import KeyInfo
+
+KeyDep = Annotated[KeyInfo, Depends(current_key)]
+SSE_KEEPALIVE_S = 15.0
+STREAM_POLL_S = 0.1
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "true", "yes")
+
+
+def _priority(request: Request) -> int:
+    value = request.headers.get("x-fal-queue-priority", "normal").strip().lower()
+    if value not in ("normal", "low", "high"):
+        raise InvalidInput("x-fal-queue-priority", "must be normal or low")
+    return 1 if value == "low" else 0  # priority can only be lowered, as on fal
+
+
+def _start_deadline(request: Request) -> float | None:
+    raw = request.headers.get("x-fal-request-start-timeout") or request.headers.get(
+        "x-fal-request-timeout"
+    )
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise InvalidInput("x-fal-request-timeout", "must be a number of seconds") from None
+    if not 0 < seconds < 7 * 24 * 3600:
+        raise InvalidInput("x-fal-request-timeout", "must be between 0 and 604800 seconds")
+    return time.time() + seconds
+
+
+def create_app(services: Services) -> FastAPI:
+    """The application, bound to ``services``."""
+    app = FastAPI(
+        title="fastsvd",
+        version=__version__,
+        description=(
+            "Self-hosted, fal-compatible Stable Video Diffusion: fal's queue protocol for "
+            f"`{c.TEXT_TO_VIDEO_ENDPOINT}` and `{c.IMAGE_TO_VIDEO_ENDPOINT}` (image-to-video)."
+        ),
+    )
+    app.state.services = services
+    s = services
+
+    async def submit(
+        request: Request,
+        key: KeyInfo,
+        endpoint: str,
+        body: TextToVideoInput | ImageToVideoInput,
+        fal_webhook: str | None,
+    ) -> JSONResponse:
+        base = _base_url(request)
+        job, _new = await run_in_threadpool(
+            s.jobs.submit,
+            key_id=key.key_id,
+            endpoint=endpoint,
+            input=body.model_dump(mode="json"),
+            priority=_priority(request),
+            start_deadline_at=_start_deadline(request),
+            webhook_url=fal_webhook,
+            idempotency_key=request.headers.get("idempotency-key"),
+            base_url=base,
+        )
+        s.waker.wake_all()
+        position = await run_in_threadpool(s.jobs.queue_position, job)
+        content = {
+            "status": "IN_QUEUE",
+            "request_id": job.id,
+            "gateway_request_id": job.id,
+            **urls(base, job.id),
+            "queue_position": position,
+        }
+        return JSONResponse(content, headers={"x-fal-request-id": job.id})
+
+    @app.post(f"{APP_PATH}/text-to-video", tags=["queue"], summary="Submit text-to-video")
+    async def submit_text_to_video(
+        request: Request, body: TextToVideoInput, key: KeyDep, fal_webhook: str | None = None
+    ) -> JSONResponse:
+        return await submit(request, key, c.TEXT_TO_VIDEO_ENDPOINT, body, fal_webhook)
+
+    @app.post(APP_PATH, tags=["queue"], summary="Submit image-to-video")
+    async def submit_image_to_video(
+        request: Request, body: ImageToVideoInput, key: KeyDep, fal_webhook: str | None = None
+    ) -> JSONResponse:
+        return await submit(request, key, c.IMAGE_TO_VIDEO_ENDPOINT, body, fal_webhook)
+
+    async def own_job(job_id: str, key: KeyInfo) -> Job:
+        job = await run_in_threadpool(
+            s.jobs.get, job_id, None if not s.settings.auth else key.key_id
+        )
+        if job is None:
+            raise NotFound(f"Request {job_id} not found")
+        return job
+
+    async def status_of(job: Job, base: str, with_logs: bool) -> dict[str, Any]:
+        position = (
+            await run_in_threadpool(s.jobs.queue_position, job)
+            if job.state == JobState.queued
+            else None
+        )
+        logs = await run_in_threadpool(s.jobs.logs, job.id) if with_logs else None
+        return status_body(job, base, queue_position=position, logs=logs)
+
+    @app.get(f"{APP_PATH}/requests/{{request_id}}/status", tags=["queue"], summary="Status")
+    async def status(
+        request: Request, request_id: str, key: KeyDep, logs: str | None = Query(None)
+    ) -> JSONResponse:
+        job = await own_job(request_id, key)
+        body = await status_of(job, _base_url(request), _truthy(logs))
+        code = 200 if job.state == JobState.completed else 202
+        return JSONResponse(body, status_code=code)
+
+    @app.get(
+        f"{APP_PATH}/requests/{{request_id}}/status/stream",
+        tags=["queue"],
+        summary="Status as server-sent events",
+        response_class=StreamingResponse,
+    )
+    async def status_stream(
+        request: Request, request_id: str, key: KeyDep, logs: str | None = Query(None)
+    ) -> StreamingResponse:
+        job = await own_job(request_id, key)
+        base, with_logs = _base_url(request), _truthy(logs)
+
+        async def events() -> AsyncIterator[str]:
+            last: str | None = None
+            last_sent = time.monotonic()
+            current: Job | None = job
+            while current is not None:
+                body = json.dumps(await status_of(current, base, with_logs))
+                if body != last:
+                    yield f"data: {body}\n\n"
+                    last, last_sent = body, time.monotonic()
+                if current.state == JobState.completed or await request.is_disconnected():
+                    return
+                if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                    yield ": keepalive\n\n"
+                    last_sent = time.monotonic()
+                await asyncio.sleep(STREAM_POLL_S)
+                current = await run_in_threadpool(s.jobs.get, job.id)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-fal-request-id": job.id},
+        )
+
+    def result_response(job: Job, base: str) -> JSONResponse:
+        headers = {"x-fal-request-id": job.id}
+        if job.state != JobState.completed:
+            return JSONResponse(
+                {"detail": "Request is still in progress"}, status_code=400, headers=headers
+            )
+        if job.output is None:
+            headers["x-fal-error-type"] = job.error_type or "internal_error"
+            return JSONResponse(
+                {"detail": job.error, "error_type": job.error_type},
+                status_code=job.http_status or 500,
+                headers=headers,
+            )
+        return JSONResponse(absolute_output(job.output, base), headers=headers)
+
+    @app.get(f"{APP_PATH}/requests/{{request_id}}", tags=["queue"], summary="Result")
+    async def result(request: Request, request_id: str, key: KeyDep) -> JSONResponse:
+        return result_response(await own_job(request_id, key), _base_url(request))
+
+    @app.put(f"{APP_PATH}/requests/{{request_id}}/cancel", tags=["queue"], summary="Cancel")
+    async def cancel(request_id: str, key: KeyDep) -> JSONResponse:
+        outcome = await run_in_threadpool(
+            s.jobs.request_cancel, request_id, None if not s.settings.auth else key.key_id
+        )
+        code = {
+            CancelOutcome.requested: 202,
+            CancelOutcome.already_completed: 400,
+            CancelOutcome.not_found: 404,
+        }[outcome]
+        return JSONResponse({"status": outcome.value}, status_code=code)
+
+    async def run_sync(
+        request: Request, key: KeyInfo, endpoint: str, body: TextToVideoInput | ImageToVideoInput
+    ) -> JSONResponse:
+        submitted = await submit(request, key, endpoint, body, None)
+        job_id = json.loads(bytes(submitted.body))["request_id"]
+        delay = 0.02
+        while True:
+            job = await run_in_threadpool(s.jobs.get, job_id)
+            if job is not None and job.state == JobState.completed:
+                return result_response(job, _base_url(request))
+            if await request.is_disconnected():
+                await run_in_threadpool(s.jobs.request_cancel, job_id, None)
+                return JSONResponse({"detail": "client disconnected"}, status_code=499)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    @app.post(f"/run{APP_PATH}/text-to-video", tags=["sync"], summary="Run text-to-video")
+    async def run_text_to_video(
+        request: Request, body: TextToVideoInput, key: KeyDep
+    ) -> JSONResponse:
+        return await run_sync(request, key, c.TEXT_TO_VIDEO_ENDPOINT, body)
+
+    @app.post(f"/run{APP_PATH}", tags=["sync"], summary="Run image-to-video")
+    async def run_image_to_video(
+        request: Request, body: ImageToVideoInput, key: KeyDep
+    ) -> JSONResponse:
+        return await run_sync(request, key, c.IMAGE_TO_VIDEO_ENDPOINT, body)
+
+    # --- files ---------------------------------------------------------------------------
+
+    @app.get("/files/{file_id}/{file_name}", tags=["files"], summary="Download a file")
+    async def download(file_id: str, file_name: str) -> Response:
+        record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
+        if record is None or record.file_name != file_name or record.upload_token is not None:
+            raise NotFound("File not found")
+        path = s.storage.path(record.id)
+        if not path.is_file():
+            raise NotFound("File not found")
+        # Starlette answers Range requests (206) itself, so players can seek.
+        return FileResponse(path, media_type=record.content_type)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > c.UPLOAD_MAX_BYTES:
+            raise TooLarge(f"uploads are limited to {c.UPLOAD_MAX_BYTES:,} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > c.UPLOAD_MAX_BYTES:
+                raise TooLarge(f"uploads are limited to {c.UPLOAD_MAX_BYTES:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def clean_name(name: str | None, content_type: str) -> str:
+        name = (name or "").replace("/", "_").replace("\\", "_").strip()[:200]
+        if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+            extension = content_type.split("/")[-1].split(";")[0].strip()
+            name = f"upload.{extension}" if extension.isalnum() else "upload.bin"
+        return name
+
+    @app.post("/storage/auth/token", tags=["files"], summary="Upload token (fal-client)")
+    async def upload_token(request: Request, key: KeyDep) -> JSONResponse:
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        token = credentials(request) or "anonymous"
+        return JSONResponse(
+            {
+                "token": token,
+                "token_type": "Key",
+                "base_url": _base_url(request),
+                "expires_at": expires.isoformat(),
+            }
+        )
+
+    @app.post("/files/upload", tags=["files"], summary="Upload a file (fal-client)")
+    async def upload(request: Request, key: KeyDep) -> JSONResponse:
+        data = await read_body(request)
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        name = clean_name(request.headers.get("x-fal-file-name"), content_type)
+        record = await run_in_threadpool(
+            s.files.add,
+            key_id=key.key_id,
+            kind="upload",
+            file_name=name,
+            content_type=content_type,
+            size=len(data),
+            retention_s=s.settings.retention_s,
+        )
+        await run_in_threadpool(s.storage.put, record.id, data)
+        url = _base_url(request) + record.path
+        return JSONResponse({"access_url": url, "content_type": content_type, "file_name": name})
+
+    @app.post("/storage/upload/initiate", tags=["files"], summary="Start an upload (fal JS)")
+    async def upload_initiate(
+        request: Request, key: KeyDep, body: Annotated[dict[str, Any], Body()]
+    ) -> JSONResponse:
+        content_type = str(body.get("content_type") or "application/octet-stream")[:255]
+        name = clean_name(str(body.get("file_name") or ""), content_type)
+        token = secrets.token_hex(16)
+        record = await run_in_threadpool(
+            s.files.add,
+            key_id=key.key_id,
+            kind="upload",
+            file_name=name,
+            content_type=content_type,
+            size=0,
+            retention_s=s.settings.retention_s,
+            upload_token=token,
+        )
+        base = _base_url(request)
+        return JSONResponse(
+            {
+                "upload_url": f"{base}/storage/upload/{record.id}?token={token}",
+                "file_url": base + record.path,
+            }
+        )
+
+    @app.put("/storage/upload/{file_id}", tags=["files"], summary="Send an initiated upload")
+    async def upload_put(request: Request, file_id: str, token: str = Query("")) -> JSONResponse:
+        record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
+        expected = record.upload_token if record is not None else None
+        if record is None or expected is None or not secrets.compare_digest(expected, token):
+            raise NotFound("No upload is waiting at this URL")
+        data = await read_body(request)
+        await run_in_threadpool(s.storage.put, record.id, data)
+        await run_in_threadpool(s.files.uploaded, record.id, len(data))
+        return JSONResponse({"file_url": _base_url(request) + record.path})
+
+    # --- operations ----------------------------------------------------------------------
+
+    @app.get("/health", tags=["operations"], summary="Alive")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"], summary="A worker has its model loaded")
+    async def ready() -> JSONResponse:
+        count = await run_in_threadpool(s.registry.ready_count, 3 * s.settings.lease_s)
+        return JSONResponse(
+            {"status": "ready" if count else "starting", "workers_ready": count},
+            status_code=200 if count else 503,
+        )
+
+    # --- errors --------------------------------------------------------------------------
+
+    @app.exception_handler(Unauthorized)
+    async def on_unauthorized(_r: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=401)
+
+    @app.exception_handler(NotFound)
+    async def on_not_found(_r: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(TooLarge)
+    async def on_too_large(_r: Request, exc: TooLarge) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=413)
+
+    @app.exception_handler(InvalidInput)
+    async def on_invalid(_r: Request, exc: InvalidInput) -> JSONResponse:
+        loc = ["header", exc.field] if exc.field.startswith("x-") else ["body", exc.field]
+        detail = [{"loc": loc, "msg": exc.reason, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def on_database_down(_r: Request, _exc: OperationalError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "The job store is unavailable; retry shortly"},
+            status_code=503,
+            headers={"retry-after": "2"},
+        )
+
+    with contextlib.suppress(Exception):
+        app.openapi()  # build the schema once at start, not on the first request
+    return app
+
+
+class NotFound(Exception):
+    """A request id, file or upload that does not exist for this caller."""
+
+
+class TooLarge(Exception):
+    """A body over its size limit."""

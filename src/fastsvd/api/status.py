@@ -1,0 +1,59 @@
+"""fal's status and submit bodies, built from a stored job."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastsvd.store.jobs import Job, JobState, LogLine
+
+APP_PATH = "/fal-ai/fast-svd"
+
+
+def urls(base_url: str, job_id: str) -> dict[str, str]:
+    """The three URLs fal's clients use verbatim after a submit."""
+    root = f"{base_url}{APP_PATH}/requests/{job_id}"
+    return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
+
+
+def log_entry(line: LogLine) -> dict[str, str]:
+    """One fal log entry."""
+    at = dt.datetime.fromtimestamp(line.at, tz=dt.UTC).isoformat(timespec="milliseconds")
+    return {
+        "message": line.message,
+        "level": line.level,
+        "source": "USER",
+        "timestamp": at.replace("+00:00", "Z"),
+    }
+
+
+def status_body(
+    job: Job, base_url: str, *, queue_position: int | None, logs: list[LogLine] | None
+) -> dict[str, Any]:
+    """The status object fal's clients parse (``IN_QUEUE`` / ``IN_PROGRESS`` / ``COMPLETED``)."""
+    body: dict[str, Any] = {"request_id": job.id, **urls(base_url, job.id)}
+    if job.state == JobState.queued:
+        body["status"] = "IN_QUEUE"
+        body["queue_position"] = queue_position or 0
+        return body
+    body["logs"] = [log_entry(line) for line in logs] if logs is not None else None
+    if job.state == JobState.running:
+        body["status"] = "IN_PROGRESS"
+        return body
+    body["status"] = "COMPLETED"
+    body["metrics"] = (
+        {"inference_time": job.inference_time_s} if job.inference_time_s is not None else {}
+    )
+    if job.error is not None:
+        body["error"] = job.error
+        body["error_type"] = job.error_type
+    return body
+
+
+def absolute_output(output: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """The stored output with its file URL made absolute for ``base_url``."""
+    video = dict(output.get("video") or {})
+    url = video.get("url")
+    if isinstance(url, str) and url.startswith("/"):
+        video["url"] = base_url + url
+    return {**output, "video": video}

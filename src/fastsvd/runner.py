@@ -1,0 +1,88 @@
+"""What a worker runs for a job: the model, or a stand-in named by ``FASTSVD_RUNNER``.
+
+A runner turns one validated fal input into MP4 bytes, calling the hooks on the way. The model
+runner loads the pipeline once (``load``) and resolves ``image_url`` into a picture; the import
+of torch happens here, in the worker process only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Protocol
+
+from PIL import Image
+
+from fastsvd import media
+from fastsvd.errors import InvalidInput
+from fastsvd.pipeline.hooks import Hooks
+from fastsvd.schema import ImageToVideoInput, TextToVideoInput
+from fastsvd.settings import Settings
+
+ImageLoader = Callable[[str], Image.Image]
+
+
+class Runner(Protocol):
+    """Turns a request into an MP4."""
+
+    def load(self) -> None:
+        """Get ready (load models); called once before the first job."""
+
+    def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
+        """The MP4 for ``request``."""
+
+
+class ModelRunner:
+    """The real pipeline."""
+
+    def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
+        self.settings = settings
+        self.load_image = load_image
+        self._pipeline: object | None = None
+
+    def load(self) -> None:
+        from fastsvd.pipeline.quiet import quiet_libraries
+
+        quiet_libraries()
+        from fastsvd.pipeline.core import load_pipeline
+        from fastsvd.pipeline.device import choose
+        from fastsvd.pipeline.presets import PRESETS
+
+        s = self.settings
+        self._pipeline = load_pipeline(
+            PRESETS[s.preset],
+            choose(s.device, s.dtype),
+            video_model=s.video_model,
+            first_frame_model=s.first_frame_model,
+        )
+
+    def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
+        from fastsvd.pipeline.core import VideoPipeline
+
+        pipeline = self._pipeline
+        if not isinstance(pipeline, VideoPipeline):
+            raise RuntimeError("ModelRunner.run before load")
+        if isinstance(request, TextToVideoInput):
+            video = pipeline.text_to_video(request, seed, hooks)
+        else:
+            video = pipeline.image_to_video(
+                self.load_image(request.image_url), request, seed, hooks
+            )
+        return pipeline.to_mp4(video, hooks)
+
+
+def make_runner(settings: Settings, load_image: ImageLoader) -> Runner:
+    """The runner ``settings`` ask for: ``FASTSVD_RUNNER`` (``module:factory``) or the model."""
+    if settings.runner:
+        module_name, _, attribute = settings.runner.partition(":")
+        factory = getattr(importlib.import_module(module_name), attribute or "Runner")
+        runner: Runner = factory(settings, load_image)
+        return runner
+    return ModelRunner(settings, load_image)
+
+
+def data_uri_only(url: str) -> Image.Image:
+    """An image loader for ``data:`` URIs alone."""
+    if not url.startswith("data:"):
+        raise InvalidInput("image_url", "only data: URIs can be read here")
+    return media.decode_data_uri_image(url)

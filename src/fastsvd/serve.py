@@ -1,0 +1,189 @@
+"""``fastsvd serve``: the API in this process, workers as child processes, housekeeping threads.
+
+The supervisor restarts a worker that dies (its job goes back to the queue when its lease
+expires) and stops everything if a worker cannot load its models. On SIGTERM or Ctrl-C it stops
+taking requests, asks the workers to finish their current job, and exits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from fastsvd.api.app import create_app
+from fastsvd.api.services import Services
+from fastsvd.errors import FastSVDError
+from fastsvd.settings import Settings
+from fastsvd.store.keys import Scope
+
+log = logging.getLogger("fastsvd.serve")
+
+EXIT_MODEL_NOT_AVAILABLE = 3  # a worker's exit code when its weights are missing
+HOUSEKEEPING_INTERVAL_S = 5.0
+DRAIN_GRACE_S = 60.0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def visible_gpus() -> int:
+    """How many NVIDIA GPUs this process may use, without importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+@dataclass
+class WorkerProcess:
+    """One supervised worker process."""
+
+    index: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fastsvd.cli", "worker"], env=self.env
+        )
+        self.started_at = time.monotonic()
+
+
+class Supervisor:
+    """Starts and watches the worker processes."""
+
+    def __init__(self, settings: Settings, count: int, gpus: int) -> None:
+        self.settings = settings
+        self.workers = []
+        for i in range(count):
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            self.workers.append(WorkerProcess(i, env))
+        self.fatal: str | None = None
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+        threading.Thread(target=self._watch, name="supervisor", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(0.5):
+            for worker in self.workers:
+                code = worker.process.poll() if worker.process is not None else None
+                if code is None:
+                    continue
+                if code == EXIT_MODEL_NOT_AVAILABLE:
+                    self.fatal = "a worker could not load its models (see above)"
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                delay = min(2.0**worker.restarts, 30.0)
+                log.warning(
+                    "worker %d exited with %s; restarting in %.0f s", worker.index, code, delay
+                )
+                if self.stopping.wait(delay):
+                    return
+                worker.restarts += 1
+                worker.start()
+
+    def stop(self) -> None:
+        """Ask every worker to finish its job and exit; kill the ones that take too long."""
+        self.stopping.set()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_GRACE_S
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+
+
+def housekeeping(services: Services, stop: threading.Event) -> None:
+    """Requeue jobs of dead workers and delete expired files, every few seconds."""
+    while not stop.wait(HOUSEKEEPING_INTERVAL_S):
+        try:
+            services.jobs.reap()
+            for file_id in services.files.take_expired():
+                services.storage.delete(file_id)
+        except Exception:  # a failed round is retried at the next one
+            log.exception("housekeeping failed")
+
+
+def serve(settings: Settings) -> int:
+    """Run the service until stopped; returns the process exit code."""
+    if not settings.auth and not is_loopback(settings.host):
+        raise FastSVDError(
+            f"auth can only be turned off on a loopback address, not on {settings.host}"
+        )
+    services = Services.from_settings(settings)
+    if settings.auth and services.keys.count_live() == 0:
+        key, _info = services.keys.create("first key", scope=Scope.admin)
+        print(
+            "\nCreated the first API key (shown once, keep it):\n\n"
+            f"    {key}\n\n"
+            "Send it as 'Authorization: Key <key>'. Manage keys with `fastsvd keys`.\n",
+            flush=True,
+        )
+    gpus = visible_gpus()
+    count = settings.workers or max(gpus, 1)
+    supervisor = Supervisor(settings, count, gpus)
+    supervisor.start()
+    stop = threading.Event()
+    threading.Thread(target=housekeeping, args=(services, stop), daemon=True).start()
+    print(
+        f"fastsvd on http://{settings.host}:{settings.port} "
+        f"({count} worker{'s' if count != 1 else ''}, preset {settings.preset}, "
+        f"data in {settings.data_dir.resolve()})",
+        flush=True,
+    )
+    config = uvicorn.Config(
+        create_app(services),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        stop.set()
+        supervisor.stop()
+        services.db.dispose()
+    if supervisor.fatal:
+        print(f"error: {supervisor.fatal}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,58 @@
+"""A stand-in for the model, for service tests where the pictures do not matter.
+
+It behaves like the pipeline at its seams: one hook call per step, a cancel check before each
+step, a real MP4 at the end. The prompt picks a behaviour:
+
+- "fail": raises ``GenerationFailed`` at step 1;
+- "crash": kills the worker process at step 1 (a poison job);
+- "slow": 0.5 s a step instead of ``FAKE_STEP_S`` (default 0.02 s).
+
+Image-to-video reads ``image_url`` through the worker's loader and fills the frames with the
+picture's average colour, so tests can see which picture arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from PIL import ImageStat
+
+from fastsvd.errors import GenerationFailed
+from fastsvd.pipeline.encode import encode_mp4
+from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
+from fastsvd.runner import ImageLoader
+from fastsvd.schema import ImageToVideoInput, TextToVideoInput
+from fastsvd.settings import Settings
+
+
+class Runner:
+    def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
+        self.load_image = load_image
+        self.step_s = float(os.environ.get("FAKE_STEP_S", "0.02"))
+
+    def load(self) -> None:
+        return None
+
+    def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
+        colour = (seed % 256, 100, 200)
+        step_s = self.step_s
+        if isinstance(request, TextToVideoInput):
+            if "slow" in request.prompt:
+                step_s = 0.5
+            behaviour = request.prompt
+        else:
+            picture = self.load_image(request.image_url).convert("RGB")
+            colour = tuple(int(v) for v in ImageStat.Stat(picture).mean)  # type: ignore[assignment]
+            behaviour = ""
+        for step in range(1, request.steps + 1):
+            hooks.check_cancel(Stage.video, step)
+            if "fail" in behaviour:
+                raise GenerationFailed("the fake model failed on purpose")
+            if "crash" in behaviour:
+                os._exit(9)
+            time.sleep(step_s)
+            hooks.on_step(StepEvent(Stage.video, step, request.steps))
+        frames = np.full((25, 64, 64, 3), colour, dtype=np.uint8)
+        return encode_mp4(frames, request.fps)

@@ -1,0 +1,222 @@
+"""fal's queue protocol against a real server process on loopback (fake model)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from tests.service.conftest import Server, wait_done
+
+T2V = "/fal-ai/fast-svd/text-to-video"
+REQUESTS = "/fal-ai/fast-svd/requests"
+SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 3}
+
+
+def submit(client: httpx.Client, prompt: str = "a rocket", **extra: object) -> dict[str, object]:
+    response = client.post(T2V, json={"prompt": prompt, **SMALL, **extra})
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    assert response.headers["x-fal-request-id"] == body["request_id"]
+    return body
+
+
+def test_submit_status_result_and_the_video_file(server: Server) -> None:
+    with server.client() as client:
+        sub = submit(client, seed=7)
+        assert sub["status"] == "IN_QUEUE"
+        rid = sub["request_id"]
+        assert sub["status_url"] == f"{server.url}{REQUESTS}/{rid}/status"
+        assert sub["response_url"] == f"{server.url}{REQUESTS}/{rid}"
+        assert sub["cancel_url"] == f"{server.url}{REQUESTS}/{rid}/cancel"
+        assert sub["queue_position"] == 0
+
+        done = wait_done(client, str(sub["status_url"]))
+        assert done["metrics"]["inference_time"] > 0  # type: ignore[index]
+        messages = [line["message"] for line in done["logs"]]  # type: ignore[union-attr]
+        assert messages == ["seed 7", "video: step 1/3", "video: step 2/3", "video: step 3/3"]
+        assert all(line["source"] == "USER" for line in done["logs"])  # type: ignore[union-attr]
+
+        final = client.get(f"{REQUESTS}/{rid}/status")
+        assert final.status_code == 200
+        assert final.json()["logs"] is None  # logs only when asked for
+
+        result = client.get(str(sub["response_url"]))
+        assert result.status_code == 200
+        assert result.headers["x-fal-request-id"] == rid
+        out = result.json()
+        assert out["seed"] == 7
+        video = out["video"]
+        assert video["content_type"] == "video/mp4"
+        assert video["url"].startswith(f"{server.url}/files/")
+
+        whole = httpx.get(video["url"])
+        assert whole.status_code == 200
+        assert whole.headers["content-type"] == "video/mp4"
+        assert len(whole.content) == video["file_size"]
+        part = httpx.get(video["url"], headers={"Range": "bytes=4-11"})
+        assert part.status_code == 206
+        assert part.content == whole.content[4:12] == b"ftypisom"
+
+
+def test_logs_param_spellings(server: Server) -> None:
+    with server.client() as client:
+        sub = submit(client)
+        wait_done(client, str(sub["status_url"]))
+        for value, has_logs in (("1", True), ("true", True), ("0", False), ("false", False)):
+            body = client.get(str(sub["status_url"]), params={"logs": value}).json()
+            assert (body["logs"] is not None) == has_logs, value
+
+
+def test_queue_positions_and_priority(server: Server) -> None:
+    with server.client() as client:
+        blocker = submit(client, "slow one", steps=4)
+        time.sleep(0.5)  # let the worker take it
+        first = submit(client)
+        low = client.post(
+            T2V, json={"prompt": "x", **SMALL}, headers={"X-Fal-Queue-Priority": "low"}
+        ).json()
+        second = submit(client)
+        positions = {
+            name: client.get(str(body["status_url"])).json()
+            for name, body in (("first", first), ("second", second), ("low", low))
+        }
+        assert positions["first"]["queue_position"] == 0
+        assert positions["second"]["queue_position"] == 1
+        assert positions["low"]["queue_position"] == 2
+        assert client.get(str(blocker["status_url"])).status_code == 202
+        for body in (blocker, first, second, low):
+            wait_done(client, str(body["status_url"]))
+
+
+def test_cancel_queued_running_finished_and_unknown(server: Server) -> None:
+    with server.client() as client:
+        running = submit(client, "slow", steps=20)
+        queued = submit(client)
+        deadline = time.monotonic() + 20
+        while client.get(str(running["status_url"])).json()["status"] != "IN_PROGRESS":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        answer = client.put(str(queued["cancel_url"]))
+        assert (answer.status_code, answer.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
+        answer = client.put(str(running["cancel_url"]))
+        assert answer.status_code == 202
+
+        stopped = wait_done(client, str(running["status_url"]), timeout_s=5)
+        assert stopped["error_type"] == "cancelled"
+        steps_run = [m for m in stopped["logs"] if "step" in m["message"]]  # type: ignore[union-attr]
+        assert len(steps_run) < 20  # stopped within a step, not run to the end
+        never = wait_done(client, str(queued["status_url"]))
+        assert never["error_type"] == "cancelled"
+        assert never["logs"] == []  # it never ran
+
+        result = client.get(str(running["response_url"]))
+        assert result.status_code == 499
+        assert result.json()["detail"] == "Request cancelled"
+        assert result.headers["x-fal-error-type"] == "cancelled"
+
+        again = client.put(str(running["cancel_url"]))
+        assert (again.status_code, again.json()["status"]) == (400, "ALREADY_COMPLETED")
+        missing = client.put(f"{REQUESTS}/00000000-0000-0000-0000-000000000000/cancel")
+        assert (missing.status_code, missing.json()["status"]) == (404, "NOT_FOUND")
+
+
+def test_failure_is_completed_with_error_and_result_is_not_2xx(server: Server) -> None:
+    with server.client() as client:
+        sub = submit(client, "please fail")
+        done = wait_done(client, str(sub["status_url"]))
+        assert done["error"] == "the fake model failed on purpose"
+        assert done["error_type"] == "generation_failed"
+        result = client.get(str(sub["response_url"]))
+        assert result.status_code == 500
+        assert result.json()["detail"] == "the fake model failed on purpose"
+
+
+def test_validation_errors_are_422_with_fals_detail_list(server: Server) -> None:
+    with server.client() as client:
+        bad = client.post(T2V, json={"prompt": "x", "video_size": {"width": 100, "height": 64}})
+        assert bad.status_code == 422
+        detail = bad.json()["detail"]
+        assert detail[0]["loc"] == ["body", "video_size", "width"]
+        assert "multiple of 64" in detail[0]["msg"]
+        missing = client.post(T2V, json={})
+        assert missing.json()["detail"][0]["loc"] == ["body", "prompt"]
+        for body in (b"{not json", b"", b"[]", b'"text"', b"null"):
+            response = client.post(T2V, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422, body
+        header = client.post(T2V, json={"prompt": "x"}, headers={"X-Fal-Queue-Priority": "urgent"})
+        assert header.status_code == 422
+        assert header.json()["detail"][0]["loc"] == ["header", "x-fal-queue-priority"]
+
+
+def test_auth_missing_wrong_and_other_keys_requests(server: Server) -> None:
+    anonymous = httpx.post(f"{server.url}{T2V}", json={"prompt": "x"})
+    assert anonymous.status_code == 401
+    assert "detail" in anonymous.json()
+    wrong_key = server.key.split(":")[0] + ":" + "0" * 64
+    with server.client(wrong_key) as client:
+        assert client.post(T2V, json={"prompt": "x"}).status_code == 401
+    bearer = httpx.get(
+        f"{server.url}{REQUESTS}/nope/status", headers={"Authorization": f"Bearer {server.key}"}
+    )
+    assert bearer.status_code == 404  # Bearer works too; the id does not exist
+
+    from fastsvd.settings import Settings
+    from fastsvd.store.db import Database
+    from fastsvd.store.keys import KeyStore
+
+    db = Database(Settings(data_dir=server.data_dir).db_url)
+    other_key, _ = KeyStore(db).create("other")
+    with server.client() as owner, server.client(other_key) as other:
+        sub = submit(owner)
+        assert other.get(str(sub["status_url"])).status_code == 404
+        assert other.get(str(sub["response_url"])).status_code == 404
+        assert other.put(str(sub["cancel_url"])).status_code == 404
+        wait_done(owner, str(sub["status_url"]))
+
+
+def test_status_stream_sends_events_until_completed(server: Server) -> None:
+    with server.client() as client:
+        sub = submit(client)
+        events = []
+        with client.stream("GET", f"{sub['status_url']}/stream", params={"logs": 1}) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        assert events[-1]["status"] == "COMPLETED"
+        assert {e["status"] for e in events} <= {"IN_QUEUE", "IN_PROGRESS", "COMPLETED"}
+        assert len(events[-1]["logs"]) == 4
+
+
+def test_start_deadline_passes_while_queued(server: Server) -> None:
+    with server.client() as client:
+        blocker = submit(client, "slow", steps=3)
+        late = client.post(
+            T2V, json={"prompt": "x", **SMALL}, headers={"X-Fal-Request-Timeout": "0.3"}
+        ).json()
+        done = wait_done(client, str(late["status_url"]))
+        assert done["error_type"] == "request_timeout"
+        assert client.get(str(late["response_url"])).status_code == 504
+        wait_done(client, str(blocker["status_url"]))
+
+
+def test_synchronous_run(server: Server) -> None:
+    with server.client() as client:
+        response = client.post(f"/run{T2V}", json={"prompt": "a rocket", **SMALL, "seed": 3})
+        assert response.status_code == 200
+        assert response.json()["seed"] == 3
+        failed = client.post(f"/run{T2V}", json={"prompt": "fail", **SMALL})
+        assert failed.status_code == 500
+        assert failed.json()["detail"] == "the fake model failed on purpose"
+
+
+def test_health_ready_and_openapi(server: Server) -> None:
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/ready").json()["workers_ready"] == 1
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert f"{REQUESTS}/{{request_id}}/status" in spec["paths"]
+    schema = spec["components"]["schemas"]["TextToVideoInput"]
+    assert schema["properties"]["motion_bucket_id"]["default"] == 127
