@@ -306,8 +306,10 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if worker.stopping.is_set():
-            worker.abort.set()  # a second signal: stop the current job too
+        # SIGTERM (and a first Ctrl-C): finish the current job, then exit. A second Ctrl-C
+        # stops the job at its next step and hands it back to the queue.
+        if signum == signal.SIGINT and worker.stopping.is_set():
+            worker.abort.set()
         worker.stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -177,6 +177,10 @@ def serve(settings: Settings) -> int:
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these no-op
+    # handlers in place that returns here, so the workers are drained below instead of orphaned.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: None)
     try:
         uvicorn.Server(config).run()
     finally:

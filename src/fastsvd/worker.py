@@ -137,6 +137,8 @@ class Worker:
         except Exception as exc:
             if lost.is_set():
                 log.warning("job %s: lease lost; stopped without writing", job.id)
+            elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
+                self.s.jobs.release(job.id, token)  # shutting down: another worker takes it
             else:
                 self.s.jobs.fail(job.id, token, failure_of(exc), time.perf_counter() - started)
         finally:

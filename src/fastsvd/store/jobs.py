@@ -313,6 +313,16 @@ class JobStore:
                 conn, job_id, token, failure=failure, inference_time_s=inference_time_s
             )
 
+    def release(self, job_id: str, token: int) -> bool:
+        """Hand a held job back to the queue (its worker is shutting down)."""
+        with self.db.write() as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(self._held(job_id, token))
+                .values(state=JobState.queued.value, lease_owner=None, lease_expires_at=None)
+            )
+        return done.rowcount == 1
+
     def reap(self, now: float | None = None) -> int:
         """Jobs whose worker stopped renewing: back to the queue, or ended after max attempts."""
         now = time.time() if now is None else now
