@@ -1,5 +1,5 @@
 # The two commands of the README, and the steps they are made of.
-#   make run    set up .venv if needed, then generate a video with the default models
+#   make run    set up .venv if needed, then serve the fal-compatible API on 127.0.0.1:8000
 #   make test   set up .venv if needed, then lint, type-check and run every test
 
 PYTHON ?= python3
@@ -10,12 +10,13 @@ PROMPT ?= A rocket flying that is about to take off
 PRESET ?=
 OUTPUT ?= rocket.mp4
 ARGS ?=
+GENERATE_ARGS ?=
 # The tiny preset is for smoke runs on a CPU: a small size and few steps keep it to seconds.
 ifeq ($(PRESET),tiny)
-  ARGS += --video-size 128x64 --steps 8
+  GENERATE_ARGS += --video-size 128x64 --steps 8
 endif
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run generate test lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -26,7 +27,10 @@ $(STAMP): pyproject.toml scripts/install-torch
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fastsvd generate "$(PROMPT)" -o $(OUTPUT) $(if $(PRESET),--preset $(PRESET)) $(ARGS)
+	$(BIN)/fastsvd serve $(if $(PRESET),--preset $(PRESET)) $(ARGS)
+
+generate: $(STAMP)
+	$(BIN)/fastsvd generate "$(PROMPT)" -o $(OUTPUT) $(if $(PRESET),--preset $(PRESET)) $(GENERATE_ARGS) $(ARGS)
 
 test: lint typecheck pytest
 
