@@ -322,6 +322,23 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
         _fail(exc.message)
 
 
+@main.command()
+def webhooks() -> None:
+    """Deliver webhooks of finished requests (fastsvd serve runs this for you)."""
+    import threading
+
+    from fastsvd.api.services import Services
+    from fastsvd.store.webhooks import WebhookOutbox
+    from fastsvd.webhooks import Deliverer
+
+    settings = _settings()
+    services = Services.from_settings(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
+    Deliverer(WebhookOutbox(services.db), settings).serve(stop)
+
+
 @main.group()
 def keys() -> None:
     """Create, list and revoke API keys."""

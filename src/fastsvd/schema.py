@@ -296,3 +296,12 @@ def closest_preset(width: int, height: int) -> ImageSize:
 def resolve_seed(seed: int | None) -> int:
     """The seed a request runs with: its own, or a fresh random one (returned to the caller)."""
     return seed if seed is not None else secrets.randbelow(c.RANDOM_SEED_MAX + 1)
+
+
+def absolute_output(output: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """The stored output with its file URL made absolute for ``base_url``."""
+    video = dict(output.get("video") or {})
+    url = video.get("url")
+    if isinstance(url, str) and url.startswith("/"):
+        video["url"] = base_url + url
+    return {**output, "video": video}

@@ -60,10 +60,11 @@ def visible_gpus() -> int:
 
 
 @dataclass
-class WorkerProcess:
-    """One supervised worker process."""
+class ChildProcess:
+    """One supervised process: a worker, or the webhook deliverer."""
 
-    index: int
+    name: str
+    command: str  # a fastsvd subcommand
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
@@ -71,22 +72,22 @@ class WorkerProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fastsvd.cli", "worker"], env=self.env
+            [sys.executable, "-m", "fastsvd.cli", self.command], env=self.env
         )
         self.started_at = time.monotonic()
 
 
 class Supervisor:
-    """Starts and watches the worker processes."""
+    """Starts and watches the worker processes and the webhook deliverer."""
 
     def __init__(self, settings: Settings, count: int, gpus: int) -> None:
         self.settings = settings
-        self.workers = []
+        self.workers = [ChildProcess("webhooks", "webhooks", dict(os.environ))]
         for i in range(count):
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-            self.workers.append(WorkerProcess(i, env))
+            self.workers.append(ChildProcess(f"worker {i}", "worker", env))
         self.fatal: str | None = None
         self.stopping = threading.Event()
 
@@ -106,9 +107,7 @@ class Supervisor:
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
                 delay = min(2.0**worker.restarts, 30.0)
-                log.warning(
-                    "worker %d exited with %s; restarting in %.0f s", worker.index, code, delay
-                )
+                log.warning("%s exited with %s; restarting in %.0f s", worker.name, code, delay)
                 if self.stopping.wait(delay):
                     return
                 worker.restarts += 1
@@ -158,7 +157,7 @@ def serve(settings: Settings) -> int:
             flush=True,
         )
     gpus = visible_gpus()
-    count = settings.workers or max(gpus, 1)
+    count = settings.workers if settings.workers is not None else max(gpus, 1)
     supervisor = Supervisor(settings, count, gpus)
     supervisor.start()
     stop = threading.Event()

@@ -36,6 +36,11 @@ class Settings:
     max_attempts: int = 3  # FASTSVD_MAX_ATTEMPTS: tries before a crashing job is given up
     retention_s: float = 7 * 24 * 3600.0  # FASTSVD_RETENTION_S: how long files are kept
     idle_poll_s: float = 2.0  # FASTSVD_IDLE_POLL_S: an idle worker's safety-net poll
+    # FASTSVD_ALLOW_PRIVATE_URLS=1 lets webhooks reach private addresses (development only)
+    allow_private_urls: bool = False
+    webhook_attempts: int = 10  # FASTSVD_WEBHOOK_ATTEMPTS: tries per webhook, as fal
+    webhook_window_s: float = 7200.0  # FASTSVD_WEBHOOK_WINDOW_S: spread over about 2 hours
+    webhook_timeout_s: float = 10.0  # FASTSVD_WEBHOOK_TIMEOUT_S: one delivery's time limit
 
     @property
     def db_url(self) -> str:
@@ -75,6 +80,10 @@ class Settings:
             max_attempts=int(number("max_attempts", defaults.max_attempts)),
             retention_s=number("retention_s", defaults.retention_s),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
+            allow_private_urls=(get("allow_private_urls") or "0").lower() in ("1", "true", "yes"),
+            webhook_attempts=int(number("webhook_attempts", defaults.webhook_attempts)),
+            webhook_window_s=number("webhook_window_s", defaults.webhook_window_s),
+            webhook_timeout_s=number("webhook_timeout_s", defaults.webhook_timeout_s),
         )
 
     def with_overrides(self, **values: object) -> Settings:

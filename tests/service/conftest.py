@@ -53,6 +53,8 @@ class Server:
 
 
 def start_server(tmp: Path, **env: str) -> Server:
+    """Start ``fastsvd serve``; wait for /ready (or /health when it runs no worker)."""
+    probe = "/health" if env.get("FASTSVD_WORKERS") == "0" else "/ready"
     port = free_port()
     log_path = tmp / "server.log"
     environment = {
@@ -80,7 +82,7 @@ def start_server(tmp: Path, **env: str) -> Server:
         if process.poll() is not None:
             raise RuntimeError(f"server exited:\n{log_path.read_text()}")
         try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

@@ -25,9 +25,10 @@ from fastsvd import __version__
 from fastsvd import constants as c
 from fastsvd.api.auth import Unauthorized, credentials, current_key
 from fastsvd.api.services import Services
-from fastsvd.api.status import APP_PATH, absolute_output, status_body, urls
+from fastsvd.api.status import APP_PATH, status_body, urls
 from fastsvd.errors import InvalidInput
-from fastsvd.schema import ImageToVideoInput, TextToVideoInput
+from fastsvd.netguard import check_url
+from fastsvd.schema import ImageToVideoInput, TextToVideoInput, absolute_output
 from fastsvd.store.jobs import CancelOutcome, Job, JobState
 from fastsvd.store.keys import KeyInfo
 
@@ -87,6 +88,13 @@ def create_app(services: Services) -> FastAPI:
         fal_webhook: str | None,
     ) -> JSONResponse:
         base = _base_url(request)
+        if fal_webhook is not None:
+            await run_in_threadpool(
+                check_url,
+                fal_webhook,
+                "fal_webhook",
+                allow_private=s.settings.allow_private_urls,
+            )
         job, _new = await run_in_threadpool(
             s.jobs.submit,
             key_id=key.key_id,
@@ -370,7 +378,9 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(InvalidInput)
     async def on_invalid(_r: Request, exc: InvalidInput) -> JSONResponse:
-        loc = ["header", exc.field] if exc.field.startswith("x-") else ["body", exc.field]
+        where = "header" if exc.field.startswith("x-") else "body"
+        where = "query" if exc.field == "fal_webhook" else where
+        loc = [where, *exc.field.split(".")]
         detail = [{"loc": loc, "msg": exc.reason, "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
 

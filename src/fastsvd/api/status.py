@@ -48,12 +48,3 @@ def status_body(
         body["error"] = job.error
         body["error_type"] = job.error_type
     return body
-
-
-def absolute_output(output: dict[str, Any], base_url: str) -> dict[str, Any]:
-    """The stored output with its file URL made absolute for ``base_url``."""
-    video = dict(output.get("video") or {})
-    url = video.get("url")
-    if isinstance(url, str) and url.startswith("/"):
-        video["url"] = base_url + url
-    return {**output, "video": video}

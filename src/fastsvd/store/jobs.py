@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fastsvd.store.db import Database
@@ -387,12 +387,15 @@ class JobStore:
             if token is not None
             else and_(jobs.c.id == job_id, jobs.c.state != JobState.completed.value)
         )
+        finished_at = time.time() if now is None else now
         done = conn.execute(
             update(jobs)
             .where(where)
             .values(
+                webhook_state=case((jobs.c.webhook_url.is_not(None), "pending"), else_=None),
+                webhook_next_at=finished_at,
                 state=JobState.completed.value,
-                finished_at=time.time() if now is None else now,
+                finished_at=finished_at,
                 lease_owner=None,
                 lease_expires_at=None,
                 output=json.dumps(output, separators=(",", ":")) if output is not None else None,

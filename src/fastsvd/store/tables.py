@@ -68,7 +68,13 @@ jobs = Table(
     Column("webhook_url", Text),
     Column("idempotency_key", String(200)),
     Column("base_url", Text),  # how the submitter reached the API: the root of output URLs
+    # the webhook outbox: set pending in the same transaction that makes the job completed
+    Column("webhook_state", String(16)),  # pending | delivered | failed
+    Column("webhook_attempts", Integer, nullable=False, default=0),
+    Column("webhook_next_at", Float),
+    Column("webhook_error", Text),
 )
+Index("ix_jobs_webhook", jobs.c.webhook_state, jobs.c.webhook_next_at)
 Index("ix_jobs_queue", jobs.c.state, jobs.c.priority, jobs.c.seq)
 Index("ix_jobs_lease", jobs.c.state, jobs.c.lease_expires_at)
 Index("ix_jobs_idempotency", jobs.c.key_id, jobs.c.idempotency_key, unique=True)

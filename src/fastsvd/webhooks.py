@@ -1,0 +1,119 @@
+"""Webhook delivery: a background process that sends fal's webhook body for finished jobs.
+
+Bodies are signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256>`` over ``id.timestamp.body`` with the key's
+``whsec_`` secret, shown by ``fastsvd keys webhook-secret``). A delivery never follows redirects,
+re-checks the target's addresses before every try and connects to a checked address, and is
+retried with exponential backoff: ``webhook_attempts`` tries spread over ``webhook_window_s``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import threading
+import time
+
+import httpx
+
+from fastsvd import __version__
+from fastsvd.errors import InvalidInput
+from fastsvd.netguard import Resolver, check_url, system_resolver
+from fastsvd.settings import Settings
+from fastsvd.store.webhooks import PendingWebhook, WebhookOutbox, body_of, dumps
+
+log = logging.getLogger("fastsvd.webhooks")
+
+IDLE_POLL_S = 0.5
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for ``body``."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def retry_delays_s(attempts: int, window_s: float) -> list[float]:
+    """Waits between tries: doubling, summing to ``window_s`` (10 tries, 2 h: 14 s ... 1.9 h)."""
+    gaps = attempts - 1
+    if gaps <= 0:
+        return []
+    unit = window_s / (2**gaps - 1)
+    return [unit * 2**i for i in range(gaps)]
+
+
+class Deliverer:
+    """Sends due webhooks until stopped."""
+
+    def __init__(
+        self,
+        outbox: WebhookOutbox,
+        settings: Settings,
+        *,
+        resolver: Resolver = system_resolver,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.resolver = resolver
+        self.client = client or httpx.Client(
+            follow_redirects=False, timeout=settings.webhook_timeout_s, trust_env=False
+        )
+        self.delays_s = retry_delays_s(settings.webhook_attempts, settings.webhook_window_s)
+
+    def serve(self, stop: threading.Event) -> None:
+        """Deliver until ``stop`` is set."""
+        while not stop.is_set():
+            due = self.outbox.claim_due(lease_s=self.settings.webhook_timeout_s * 3)
+            for pending in due:
+                self.deliver(pending)
+            if not due:
+                stop.wait(IDLE_POLL_S)
+
+    def deliver(self, pending: PendingWebhook) -> bool:
+        """One try; records the outcome. True when the receiver took it."""
+        job = pending.job
+        url = job.webhook_url or ""
+        body = dumps(body_of(job, job.base_url or ""))
+        try:
+            target = check_url(
+                url,
+                "fal_webhook",
+                allow_private=self.settings.allow_private_urls,
+                resolver=self.resolver,
+            )
+        except InvalidInput as exc:
+            self.outbox.retry(job.id, exc.message, None)  # the target may never be used
+            return False
+        pinned_url, host, extensions = target.pinned()
+        timestamp = int(time.time())
+        headers = {
+            **host,
+            "content-type": "application/json",
+            "user-agent": f"fastsvd/{__version__}",
+            "webhook-id": job.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(pending.secret, job.id, timestamp, body),
+            "x-fal-webhook-request-id": job.id,
+        }
+        try:
+            response = self.client.post(
+                pinned_url, content=body, headers=headers, extensions=extensions
+            )
+            error = None if response.is_success else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        if error is None:
+            self.outbox.delivered(job.id)
+            return True
+        tried = pending.attempts + 1
+        if tried >= self.settings.webhook_attempts:
+            self.outbox.retry(job.id, error, None)
+            log.warning("webhook for %s failed %d times; giving up: %s", job.id, tried, error)
+        else:
+            self.outbox.retry(job.id, error, time.time() + self.delays_s[tried - 1])
+        return False

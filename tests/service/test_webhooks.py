@@ -1,0 +1,176 @@
+"""Webhooks: fal's body, signed, retried with backoff, never redirected, never private."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fastsvd.settings import Settings
+from fastsvd.store.db import Database
+from fastsvd.store.keys import KeyStore
+from tests.service.conftest import Server, start_server, stop_server, wait_done
+
+T2V = "/fal-ai/fast-svd/text-to-video"
+SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 1}
+
+
+class Receiver:
+    """A webhook receiver on loopback that answers from a script of status codes."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.script: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.received.append((self.path, dict(self.headers), body))
+                code = receiver.script.pop(0) if receiver.script else 200
+                self.send_response(code)
+                if code in (301, 302, 307):
+                    self.send_header("location", f"{receiver.url}/redirected")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait(self, count: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"only {len(self.received)} webhooks arrived"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server allowed to call loopback receivers, retrying fast (4 tries over 1.5 s)."""
+    server = start_server(
+        tmp_path_factory.mktemp("webhooks"),
+        FASTSVD_ALLOW_PRIVATE_URLS="1",
+        FASTSVD_WEBHOOK_ATTEMPTS="4",
+        FASTSVD_WEBHOOK_WINDOW_S="1.5",
+    )
+    yield server
+    stop_server(server)
+
+
+def webhook_secret(server: Server) -> str:
+    keys = KeyStore(Database(Settings(data_dir=server.data_dir).db_url))
+    key_id = server.key.split(":")[0]
+    return next(k.webhook_secret for k in keys.list() if k.key_id == key_id)
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return headers["webhook-signature"] == f"v1,{expected}"
+
+
+def test_one_signed_webhook_per_request(hooked: Server, receiver: Receiver) -> None:
+    with hooked.client() as client:
+        sub = client.post(
+            T2V, params={"fal_webhook": f"{receiver.url}/hook"}, json={"prompt": "a", **SMALL}
+        ).json()
+        wait_done(client, sub["status_url"])
+        receiver.wait(1)
+        time.sleep(1.0)  # nothing more arrives
+        assert len(receiver.received) == 1
+        path, headers, body = receiver.received[0]
+        assert path == "/hook"
+        payload = json.loads(body)
+        assert payload["request_id"] == sub["request_id"]
+        assert payload["status"] == "OK"
+        assert payload["payload"]["video"]["url"].startswith(f"{hooked.url}/files/")
+        assert headers["webhook-id"] == sub["request_id"]
+        assert verify(webhook_secret(hooked), headers, body)
+
+
+def test_failed_request_sends_an_error_webhook(hooked: Server, receiver: Receiver) -> None:
+    with hooked.client() as client:
+        client.post(T2V, params={"fal_webhook": receiver.url}, json={"prompt": "fail", **SMALL})
+        receiver.wait(1)
+        payload = json.loads(receiver.received[0][2])
+        assert payload["status"] == "ERROR"
+        assert payload["error"] == "Invalid status code: 500"
+        assert payload["payload"] == {"detail": "the fake model failed on purpose"}
+
+
+def test_receiver_errors_are_retried_until_accepted(hooked: Server, receiver: Receiver) -> None:
+    receiver.script = [500, 503]
+    with hooked.client() as client:
+        client.post(T2V, params={"fal_webhook": receiver.url}, json={"prompt": "a", **SMALL})
+        receiver.wait(3)
+        time.sleep(1.0)
+        assert len(receiver.received) == 3  # two failures, one success, then nothing
+        assert len({r[2] for r in receiver.received}) == 1  # the same body each time
+
+
+def test_redirects_are_not_followed_and_tries_are_capped(
+    hooked: Server, receiver: Receiver
+) -> None:
+    receiver.script = [301] * 10
+    with hooked.client() as client:
+        client.post(T2V, params={"fal_webhook": receiver.url}, json={"prompt": "a", **SMALL})
+        receiver.wait(4)
+        time.sleep(2.0)
+        assert [r[0] for r in receiver.received] == ["/"] * 4  # never /redirected, 4 tries
+
+
+def test_private_webhook_targets_are_refused_by_default(tmp_path: Path) -> None:
+    server = start_server(tmp_path, FASTSVD_WORKERS="0")
+    try:
+        with server.client() as client:
+            for target in (
+                "http://127.0.0.1:9/hook",
+                "http://169.254.169.254/",
+                "ftp://example.com/",
+            ):
+                answer = client.post(T2V, params={"fal_webhook": target}, json={"prompt": "a"})
+                assert answer.status_code == 422, target
+                assert answer.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
+    finally:
+        stop_server(server)
+
+
+def test_webhook_secret_command_shows_the_keys_secret(hooked: Server) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fastsvd.cli", "keys", "webhook-secret", hooked.key.split(":")[0]],
+        env={**__import__("os").environ, "FASTSVD_DATA_DIR": str(hooked.data_dir)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == webhook_secret(hooked)
+    assert httpx.get(f"{hooked.url}/health").status_code == 200
