@@ -290,7 +290,10 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
 
     settings = _settings(preset=preset, data_dir=Path(data_dir) if data_dir else None)
     services = Services.from_settings(settings)
-    runner = make_runner(settings, image_loader(services.files, services.storage))
+    loader = image_loader(
+        services.files, services.storage, allow_private=settings.allow_private_urls
+    )
+    runner = make_runner(settings, loader)
     worker = Worker(
         WorkerServices(
             jobs=services.jobs,

@@ -47,3 +47,5 @@ DEFAULT_PRESET = "svd-xt-1.1"  # SDXL base first frame + SVD-XT 1.1, the model f
 DATA_URI_MAX_BYTES = 20 * 1024 * 1024  # a data: URI's decoded size
 IMAGE_PIXELS_MAX = 40_000_000  # refuse larger pictures before decoding them (bombs)
 UPLOAD_MAX_BYTES = 50 * 1024 * 1024  # one uploaded file
+FETCH_MAX_BYTES = 20 * 1024 * 1024  # an input file fetched from a URL
+FETCH_TIMEOUT_S = 30.0  # the whole download, redirects included

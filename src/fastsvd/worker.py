@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from fastsvd import constants as c
 from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput, OutOfMemory
+from fastsvd.fetch import fetch
 from fastsvd.pipeline.hooks import Hooks, StepEvent
 from fastsvd.runner import Runner
 from fastsvd.schema import (
@@ -172,20 +173,21 @@ class Worker:
         return VideoOutput(video=file, seed=seed).model_dump(mode="json")
 
 
-def image_loader(files: FileStore, storage: LocalStorage) -> Callable[[str], Image.Image]:
-    """Reads ``image_url``: a data: URI, or a file uploaded to this server."""
+def image_loader(
+    files: FileStore, storage: LocalStorage, *, allow_private: bool = False
+) -> Callable[[str], Image.Image]:
+    """Reads ``image_url``: a data: URI, a file uploaded to this server, or a public URL."""
 
     def load(url: str) -> Image.Image:
         if url.startswith("data:"):
             return media.decode_data_uri_image(url)
         parts = urllib.parse.urlsplit(url).path.split("/")
-        if len(parts) >= 3 and parts[1] == "files":
+        if len(parts) >= 3 and parts[1] == "files" and parts[2].isalnum():
             record = files.get(parts[2])
             if record is not None and storage.exists(record.id):
                 return media.decode_image(storage.read(record.id))
-        raise InvalidInput(
-            "image_url", "not found: use a data: URI or a file uploaded to this server"
-        )
+        _content_type, data = fetch(url, "image_url", allow_private=allow_private)
+        return media.decode_image(data)
 
     return load
 

@@ -220,3 +220,16 @@ def test_health_ready_and_openapi(server: Server) -> None:
     assert f"{REQUESTS}/{{request_id}}/status" in spec["paths"]
     schema = spec["components"]["schemas"]["TextToVideoInput"]
     assert schema["properties"]["motion_bucket_id"]["default"] == 127
+
+
+def test_image_urls_that_may_not_be_fetched_are_refused_at_submit(server: Server) -> None:
+    with server.client() as client:
+        for url in (
+            "https://127.0.0.1/a.png",
+            "https://[::1]/a.png",
+            "https://169.254.169.254/latest/meta-data/",
+            "http://example.com/a.png",  # plain http is for development servers only
+        ):
+            answer = client.post("/fal-ai/fast-svd", json={"image_url": url})
+            assert answer.status_code == 422, url
+            assert answer.json()["detail"][0]["loc"] == ["body", "image_url"]

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from fastsvd.api.auth import Unauthorized, credentials, current_key
 from fastsvd.api.services import Services
 from fastsvd.api.status import APP_PATH, status_body, urls
 from fastsvd.errors import InvalidInput
+from fastsvd.fetch import url_schemes
 from fastsvd.netguard import check_url
 from fastsvd.schema import ImageToVideoInput, TextToVideoInput, absolute_output
 from fastsvd.store.jobs import CancelOutcome, Job, JobState
@@ -67,6 +69,21 @@ def _start_deadline(request: Request) -> float | None:
     return time.time() + seconds
 
 
+def check_image_url(url: str, services: Services) -> None:
+    """Refuse at submit an ``image_url`` the worker would not be allowed to fetch."""
+    parts = urllib.parse.urlsplit(url).path.split("/")
+    uploaded_here = len(parts) >= 3 and parts[1] == "files" and parts[2].isalnum()
+    if uploaded_here and services.files.get(parts[2]) is not None:
+        return  # a file uploaded here: read from storage, never fetched
+    settings = services.settings
+    check_url(
+        url,
+        "image_url",
+        schemes=url_schemes(settings.allow_private_urls),
+        allow_private=settings.allow_private_urls,
+    )
+
+
 def create_app(services: Services) -> FastAPI:
     """The application, bound to ``services``."""
     app = FastAPI(
@@ -88,6 +105,8 @@ def create_app(services: Services) -> FastAPI:
         fal_webhook: str | None,
     ) -> JSONResponse:
         base = _base_url(request)
+        if isinstance(body, ImageToVideoInput) and not body.image_url.startswith("data:"):
+            await run_in_threadpool(check_image_url, body.image_url, s)
         if fal_webhook is not None:
             await run_in_threadpool(
                 check_url,
