@@ -260,8 +260,10 @@ def serve(
     no_auth: bool,
 ) -> None:
     """Run the fal-compatible API and its workers."""
+    from fastsvd.logs import configure
     from fastsvd.serve import serve as run_service
 
+    configure()
     settings = _settings(
         host=host,
         port=port,
@@ -284,10 +286,12 @@ def serve(
 def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
     """Run one worker: load the model, then run queued jobs one at a time."""
     from fastsvd.api.services import Services
+    from fastsvd.logs import configure
     from fastsvd.runner import make_runner
     from fastsvd.serve import EXIT_MODEL_NOT_AVAILABLE
     from fastsvd.worker import Worker, WorkerServices, image_loader
 
+    configure()
     settings = _settings(preset=preset, data_dir=Path(data_dir) if data_dir else None)
     services = Services.from_settings(settings)
     loader = image_loader(
@@ -331,9 +335,11 @@ def webhooks() -> None:
     import threading
 
     from fastsvd.api.services import Services
+    from fastsvd.logs import configure
     from fastsvd.store.webhooks import WebhookOutbox
     from fastsvd.webhooks import Deliverer
 
+    configure()
     settings = _settings()
     services = Services.from_settings(settings)
     stop = threading.Event()

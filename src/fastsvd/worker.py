@@ -117,12 +117,19 @@ class Worker:
         )
         heartbeat.start()
         started = time.perf_counter()
+        log.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         try:
             request = ENDPOINTS[job.endpoint].model_validate(job.input)
             seed = resolve_seed(request.seed)
             self.s.jobs.log(job.id, token, f"seed {seed}")
 
+            stage_seconds: dict[str, float] = {}
+            mark = [time.perf_counter()]
+
             def on_step(event: StepEvent) -> None:
+                now = time.perf_counter()
+                stage_seconds[event.stage] = stage_seconds.get(event.stage, 0.0) + now - mark[0]
+                mark[0] = now
                 self.s.jobs.log(job.id, token, f"{event.stage}: step {event.step}/{event.total}")
 
             def should_cancel() -> bool:
@@ -133,7 +140,9 @@ class Worker:
             )
             output = self._store_output(job.key_id, job.id, mp4, seed)
             elapsed = time.perf_counter() - started
-            if not self.s.jobs.complete(job.id, token, output, elapsed):
+            if self.s.jobs.complete(job.id, token, output, elapsed, stage_seconds):
+                log.info("job completed", extra={"request_id": job.id, "seconds": elapsed})
+            else:
                 log.warning("job %s: lease lost before the result; result dropped", job.id)
         except Exception as exc:
             if lost.is_set():
@@ -141,7 +150,11 @@ class Worker:
             elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
                 self.s.jobs.release(job.id, token)  # shutting down: another worker takes it
             else:
-                self.s.jobs.fail(job.id, token, failure_of(exc), time.perf_counter() - started)
+                failure = failure_of(exc)
+                self.s.jobs.fail(job.id, token, failure, time.perf_counter() - started)
+                log.info(
+                    "job failed", extra={"request_id": job.id, "error_type": failure.error_type}
+                )
         finally:
             done.set()
             heartbeat.join()

@@ -233,3 +233,15 @@ def test_image_urls_that_may_not_be_fetched_are_refused_at_submit(server: Server
             answer = client.post("/fal-ai/fast-svd", json={"image_url": url})
             assert answer.status_code == 422, url
             assert answer.json()["detail"][0]["loc"] == ["body", "image_url"]
+
+
+def test_prometheus_metrics(server: Server) -> None:
+    with server.client() as client:
+        done = submit(client)
+        wait_done(client, str(done["status_url"]))
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "fastsvd_queue_depth " in text
+    assert 'fastsvd_jobs_completed_total{outcome="ok"}' in text
+    assert 'fastsvd_stage_seconds_count{stage="video"}' in text
+    assert "fastsvd_workers_ready 1.0" in text
+    assert server.key.split(":")[1] not in text

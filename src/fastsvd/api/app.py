@@ -19,12 +19,14 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from fastsvd import __version__
 from fastsvd import constants as c
 from fastsvd.api.auth import Unauthorized, credentials, current_key
+from fastsvd.api.metrics import render as render_metrics
 from fastsvd.api.services import Services
 from fastsvd.api.status import APP_PATH, status_body, urls
 from fastsvd.errors import InvalidInput
@@ -380,6 +382,11 @@ def create_app(services: Services) -> FastAPI:
             {"status": "ready" if count else "starting", "workers_ready": count},
             status_code=200 if count else 503,
         )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        body = await run_in_threadpool(render_metrics, s)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # --- errors --------------------------------------------------------------------------
 

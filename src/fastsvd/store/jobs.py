@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Row, and_, case, func, insert, or_, select, u
 from sqlalchemy.exc import IntegrityError
 
 from fastsvd.store.db import Database
-from fastsvd.store.tables import job_logs, jobs
+from fastsvd.store.tables import job_logs, jobs, stage_timings
 
 
 class JobState(enum.StrEnum):
@@ -296,13 +296,51 @@ class JobStore:
         return True
 
     def complete(
-        self, job_id: str, token: int, output: dict[str, Any], inference_time_s: float
+        self,
+        job_id: str,
+        token: int,
+        output: dict[str, Any],
+        inference_time_s: float,
+        stage_seconds: dict[str, float] | None = None,
     ) -> bool:
-        """Record the output; False (and nothing written) when the lease was lost."""
+        """Record the output (and how long each stage took); False when the lease was lost."""
         with self.db.write() as conn:
-            return self._finish(
+            done = self._finish(
                 conn, job_id, token, output=output, inference_time_s=inference_time_s
             )
+            if done and stage_seconds:
+                conn.execute(
+                    insert(stage_timings),
+                    [
+                        {"job_id": job_id, "stage": k, "seconds": v}
+                        for k, v in stage_seconds.items()
+                    ],
+                )
+            return done
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by (state, outcome): outcome is "ok", an error_type, or "" while unfinished."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(jobs.c.state, jobs.c.error_type, func.count()).group_by(
+                    jobs.c.state, jobs.c.error_type
+                )
+            ).all()
+        out: dict[tuple[str, str], int] = {}
+        for state, error_type, count in rows:
+            outcome = (error_type or "ok") if state == JobState.completed else ""
+            out[(state, outcome)] = out.get((state, outcome), 0) + int(count)
+        return out
+
+    def stage_totals(self) -> dict[str, tuple[int, float]]:
+        """Per stage: (how many runs, total seconds), over every recorded job."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(
+                    stage_timings.c.stage, func.count(), func.sum(stage_timings.c.seconds)
+                ).group_by(stage_timings.c.stage)
+            ).all()
+        return {stage: (int(count), float(total or 0.0)) for stage, count, total in rows}
 
     def fail(
         self, job_id: str, token: int, failure: Failure, inference_time_s: float | None = None

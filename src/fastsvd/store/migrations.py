@@ -19,7 +19,14 @@ from fastsvd.store.db import Database
 
 def _v1_initial(conn: Connection) -> None:
     """The first schema: keys, jobs, logs, files, workers."""
-    for table in (tables.api_keys, tables.jobs, tables.job_logs, tables.files, tables.workers):
+    for table in (
+        tables.api_keys,
+        tables.jobs,
+        tables.job_logs,
+        tables.files,
+        tables.workers,
+        tables.stage_timings,
+    ):
         table.create(conn, checkfirst=True)
 
 

@@ -105,6 +105,16 @@ files = Table(
 )
 Index("ix_files_expiry", files.c.expires_at)
 
+stage_timings = Table(
+    "stage_timings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("seconds", Float, nullable=False),
+)
+Index("ix_stage_timings_stage", stage_timings.c.stage)
+
 workers = Table(
     "workers",
     metadata,
