@@ -56,6 +56,7 @@ def start_server(tmp: Path, **env: str) -> Server:
     """Start ``fastsvd serve``; wait for /ready (or /health when it runs no worker)."""
     probe = "/health" if env.get("FASTSVD_WORKERS") == "0" else "/ready"
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "server.log"
     environment = {
         **os.environ,

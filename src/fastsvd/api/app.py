@@ -158,21 +158,26 @@ def create_app(services: Services) -> FastAPI:
             raise NotFound(f"Request {job_id} not found")
         return job
 
-    async def status_of(job: Job, base: str, with_logs: bool) -> dict[str, Any]:
-        position = (
-            await run_in_threadpool(s.jobs.queue_position, job)
-            if job.state == JobState.queued
-            else None
-        )
-        logs = await run_in_threadpool(s.jobs.logs, job.id) if with_logs else None
-        return status_body(job, base, queue_position=position, logs=logs)
+    async def status_of(
+        job_id: str, key: KeyInfo, base: str, with_logs: bool
+    ) -> tuple[Job, dict[str, Any]]:
+        scope = key.key_id if s.settings.auth else None
+        if s.db.is_sqlite:
+            # A local SQLite read (~0.3 ms, never blocked by writers in WAL mode) costs less than
+            # the hop to a thread; this path runs for every poll of every client.
+            view = s.jobs.view(job_id, scope, with_logs=with_logs)
+        else:
+            view = await run_in_threadpool(s.jobs.view, job_id, scope, with_logs=with_logs)
+        if view is None:
+            raise NotFound(f"Request {job_id} not found")
+        job, position, logs = view
+        return job, status_body(job, base, queue_position=position, logs=logs)
 
     @app.get(f"{APP_PATH}/requests/{{request_id}}/status", tags=["queue"], summary="Status")
     async def status(
         request: Request, request_id: str, key: KeyDep, logs: str | None = Query(None)
     ) -> JSONResponse:
-        job = await own_job(request_id, key)
-        body = await status_of(job, _base_url(request), _truthy(logs))
+        job, body = await status_of(request_id, key, _base_url(request), _truthy(logs))
         code = 200 if job.state == JobState.completed else 202
         return JSONResponse(body, status_code=code)
 
@@ -185,17 +190,16 @@ def create_app(services: Services) -> FastAPI:
     async def status_stream(
         request: Request, request_id: str, key: KeyDep, logs: str | None = Query(None)
     ) -> StreamingResponse:
-        job = await own_job(request_id, key)
         base, with_logs = _base_url(request), _truthy(logs)
+        job, first = await status_of(request_id, key, base, with_logs)
 
         async def events() -> AsyncIterator[str]:
-            last: str | None = None
+            current, body = job, first
+            last: dict[str, Any] | None = None
             last_sent = time.monotonic()
-            current: Job | None = job
-            while current is not None:
-                body = json.dumps(await status_of(current, base, with_logs))
+            while True:
                 if body != last:
-                    yield f"data: {body}\n\n"
+                    yield f"data: {json.dumps(body)}\n\n"
                     last, last_sent = body, time.monotonic()
                 if current.state == JobState.completed or await request.is_disconnected():
                     return
@@ -203,7 +207,7 @@ def create_app(services: Services) -> FastAPI:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
                 await asyncio.sleep(STREAM_POLL_S)
-                current = await run_in_threadpool(s.jobs.get, job.id)
+                current, body = await status_of(request_id, key, base, with_logs)
 
         return StreamingResponse(
             events(),

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+SQLITE_POOL_SIZE = 8
 
 
 class Database:
@@ -53,10 +54,13 @@ def sqlite_url(path: Path) -> str:
 
 
 def _sqlite_engine(url: str) -> Engine:
+    # Pooled connections: opening one (and setting its pragmas) costs more than a status read.
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
-        poolclass=NullPool if ":memory:" not in url else None,
+        poolclass=QueuePool,
+        pool_size=SQLITE_POOL_SIZE,
+        max_overflow=SQLITE_POOL_SIZE,
     )
 
     @event.listens_for(engine, "connect")

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fastsvd.store.db import Database
@@ -126,6 +126,28 @@ class Claim:
     token: int
 
 
+# The status read runs for every poll of every client: its statements are built once, so
+# SQLAlchemy compiles and caches them once instead of on every call.
+_JOB_BY_ID = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_JOB_BY_ID_AND_KEY = _JOB_BY_ID.where(jobs.c.key_id == bindparam("key_id"))
+_QUEUED_AHEAD = (
+    select(func.count())
+    .select_from(jobs)
+    .where(
+        jobs.c.state == JobState.queued.value,
+        or_(
+            jobs.c.priority < bindparam("priority"),
+            and_(jobs.c.priority == bindparam("priority"), jobs.c.seq < bindparam("seq")),
+        ),
+    )
+)
+_LOGS_AFTER = (
+    select(job_logs)
+    .where(job_logs.c.job_id == bindparam("job_id"), job_logs.c.id > bindparam("after_id"))
+    .order_by(job_logs.c.id)
+)
+
+
 class JobStore:
     """Every read and write of jobs goes through here."""
 
@@ -189,27 +211,37 @@ class JobStore:
     def queue_position(self, job: Job) -> int:
         """How many queued jobs will start before ``job`` (0: it is next)."""
         with self.db.read() as conn:
-            ahead = conn.scalar(
-                select(func.count())
-                .select_from(jobs)
-                .where(
-                    jobs.c.state == JobState.queued.value,
-                    or_(
-                        jobs.c.priority < job.priority,
-                        and_(jobs.c.priority == job.priority, jobs.c.seq < job.seq),
-                    ),
-                )
-            )
+            return self._position(conn, job)
+
+    @staticmethod
+    def _position(conn: Connection, job: Job) -> int:
+        ahead = conn.scalar(_QUEUED_AHEAD, {"priority": job.priority, "seq": job.seq})
         return int(ahead or 0)
+
+    def view(
+        self, job_id: str, key_id: str | None, *, with_logs: bool
+    ) -> tuple[Job, int | None, list[LogLine] | None] | None:
+        """A status read in one transaction: the job, its queue position, its logs."""
+        with self.db.read() as conn:
+            if key_id is None:
+                row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).first()
+            else:
+                row = conn.execute(_JOB_BY_ID_AND_KEY, {"job_id": job_id, "key_id": key_id}).first()
+            if row is None:
+                return None
+            job = Job.from_row(row)
+            position = self._position(conn, job) if job.state == JobState.queued else None
+            logs = self._logs(conn, job_id, 0) if with_logs else None
+        return job, position, logs
 
     def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]:
         """The job's log lines with id > ``after_id``, in order."""
         with self.db.read() as conn:
-            rows = conn.execute(
-                select(job_logs)
-                .where(job_logs.c.job_id == job_id, job_logs.c.id > after_id)
-                .order_by(job_logs.c.id)
-            ).all()
+            return self._logs(conn, job_id, after_id)
+
+    @staticmethod
+    def _logs(conn: Connection, job_id: str, after_id: int) -> list[LogLine]:
+        rows = conn.execute(_LOGS_AFTER, {"job_id": job_id, "after_id": after_id}).all()
         return [LogLine(r.id, r.at, r.level, r.message) for r in rows]
 
     def request_cancel(self, job_id: str, key_id: str | None) -> CancelOutcome:
