@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -305,3 +305,77 @@ def absolute_output(output: dict[str, Any], base_url: str) -> dict[str, Any]:
     if isinstance(url, str) and url.startswith("/"):
         video["url"] = base_url + url
     return {**output, "video": video}
+
+
+# --- the queue protocol's bodies (documented in /openapi.json; the API builds them directly) ---
+
+
+class RequestLog(BaseModel):
+    """One log line of a request: one per step of each stage."""
+
+    message: str
+    level: Literal["STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG"]
+    source: Literal["USER"]
+    timestamp: str = Field(..., description="ISO 8601, UTC.")
+
+
+class RequestURLs(BaseModel):
+    """Where to poll, fetch and cancel a request; fal's clients use them verbatim."""
+
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+
+
+class SubmitResponse(RequestURLs):
+    """The answer to a submit."""
+
+    status: Literal["IN_QUEUE"]
+    gateway_request_id: str
+    queue_position: int = Field(..., description="0-based: 0 means it starts next.")
+
+
+class QueueStatus(RequestURLs):
+    """A request's status. Failures and cancellations are ``COMPLETED`` with ``error``."""
+
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    queue_position: int | None = Field(None, description="While IN_QUEUE: 0-based position.")
+    logs: list[RequestLog] | None = Field(
+        None, description="With ?logs=1 (or true): every line so far; null otherwise."
+    )
+    metrics: dict[str, float] | None = Field(
+        None, description="When COMPLETED: inference_time in seconds."
+    )
+    error: str | None = None
+    error_type: str | None = Field(
+        None,
+        description=(
+            "cancelled, request_timeout, runner_disconnected, validation_error, "
+            "generation_failed, out_of_memory, internal_error"
+        ),
+    )
+
+
+class CancelResponse(BaseModel):
+    """The answer to a cancel."""
+
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
+class ErrorResponse(BaseModel):
+    """An error answer: ``detail`` is a message (or, for 422, fal's list of field errors)."""
+
+    detail: str | list[dict[str, Any]]
+    error_type: str | None = None
+
+
+class WebhookBody(BaseModel):
+    """What a ``fal_webhook`` receives once the request has finished."""
+
+    request_id: str
+    gateway_request_id: str
+    status: Literal["OK", "ERROR"]
+    payload: dict[str, Any] | None
+    error: str | None = None
+    error_type: str | None = None

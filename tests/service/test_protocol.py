@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from fastsvd.schema import QueueStatus, SubmitResponse
 from tests.service.conftest import Server, wait_done
 
 T2V = "/fal-ai/fast-svd/text-to-video"
@@ -33,6 +34,9 @@ def test_submit_status_result_and_the_video_file(server: Server) -> None:
         assert sub["queue_position"] == 0
 
         done = wait_done(client, str(sub["status_url"]))
+        # the bodies are the ones /openapi.json documents
+        SubmitResponse.model_validate(sub)
+        QueueStatus.model_validate(done)
         assert done["metrics"]["inference_time"] > 0  # type: ignore[index]
         messages = [line["message"] for line in done["logs"]]  # type: ignore[union-attr]
         assert messages == ["seed 7", "video: step 1/3", "video: step 2/3", "video: step 3/3"]

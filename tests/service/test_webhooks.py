@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fastsvd.schema import WebhookBody
 from fastsvd.settings import Settings
 from fastsvd.store.db import Database
 from fastsvd.store.keys import KeyStore
@@ -107,6 +108,7 @@ def test_one_signed_webhook_per_request(hooked: Server, receiver: Receiver) -> N
         path, headers, body = receiver.received[0]
         assert path == "/hook"
         payload = json.loads(body)
+        WebhookBody.model_validate(payload)
         assert payload["request_id"] == sub["request_id"]
         assert payload["status"] == "OK"
         assert payload["payload"]["video"]["url"].startswith(f"{hooked.url}/files/")

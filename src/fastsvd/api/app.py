@@ -32,11 +32,49 @@ from fastsvd.api.status import APP_PATH, status_body, urls
 from fastsvd.errors import InvalidInput
 from fastsvd.fetch import url_schemes
 from fastsvd.netguard import check_url
-from fastsvd.schema import ImageToVideoInput, TextToVideoInput, absolute_output
+from fastsvd.schema import (
+    CancelResponse,
+    ErrorResponse,
+    ImageToVideoInput,
+    QueueStatus,
+    SubmitResponse,
+    TextToVideoInput,
+    VideoOutput,
+    absolute_output,
+)
 from fastsvd.store.jobs import CancelOutcome, Job, JobState
 from fastsvd.store.keys import KeyInfo
 
 KeyDep = Annotated[KeyInfo, Depends(current_key)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    404: {"model": ErrorResponse, "description": "No such request for this key"},
+}
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    200: {"model": SubmitResponse, "description": "Queued"},
+    422: {"model": ErrorResponse, "description": "Invalid input: fal's detail list"},
+    **_ERRORS,
+}
+STATUS: dict[int | str, dict[str, Any]] = {
+    200: {"model": QueueStatus, "description": "COMPLETED"},
+    202: {"model": QueueStatus, "description": "IN_QUEUE or IN_PROGRESS"},
+    **_ERRORS,
+}
+RESULT: dict[int | str, dict[str, Any]] = {
+    200: {"model": VideoOutput, "description": "The output"},
+    400: {"model": ErrorResponse, "description": "Not finished yet"},
+    499: {"model": ErrorResponse, "description": "Cancelled"},
+    500: {"model": ErrorResponse, "description": "The model failed (error_type says why)"},
+    504: {"model": ErrorResponse, "description": "Did not start before its start deadline"},
+    **_ERRORS,
+}
+CANCEL: dict[int | str, dict[str, Any]] = {
+    202: {"model": CancelResponse, "description": "CANCELLATION_REQUESTED"},
+    400: {"model": CancelResponse, "description": "ALREADY_COMPLETED"},
+    404: {"model": CancelResponse, "description": "NOT_FOUND"},
+    401: _ERRORS[401],
+}
 SSE_KEEPALIVE_S = 15.0
 STREAM_POLL_S = 0.1
 
@@ -138,13 +176,18 @@ def create_app(services: Services) -> FastAPI:
         }
         return JSONResponse(content, headers={"x-fal-request-id": job.id})
 
-    @app.post(f"{APP_PATH}/text-to-video", tags=["queue"], summary="Submit text-to-video")
+    @app.post(
+        f"{APP_PATH}/text-to-video",
+        tags=["queue"],
+        summary="Submit text-to-video",
+        responses=SUBMITTED,
+    )
     async def submit_text_to_video(
         request: Request, body: TextToVideoInput, key: KeyDep, fal_webhook: str | None = None
     ) -> JSONResponse:
         return await submit(request, key, c.TEXT_TO_VIDEO_ENDPOINT, body, fal_webhook)
 
-    @app.post(APP_PATH, tags=["queue"], summary="Submit image-to-video")
+    @app.post(APP_PATH, tags=["queue"], summary="Submit image-to-video", responses=SUBMITTED)
     async def submit_image_to_video(
         request: Request, body: ImageToVideoInput, key: KeyDep, fal_webhook: str | None = None
     ) -> JSONResponse:
@@ -173,7 +216,12 @@ def create_app(services: Services) -> FastAPI:
         job, position, logs = view
         return job, status_body(job, base, queue_position=position, logs=logs)
 
-    @app.get(f"{APP_PATH}/requests/{{request_id}}/status", tags=["queue"], summary="Status")
+    @app.get(
+        f"{APP_PATH}/requests/{{request_id}}/status",
+        tags=["queue"],
+        summary="Status",
+        responses=STATUS,
+    )
     async def status(
         request: Request, request_id: str, key: KeyDep, logs: str | None = Query(None)
     ) -> JSONResponse:
@@ -230,11 +278,18 @@ def create_app(services: Services) -> FastAPI:
             )
         return JSONResponse(absolute_output(job.output, base), headers=headers)
 
-    @app.get(f"{APP_PATH}/requests/{{request_id}}", tags=["queue"], summary="Result")
+    @app.get(
+        f"{APP_PATH}/requests/{{request_id}}", tags=["queue"], summary="Result", responses=RESULT
+    )
     async def result(request: Request, request_id: str, key: KeyDep) -> JSONResponse:
         return result_response(await own_job(request_id, key), _base_url(request))
 
-    @app.put(f"{APP_PATH}/requests/{{request_id}}/cancel", tags=["queue"], summary="Cancel")
+    @app.put(
+        f"{APP_PATH}/requests/{{request_id}}/cancel",
+        tags=["queue"],
+        summary="Cancel",
+        responses=CANCEL,
+    )
     async def cancel(request_id: str, key: KeyDep) -> JSONResponse:
         outcome = await run_in_threadpool(
             s.jobs.request_cancel, request_id, None if not s.settings.auth else key.key_id
@@ -262,13 +317,18 @@ def create_app(services: Services) -> FastAPI:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
-    @app.post(f"/run{APP_PATH}/text-to-video", tags=["sync"], summary="Run text-to-video")
+    @app.post(
+        f"/run{APP_PATH}/text-to-video",
+        tags=["sync"],
+        summary="Run text-to-video",
+        responses=RESULT,
+    )
     async def run_text_to_video(
         request: Request, body: TextToVideoInput, key: KeyDep
     ) -> JSONResponse:
         return await run_sync(request, key, c.TEXT_TO_VIDEO_ENDPOINT, body)
 
-    @app.post(f"/run{APP_PATH}", tags=["sync"], summary="Run image-to-video")
+    @app.post(f"/run{APP_PATH}", tags=["sync"], summary="Run image-to-video", responses=RESULT)
     async def run_image_to_video(
         request: Request, body: ImageToVideoInput, key: KeyDep
     ) -> JSONResponse:

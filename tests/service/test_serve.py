@@ -1,0 +1,91 @@
+"""fastsvd serve and keys as an operator uses them: auth off, key management, retention."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.service.conftest import ROOT, start_server, stop_server, wait_done
+
+T2V = "/fal-ai/fast-svd/text-to-video"
+
+
+def fastsvd(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastsvd.cli", *args],
+        env={**os.environ, "FASTSVD_DATA_DIR": str(data_dir)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_auth_can_be_off_on_loopback_only(tmp_path: Path) -> None:
+    refused = fastsvd("serve", "--no-auth", "--host", "0.0.0.0", data_dir=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: auth can only be turned off on a loopback address, not on 0.0.0.0"
+    )
+    server = start_server(tmp_path, FASTSVD_AUTH="0")
+    try:
+        assert "shown once" not in server.log()
+        answer = httpx.post(f"{server.url}{T2V}", json={"prompt": "a", "steps": 1})
+        assert answer.status_code == 200
+    finally:
+        stop_server(server)
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    data = tmp_path / "data"  # where start_server keeps its data
+    created = fastsvd("keys", "create", "--name", "ci", data_dir=data)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    key_id, _, secret = key.partition(":")
+    listed = fastsvd("keys", "list", data_dir=data).stdout
+    assert key_id in listed
+    assert "live" in listed
+    assert secret not in listed
+    server = start_server(tmp_path, FASTSVD_WORKERS="0")
+    try:
+        assert "shown once" not in server.log()  # a key exists: none is made at start
+        headers = {"Authorization": f"Key {key}"}
+        assert httpx.post(f"{server.url}{T2V}", json={"prompt": "a"}, headers=headers).is_success
+        assert fastsvd("keys", "revoke", key_id, data_dir=data).returncode == 0
+        time.sleep(5.5)  # verified keys are cached for 5 s
+        assert (
+            httpx.post(f"{server.url}{T2V}", json={"prompt": "a"}, headers=headers).status_code
+            == 401
+        )
+    finally:
+        stop_server(server)
+    again = fastsvd("keys", "revoke", key_id, data_dir=data)
+    assert again.returncode == 2
+    assert again.stderr.startswith("error: key_id: ")
+
+
+def test_files_are_deleted_after_the_retention_period(tmp_path: Path) -> None:
+    server = start_server(tmp_path, FASTSVD_RETENTION_S="2")
+    try:
+        with server.client() as client:
+            sub = client.post(T2V, json={"prompt": "a", "steps": 1}).json()
+            wait_done(client, sub["status_url"])
+            url = client.get(sub["response_url"]).json()["video"]["url"]
+            assert httpx.get(url).status_code == 200
+            assert any(p.is_file() for p in (server.data_dir / "files").rglob("*"))
+            deadline = time.monotonic() + 20
+            while httpx.get(url).status_code != 404:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            deadline = time.monotonic() + 10  # housekeeping removes the bytes too
+            while any(p.is_file() for p in (server.data_dir / "files").rglob("*")):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        stop_server(server)
