@@ -49,3 +49,4 @@ IMAGE_PIXELS_MAX = 40_000_000  # refuse larger pictures before decoding them (bo
 UPLOAD_MAX_BYTES = 50 * 1024 * 1024  # one uploaded file
 FETCH_MAX_BYTES = 20 * 1024 * 1024  # an input file fetched from a URL
 FETCH_TIMEOUT_S = 30.0  # the whole download, redirects included
+IDEMPOTENCY_KEY_MAX_CHARS = 200

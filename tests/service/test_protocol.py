@@ -249,3 +249,23 @@ def test_prometheus_metrics(server: Server) -> None:
     assert 'fastsvd_stage_seconds_count{stage="video"}' in text
     assert "fastsvd_workers_ready 1.0" in text
     assert server.key.split(":")[1] not in text
+
+
+def test_unknown_fal_headers_are_accepted_and_idempotency_keys_honoured(server: Server) -> None:
+    headers = {
+        "X-Fal-Runner-Hint": "gpu-3",
+        "X-Fal-No-Retry": "1",
+        "X-Fal-Store-IO": "0",
+        "X-Fal-Object-Lifecycle-Preference": '{"expiration_duration_seconds": 60}',
+        "X-Fal-Something-New": "whatever",
+        "Idempotency-Key": "order-42",
+    }
+    with server.client() as client:
+        first = client.post(T2V, json={"prompt": "a", **SMALL}, headers=headers)
+        again = client.post(T2V, json={"prompt": "a", **SMALL}, headers=headers)
+        assert first.status_code == again.status_code == 200
+        assert first.json()["request_id"] == again.json()["request_id"]
+        too_long = client.post(T2V, json={"prompt": "a"}, headers={"Idempotency-Key": "x" * 201})
+        assert too_long.status_code == 422
+        assert too_long.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+        wait_done(client, first.json()["status_url"])

@@ -176,3 +176,26 @@ def test_webhook_secret_command_shows_the_keys_secret(hooked: Server) -> None:
     )
     assert out.stdout.strip() == webhook_secret(hooked)
     assert httpx.get(f"{hooked.url}/health").status_code == 200
+
+
+def test_fal_client_submit_with_a_webhook(hooked: Server, receiver: Receiver) -> None:
+    import fal_client
+    import fal_client.client as fal_module
+
+    saved = fal_module.QUEUE_URL_FORMAT
+    fal_module.QUEUE_URL_FORMAT = f"{hooked.url}/"
+    client = fal_client.SyncClient(key=hooked.key)
+    try:
+        handle = client.submit(
+            "fal-ai/fast-svd/text-to-video",
+            {"prompt": "a", **SMALL},
+            webhook_url=f"{receiver.url}/from-fal-client",
+        )
+        receiver.wait(1)
+        path, _headers, body = receiver.received[0]
+        assert path == "/from-fal-client"
+        assert json.loads(body)["request_id"] == handle.request_id
+    finally:
+        fal_module.QUEUE_URL_FORMAT = saved
+        if "_client" in client.__dict__:
+            client._client.close()

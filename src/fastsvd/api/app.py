@@ -94,6 +94,13 @@ def _priority(request: Request) -> int:
     return 1 if value == "low" else 0  # priority can only be lowered, as on fal
 
 
+def _idempotency_key(request: Request) -> str | None:
+    value = request.headers.get("idempotency-key")
+    if value is not None and not 0 < len(value) <= c.IDEMPOTENCY_KEY_MAX_CHARS:
+        raise InvalidInput("idempotency-key", f"must be 1-{c.IDEMPOTENCY_KEY_MAX_CHARS} characters")
+    return value
+
+
 def _start_deadline(request: Request) -> float | None:
     raw = request.headers.get("x-fal-request-start-timeout") or request.headers.get(
         "x-fal-request-timeout"
@@ -162,7 +169,7 @@ def create_app(services: Services) -> FastAPI:
             priority=_priority(request),
             start_deadline_at=_start_deadline(request),
             webhook_url=fal_webhook,
-            idempotency_key=request.headers.get("idempotency-key"),
+            idempotency_key=_idempotency_key(request),
             base_url=base,
         )
         s.waker.wake_all()
@@ -205,9 +212,7 @@ def create_app(services: Services) -> FastAPI:
         job_id: str, key: KeyInfo, base: str, with_logs: bool
     ) -> tuple[Job, dict[str, Any]]:
         scope = key.key_id if s.settings.auth else None
-        if s.db.is_sqlite:
-            # A local SQLite read (~0.3 ms, never blocked by writers in WAL mode) costs less than
-            # the hop to a thread; this path runs for every poll of every client.
+        if s.db.cheap_reads:  # this path runs for every poll of every client
             view = s.jobs.view(job_id, scope, with_logs=with_logs)
         else:
             view = await run_in_threadpool(s.jobs.view, job_id, scope, with_logs=with_logs)
@@ -382,7 +387,7 @@ def create_app(services: Services) -> FastAPI:
     @app.post("/files/upload", tags=["files"], summary="Upload a file (fal-client)")
     async def upload(request: Request, key: KeyDep) -> JSONResponse:
         data = await read_body(request)
-        content_type = request.headers.get("content-type", "application/octet-stream")
+        content_type = request.headers.get("content-type", "application/octet-stream")[:255]
         name = clean_name(request.headers.get("x-fal-file-name"), content_type)
         record = await run_in_threadpool(
             s.files.add,
@@ -468,7 +473,8 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(InvalidInput)
     async def on_invalid(_r: Request, exc: InvalidInput) -> JSONResponse:
-        where = "header" if exc.field.startswith("x-") else "body"
+        header = exc.field.startswith("x-") or exc.field == "idempotency-key"
+        where = "header" if header else "body"
         where = "query" if exc.field == "fal_webhook" else where
         loc = [where, *exc.field.split(".")]
         detail = [{"loc": loc, "msg": exc.reason, "type": "value_error"}]

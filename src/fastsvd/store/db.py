@@ -25,6 +25,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        # A read on a local SQLite file takes well under a millisecond and, in WAL mode, never
+        # waits for a writer: cheaper to run inline than to hand to a thread.
+        self.cheap_reads = self.is_sqlite
         self.engine = (
             _sqlite_engine(url) if self.is_sqlite else create_engine(url, pool_pre_ping=True)
         )
