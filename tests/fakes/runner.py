@@ -7,6 +7,8 @@ step, a real MP4 at the end. The prompt picks a behaviour:
 - "crash": kills the worker process at step 1 (a poison job);
 - "slow": 0.5 s a step instead of ``FAKE_STEP_S`` (default 0.02 s).
 
+``FAKE_LOAD_S`` makes ``load`` take that long, as loading real weights does.
+
 Image-to-video reads ``image_url`` through the worker's loader and fills the frames with the
 picture's average colour, so tests can see which picture arrived.
 """
@@ -33,7 +35,7 @@ class Runner:
         self.step_s = float(os.environ.get("FAKE_STEP_S", "0.02"))
 
     def load(self) -> None:
-        return None
+        time.sleep(float(os.environ.get("FAKE_LOAD_S", "0")))  # models take a while to load
 
     def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
         colour = (seed % 256, 100, 200)

@@ -53,8 +53,9 @@ class Server:
 
 
 def start_server(tmp: Path, **env: str) -> Server:
-    """Start ``fastsvd serve``; wait for /ready (or /health when it runs no worker)."""
-    probe = "/health" if env.get("FASTSVD_WORKERS") == "0" else "/ready"
+    """Start ``fastsvd serve``; wait for /ready (or /health when it runs no worker, or
+    when ``_PROBE`` says so)."""
+    probe = env.pop("_PROBE", "/health" if env.get("FASTSVD_WORKERS") == "0" else "/ready")
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "server.log"

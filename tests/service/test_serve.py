@@ -89,3 +89,50 @@ def test_files_are_deleted_after_the_retention_period(tmp_path: Path) -> None:
                 time.sleep(0.2)
     finally:
         stop_server(server)
+
+
+def test_ready_only_once_a_worker_has_loaded_its_model(tmp_path: Path) -> None:
+    server = start_server(tmp_path, FASTSVD_WORKERS="1", FAKE_LOAD_S="4", _PROBE="/health")
+    try:
+        early = httpx.get(f"{server.url}/ready")
+        assert early.status_code == 503
+        assert early.json() == {"status": "starting", "workers_ready": 0}
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        stop_server(server)
+
+
+def test_json_logs_carry_the_request_id(tmp_path: Path) -> None:
+    import json
+
+    server = start_server(tmp_path, FASTSVD_LOG_FORMAT="json")
+    try:
+        with server.client() as client:
+            sub = client.post(T2V, json={"prompt": "a", "steps": 1}).json()
+            wait_done(client, sub["status_url"])
+        time.sleep(0.3)
+        entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        mine = [e for e in entries if e.get("request_id") == sub["request_id"]]
+        assert [e["msg"] for e in mine] == ["job started", "job completed"]
+        assert all({"ts", "level", "logger", "pid"} <= set(e) for e in mine)
+        assert server.log().count(server.key.split(":")[1]) == 1  # the first-start banner only
+    finally:
+        stop_server(server)
+
+
+def test_one_worker_per_visible_gpu(monkeypatch: object) -> None:
+    import pytest
+
+    from fastsvd.serve import visible_gpus
+
+    patch = pytest.MonkeyPatch()
+    try:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "0,1,3")
+        assert visible_gpus() == 3
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")
+        assert visible_gpus() == 0
+    finally:
+        patch.undo()

@@ -199,3 +199,63 @@ def test_fal_client_submit_with_a_webhook(hooked: Server, receiver: Receiver) ->
         fal_module.QUEUE_URL_FORMAT = saved
         if "_client" in client.__dict__:
             client._client.close()
+
+
+def test_image_to_video_from_a_data_uri_and_from_a_url(hooked: Server) -> None:
+    """(On the server that may reach loopback: plain http URLs are allowed there.)"""
+    import io
+
+    import av
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (30, 60, 220)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+
+    def colour_of(body: dict[str, object]) -> list[int]:
+        with hooked.client() as client:
+            sub = client.post("/fal-ai/fast-svd", json={**body, **SMALL})
+            assert sub.status_code == 200, sub.text
+            done = wait_done(client, sub.json()["status_url"])
+            assert done.get("error") is None, done
+            url = client.get(sub.json()["response_url"]).json()["video"]["url"]
+        with av.open(io.BytesIO(httpx.get(url).content)) as container:
+            frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        return [round(float(v)) for v in frame.reshape(-1, 3).mean(axis=0)]
+
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert abs(colour_of({"image_url": uri})[2] - 220) < 8
+    files = FileSite(png)
+    try:
+        assert abs(colour_of({"image_url": f"{files.url}/pic.png"})[2] - 220) < 8
+        assert files.seen == ["/pic.png"]
+    finally:
+        files.close()
+
+
+class FileSite:
+    """Serves one file at any path."""
+
+    def __init__(self, data: bytes) -> None:
+        self.seen: list[str] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                site.seen.append(self.path)
+                self.send_response(200)
+                self.send_header("content-type", "image/png")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()

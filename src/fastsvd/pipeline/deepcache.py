@@ -60,6 +60,21 @@ class _Context:
     forward_upsample_size: bool
 
 
+def _layer(
+    resnet: nn.Module, attention: nn.Module | None, hidden: torch.Tensor, ctx: _Context
+) -> torch.Tensor:
+    """A spatio-temporal resnet, then its transformer if the block has one."""
+    hidden = resnet(hidden, ctx.temb, image_only_indicator=ctx.image_only_indicator)
+    if attention is not None:
+        hidden = attention(
+            hidden,
+            encoder_hidden_states=ctx.encoder_hidden_states,
+            image_only_indicator=ctx.image_only_indicator,
+            return_dict=False,
+        )[0]
+    return hidden
+
+
 class _DownUnit:
     """One skip-producing step of the down path after ``conv_in``."""
 
@@ -72,15 +87,7 @@ class _DownUnit:
         if self.is_downsampler:
             out: torch.Tensor = self.resnet(hidden)
             return out
-        hidden = self.resnet(hidden, ctx.temb, image_only_indicator=ctx.image_only_indicator)
-        if self.attention is not None:
-            hidden = self.attention(
-                hidden,
-                encoder_hidden_states=ctx.encoder_hidden_states,
-                image_only_indicator=ctx.image_only_indicator,
-                return_dict=False,
-            )[0]
-        return hidden
+        return _layer(self.resnet, self.attention, hidden, ctx)
 
 
 class _UpUnit:
@@ -101,15 +108,8 @@ class _UpUnit:
         ctx: _Context,
     ) -> torch.Tensor:
         # hidden, skip: [batch * frames, channels, height, width], concatenated on channels
-        hidden = torch.cat([hidden, skip], dim=1)
-        hidden = self.resnet(hidden, ctx.temb, image_only_indicator=ctx.image_only_indicator)
-        if self.attention is not None:
-            hidden = self.attention(
-                hidden,
-                encoder_hidden_states=ctx.encoder_hidden_states,
-                image_only_indicator=ctx.image_only_indicator,
-                return_dict=False,
-            )[0]
+        # hidden, skip: [batch * frames, channels, height, width], concatenated on channels
+        hidden = _layer(self.resnet, self.attention, torch.cat([hidden, skip], dim=1), ctx)
         if self.upsampler is not None:
             size = None
             if ctx.forward_upsample_size and next_skip is not None:
