@@ -304,7 +304,7 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
             files=services.files,
             storage=services.storage,
             registry=services.registry,
-            wake_folder=settings.data_dir / "wake",
+            open_listener=services.open_listener,
             lease_s=settings.lease_s,
             retention_s=settings.retention_s,
             idle_poll_s=settings.idle_poll_s,
@@ -318,6 +318,7 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
         if signum == signal.SIGINT and worker.stopping.is_set():
             worker.abort.set()
         worker.stopping.set()
+        worker.listener.wake()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

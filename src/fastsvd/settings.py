@@ -28,11 +28,18 @@ class Settings:
     # --- service
     data_dir: Path = field(default_factory=lambda: Path("data"))  # FASTSVD_DATA_DIR
     database_url: str | None = None  # FASTSVD_DATABASE_URL (default: SQLite in data_dir)
+    # FASTSVD_STORAGE_URL: s3://bucket/prefix or file:///folder (default: data_dir/files)
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None  # FASTSVD_S3_ENDPOINT_URL: MinIO, R2, Ceph... (not AWS)
+    s3_region: str | None = None  # FASTSVD_S3_REGION
+    db_pool_size: int = 5  # FASTSVD_DB_POOL_SIZE: PostgreSQL connections per process (x2 peak)
     host: str = "127.0.0.1"  # FASTSVD_HOST
     port: int = 8000  # FASTSVD_PORT
     auth: bool = True  # FASTSVD_AUTH=0 turns it off; allowed on loopback only
     workers: int | None = None  # FASTSVD_WORKERS (default: one per GPU, one on a CPU)
     lease_s: float = 30.0  # FASTSVD_LEASE_S: a worker silent this long loses its job
+    max_queued: int = 1000  # FASTSVD_MAX_QUEUED: waiting requests, all keys; beyond: 429
+    max_queued_per_key: int = 200  # FASTSVD_MAX_QUEUED_PER_KEY: waiting requests of one key
     max_attempts: int = 3  # FASTSVD_MAX_ATTEMPTS: tries before a crashing job is given up
     retention_s: float = 7 * 24 * 3600.0  # FASTSVD_RETENTION_S: how long files are kept
     idle_poll_s: float = 2.0  # FASTSVD_IDLE_POLL_S: an idle worker's safety-net poll
@@ -72,11 +79,17 @@ class Settings:
             runner=get("runner"),
             data_dir=Path(get("data_dir") or defaults.data_dir),
             database_url=get("database_url"),
+            storage_url=get("storage_url"),
+            s3_endpoint_url=get("s3_endpoint_url"),
+            s3_region=get("s3_region"),
+            db_pool_size=int(number("db_pool_size", defaults.db_pool_size)),
             host=get("host") or defaults.host,
             port=int(number("port", defaults.port)),
             auth=auth is None or auth.lower() not in ("0", "false", "no", "off"),
             workers=int(workers) if workers is not None else None,
             lease_s=number("lease_s", defaults.lease_s),
+            max_queued=int(number("max_queued", defaults.max_queued)),
+            max_queued_per_key=int(number("max_queued_per_key", defaults.max_queued_per_key)),
             max_attempts=int(number("max_attempts", defaults.max_attempts)),
             retention_s=number("retention_s", defaults.retention_s),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),

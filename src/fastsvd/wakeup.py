@@ -1,20 +1,97 @@
-"""Waking idle workers the moment a job is queued, without polling on a fixed interval.
+"""Waking idle workers the moment a job is queued, and telling a busy one its job was cancelled.
 
-On one machine every worker binds a UNIX datagram socket in ``<data_dir>/wake/``; whoever queues a
-job (or asks for a cancel) sends one byte to each. A worker blocks on its socket with a long
-timeout, which is only a safety net. A lost datagram costs at most that timeout, never a job.
+On one machine (SQLite) every worker binds a UNIX datagram socket in ``<data_dir>/wake/``;
+whoever queues a job sends one byte to each. Cancels are not pushed: a worker reads its job's
+cancel flag from the local database before every step, which costs microseconds.
+
+On PostgreSQL the job store sends ``NOTIFY`` in the transaction that queues a job or asks for a
+cancel (``store.db``), so every worker on every host hears it on commit; a worker ``LISTEN``s
+on a connection of its process (shared by the workers of a process), in a thread that
+reconnects with backoff when the server goes away.
+
+Either way a missed signal costs time, never a job: an idle worker still polls the queue every
+``idle_poll_s``, and a busy one still reads its cancel flag every ``CANCEL_POLL_S``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import threading
 from pathlib import Path
+from typing import ClassVar, Protocol
+
+from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL
+
+log = logging.getLogger("fastsvd.wakeup")
+
+CANCEL_POLL_S = 1.0  # with pushed cancels: how often the flag is still read, as a safety net
+LISTEN_POLL_S = 0.5  # how often the listening thread looks up from its connection
+MAX_BACKOFF_S = 10.0
+
+
+class Listener(Protocol):
+    """A worker's end of the signals."""
+
+    pushes_cancels: bool  # True: ``cancelled`` hears cancels as they are asked for
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until woken (True) or ``timeout_s`` passes (False)."""
+
+    def wake(self) -> None:
+        """End a ``wait`` now (the worker is asked to stop); safe in a signal handler."""
+
+    def pass_on(self) -> None:
+        """This worker just claimed a job and there may be more: wake another idle one."""
+
+    def watch(self, job_id: str | None) -> None:
+        """The job this worker runs now (None: none)."""
+
+    def cancelled(self, job_id: str) -> bool:
+        """Whether a cancel of ``job_id`` was heard."""
+
+    def close(self) -> None:
+        """Stop listening."""
+
+
+class NoSignals:
+    """No signals at all: the worker polls the queue and reads cancel flags."""
+
+    pushes_cancels = False
+
+    def __init__(self) -> None:
+        self._woken = threading.Event()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep ``timeout_s``, or until ``wake``."""
+        woken = self._woken.wait(timeout_s)
+        self._woken.clear()
+        return woken
+
+    def wake(self) -> None:
+        """End the sleep."""
+        self._woken.set()
+
+    def pass_on(self) -> None:
+        """Nobody to pass on to."""
+
+    def watch(self, job_id: str | None) -> None:
+        """Nothing to watch."""
+
+    def cancelled(self, job_id: str) -> bool:
+        """Never heard."""
+        return False
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 class WakeupListener:
-    """A worker's end: ``wait(timeout_s)`` returns early when woken."""
+    """One machine: ``wait(timeout_s)`` returns early when a datagram arrives."""
+
+    pushes_cancels = False
 
     def __init__(self, folder: Path, name: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -36,14 +113,175 @@ class WakeupListener:
                 pass
         return True
 
+    def wake(self) -> None:
+        """Send our own socket a byte."""
+        with contextlib.suppress(OSError):
+            self._sock.sendto(b"!", str(self.path))
+
+    def pass_on(self) -> None:
+        """Nothing to do: every submit wakes every worker on this machine."""
+
+    def watch(self, job_id: str | None) -> None:
+        """Nothing to do: cancels are read from the database."""
+
+    def cancelled(self, job_id: str) -> bool:
+        """Never pushed on one machine."""
+        return False
+
     def close(self) -> None:
         """Stop listening and remove the socket file."""
         self._sock.close()
         self.path.unlink(missing_ok=True)
 
 
+class PostgresListener:
+    """A worker's ``LISTEN`` for queued jobs and cancels.
+
+    The workers of one process share one connection and one thread (``_Hub``), which reconnects
+    with backoff when the server goes away.
+    """
+
+    pushes_cancels = True
+
+    def __init__(self, url: str) -> None:
+        self._woken = threading.Event()
+        self._lock = threading.Lock()
+        self._watching: str | None = None
+        self._cancelled = False
+        self._hub = _Hub.join(url.replace("postgresql+psycopg://", "postgresql://", 1), self)
+
+    @property
+    def connected(self) -> threading.Event:
+        """Set while ``LISTEN`` is in place (for tests and start-up)."""
+        return self._hub.connected
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a job is queued anywhere (True) or ``timeout_s`` passes (False)."""
+        woken = self._woken.wait(timeout_s)
+        self._woken.clear()
+        return woken
+
+    def wake(self) -> None:
+        """End a ``wait`` now."""
+        self._woken.set()
+
+    def pass_on(self) -> None:
+        """Wake another idle worker of this process: a backlog fans out one claim at a time."""
+        self._hub.wake_one()
+
+    def watch(self, job_id: str | None) -> None:
+        """Listen for cancels of ``job_id`` from now on."""
+        with self._lock:
+            self._watching = job_id
+            self._cancelled = False
+
+    def cancelled(self, job_id: str) -> bool:
+        """Whether a cancel of the watched ``job_id`` arrived."""
+        with self._lock:
+            return self._cancelled and self._watching == job_id
+
+    @property
+    def idle(self) -> bool:
+        """Waiting, with no wake-up pending: a wake-up would make it claim a job."""
+        return self._watching is None and not self._woken.is_set()
+
+    def close(self) -> None:
+        """Stop listening (the last listener of a process closes the connection)."""
+        self._hub.leave(self)
+
+    def _heard(self, channel: str, payload: str) -> None:
+        if channel == WAKE_CHANNEL:
+            self._woken.set()
+        elif channel == CANCEL_CHANNEL:
+            with self._lock:
+                if payload == self._watching:
+                    self._cancelled = True
+
+
+class _Hub:
+    """One ``LISTEN`` connection per process and database, fanned out to its listeners."""
+
+    _hubs: ClassVar[dict[str, _Hub]] = {}
+    _hubs_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.listeners: set[PostgresListener] = set()
+        self.connected = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._listen, name="pg-listener", daemon=True)
+        self._turn = 0
+
+    @classmethod
+    def join(cls, conninfo: str, listener: PostgresListener) -> _Hub:
+        with cls._hubs_lock:
+            hub = cls._hubs.get(conninfo)
+            if hub is None:
+                hub = cls._hubs[conninfo] = _Hub(conninfo)
+                hub.thread.start()
+            hub.listeners.add(listener)
+            if hub.connected.is_set():
+                listener.wake()  # look at the queue once, as after any (re)connection
+            return hub
+
+    def leave(self, listener: PostgresListener) -> None:
+        with self._hubs_lock:
+            self.listeners.discard(listener)
+            if self.listeners:
+                return
+            self._hubs.pop(self.conninfo, None)
+            self.stop.set()
+        self.thread.join(LISTEN_POLL_S * 4)
+
+    def _each(self) -> list[PostgresListener]:
+        with self._hubs_lock:
+            return list(self.listeners)
+
+    def wake_one(self) -> None:
+        """Wake one idle listener, taking turns."""
+        idle = [listener for listener in self._each() if listener.idle]
+        if idle:
+            self._turn = (self._turn + 1) % len(idle)
+            idle[self._turn].wake()
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        if channel == WAKE_CHANNEL:
+            # One queued job needs one worker: wake one idle listener of this process, not all
+            # of them (each would try a claim). The one that gets a job passes the wake-up on
+            # (``pass_on``), so a backlog still reaches every idle worker.
+            self.wake_one()
+            return
+        listeners = self._each()
+        for listener in listeners:
+            listener._heard(channel, payload)
+
+    def _listen(self) -> None:
+        import psycopg
+
+        delay = 0.1
+        while not self.stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    if delay > 0.1:
+                        log.info("listening again for jobs and cancels")
+                    delay = 0.1
+                    for listener in self._each():
+                        listener.wake()  # whatever was sent while away: look at the queue
+                    self.connected.set()
+                    while not self.stop.is_set():
+                        for note in conn.notifies(timeout=LISTEN_POLL_S):
+                            self._dispatch(note.channel, note.payload)
+            except psycopg.Error as exc:
+                self.connected.clear()
+                log.warning("lost the database notifications (%s); retrying in %.1f s", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+
 class Waker:
-    """The queueing end: wakes every listening worker on this machine."""
+    """One machine's queueing end: wakes every listening worker on this machine."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -65,3 +303,14 @@ class Waker:
                 Path(entry.path).unlink(missing_ok=True)  # its worker is gone
             except (BlockingIOError, FileNotFoundError):
                 pass  # its buffer is full (it will wake anyway) or it just left
+
+    def close(self) -> None:
+        """Close the sending socket."""
+        self._sock.close()
+
+
+class NotifyWaker:
+    """PostgreSQL's queueing end: nothing to do, the job store's ``NOTIFY`` wakes the workers."""
+
+    def wake_all(self) -> None:
+        """The notification went out with the submit's transaction."""

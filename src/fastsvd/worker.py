@@ -4,6 +4,10 @@ Each job runs under a lease that a heartbeat thread renews; if the lease is lost
 stalled, the job was handed on) the job's hooks ask the pipeline to stop and nothing more is
 written. Cancels are checked before every step. A worker that dies mid-job leaves its lease to
 expire, and the store gives the job to another worker (or ends it after ``max_attempts``).
+
+When the database goes away (a restart, a fail-over) the worker keeps what it has: an idle one
+retries with backoff, a running job keeps running while its lease may still hold, and its result
+is written once the database is back (the write is fenced, so retrying it is safe).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from PIL import Image
 from pydantic import ValidationError
@@ -34,13 +39,18 @@ from fastsvd.schema import (
     field_errors,
     resolve_seed,
 )
-from fastsvd.storage import LocalStorage
-from fastsvd.store.files import FileStore
+from fastsvd.storage import Storage
+from fastsvd.store.db import is_unavailable
+from fastsvd.store.files import FileStore, new_file_id
 from fastsvd.store.jobs import CANCELLED, Claim, Failure, JobStore
 from fastsvd.store.workers import WorkerRegistry
-from fastsvd.wakeup import WakeupListener
+from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
 
 log = logging.getLogger("fastsvd.worker")
+
+T = TypeVar("T")
+MAX_BACKOFF_S = 10.0
+REAP_EVERY_S = 5.0  # how often a worker looks for jobs of dead workers (also: housekeeping)
 
 ENDPOINTS: dict[str, type[TextToVideoInput] | type[ImageToVideoInput]] = {
     c.TEXT_TO_VIDEO_ENDPOINT: TextToVideoInput,
@@ -54,9 +64,9 @@ class WorkerServices:
 
     jobs: JobStore
     files: FileStore
-    storage: LocalStorage
+    storage: Storage
     registry: WorkerRegistry
-    wake_folder: os.PathLike[str] | str
+    open_listener: Callable[[str], Listener]  # by worker name: wake-ups and cancels
     lease_s: float
     retention_s: float
     idle_poll_s: float
@@ -76,35 +86,48 @@ class Worker:
         self.name = name or worker_name()
         self.stopping = threading.Event()  # finish the current job, then exit
         self.abort = threading.Event()  # stop the current job at its next step
+        self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
 
     def serve(self, *, burst: bool = False) -> int:
         """Load the model, then run jobs until ``stopping`` (or, with ``burst``, the queue is
         empty). Returns how many jobs it ran."""
-        from pathlib import Path
-
         self.s.registry.register(self.name)
         self.runner.load()
         self.s.registry.beat(self.name, ready=True)
+        self.listener = self.s.open_listener(self.name)
         log.info("worker %s ready", self.name)
-        listener = WakeupListener(Path(self.s.wake_folder), self.name)
         ran = 0
-        last_beat = time.monotonic()
+        last_beat = last_reap = time.monotonic()
+        reap_every_s = min(REAP_EVERY_S, self.s.lease_s / 2)
+        delay = 0.1
         try:
             while not self.stopping.is_set():
-                claim = self.s.jobs.claim(self.name, self.s.lease_s, list(ENDPOINTS))
+                try:
+                    if time.monotonic() - last_reap > reap_every_s:
+                        self.s.jobs.reap()  # jobs of dead workers back to the queue
+                        last_reap = time.monotonic()
+                    claim = self.s.jobs.claim(self.name, self.s.lease_s, list(ENDPOINTS))
+                    if time.monotonic() - last_beat > self.s.lease_s / 3:
+                        self.s.registry.beat(self.name, ready=True)
+                        last_beat = time.monotonic()
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        raise
+                    log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
+                    self.stopping.wait(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_S)
+                    continue
+                delay = 0.1
                 if claim is None:
                     if burst:
                         break
-                    listener.wait(self.s.idle_poll_s)
+                    self.listener.wait(self.s.idle_poll_s)
                 else:
                     self.run(claim)
                     ran += 1
-                if time.monotonic() - last_beat > self.s.lease_s / 3:
-                    self.s.registry.beat(self.name, ready=True)
-                    last_beat = time.monotonic()
         finally:
-            listener.close()
-            self.s.registry.leave(self.name)
+            self.listener.close()
+            self._until_written(lambda: self.s.registry.leave(self.name), deadline=5.0)
         return ran
 
     def run(self, claim: Claim) -> None:
@@ -116,12 +139,14 @@ class Worker:
             target=self._heartbeat, args=(job.id, token, lost, done), daemon=True
         )
         heartbeat.start()
+        self.listener.watch(job.id)
+        self.listener.pass_on()  # there may be more queued: another idle worker looks
         started = time.perf_counter()
         log.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         try:
             request = ENDPOINTS[job.endpoint].model_validate(job.input)
             seed = resolve_seed(request.seed)
-            self.s.jobs.log(job.id, token, f"seed {seed}")
+            self._best_effort(lambda: self.s.jobs.log(job.id, token, f"seed {seed}"))
 
             stage_seconds: dict[str, float] = {}
             mark = [time.perf_counter()]
@@ -130,17 +155,35 @@ class Worker:
                 now = time.perf_counter()
                 stage_seconds[event.stage] = stage_seconds.get(event.stage, 0.0) + now - mark[0]
                 mark[0] = now
-                self.s.jobs.log(job.id, token, f"{event.stage}: step {event.step}/{event.total}")
+                line = f"{event.stage}: step {event.step}/{event.total}"
+                self._best_effort(lambda: self.s.jobs.log(job.id, token, line))
+
+            # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
+            # read now and then, in case a notification was missed. Without them, every step.
+            poll_s = CANCEL_POLL_S if self.listener.pushes_cancels else 0.0
+            next_poll = [0.0]
 
             def should_cancel() -> bool:
-                return lost.is_set() or self.abort.is_set() or self.s.jobs.cancel_requested(job.id)
+                if lost.is_set() or self.abort.is_set() or self.listener.cancelled(job.id):
+                    return True
+                now = time.monotonic()
+                if now < next_poll[0]:
+                    return False
+                next_poll[0] = now + poll_s
+                return self._best_effort(lambda: self.s.jobs.cancel_requested(job.id)) is True
 
             mp4 = self.runner.run(
                 request, seed, Hooks(on_step=on_step, should_cancel=should_cancel)
             )
-            output = self._store_output(job.key_id, job.id, mp4, seed)
+            output = self._until_written(
+                lambda: self._store_output(job.key_id, job.id, mp4, seed), lost=lost
+            )
             elapsed = time.perf_counter() - started
-            if self.s.jobs.complete(job.id, token, output, elapsed, stage_seconds):
+            written = output is not None and self._until_written(
+                lambda: self.s.jobs.complete(job.id, token, output, elapsed, stage_seconds),
+                lost=lost,
+            )
+            if written:
                 log.info("job completed", extra={"request_id": job.id, "seconds": elapsed})
             else:
                 log.warning("job %s: lease lost before the result; result dropped", job.id)
@@ -148,26 +191,79 @@ class Worker:
             if lost.is_set():
                 log.warning("job %s: lease lost; stopped without writing", job.id)
             elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
-                self.s.jobs.release(job.id, token)  # shutting down: another worker takes it
+                # shutting down: another worker takes it
+                self._until_written(lambda: self.s.jobs.release(job.id, token), lost=lost)
             else:
                 failure = failure_of(exc)
-                self.s.jobs.fail(job.id, token, failure, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self._until_written(
+                    lambda: self.s.jobs.fail(job.id, token, failure, elapsed), lost=lost
+                )
                 log.info(
                     "job failed", extra={"request_id": job.id, "error_type": failure.error_type}
                 )
         finally:
             done.set()
             heartbeat.join()
+            self.listener.watch(None)
 
     def _heartbeat(
         self, job_id: str, token: int, lost: threading.Event, done: threading.Event
     ) -> None:
+        # The lease is ours until ``held_until``; while the database is away we keep running,
+        # but once the lease may have expired someone else may hold the job: stop.
+        held_until = time.monotonic() + self.s.lease_s
         while not done.wait(self.s.lease_s / 3):
-            if not self.s.jobs.renew(job_id, token, self.s.lease_s):
+            try:
+                renewed = self.s.jobs.renew(job_id, token, self.s.lease_s)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                if time.monotonic() >= held_until:
+                    log.warning("job %s: database away past the lease; stopping", job_id)
+                    lost.set()
+                    return
+                continue
+            if not renewed:
                 lost.set()
                 return
+            held_until = time.monotonic() + self.s.lease_s
+
+    def _until_written(
+        self, write: Callable[[], T], *, lost: threading.Event | None = None, deadline: float = 0
+    ) -> T | None:
+        """``write()``, retried with backoff while the database is unavailable: until it works,
+        or None once the lease is lost (``lost``) or ``deadline`` seconds pass (0: never)."""
+        delay = 0.1
+        give_up = time.monotonic() + deadline if deadline else None
+        while True:
+            try:
+                return write()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                if (lost is not None and lost.is_set()) or (
+                    give_up is not None and time.monotonic() > give_up
+                ):
+                    log.warning("database unavailable (%s); giving up this write", exc)
+                    return None
+                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    @staticmethod
+    def _best_effort(read: Callable[[], T]) -> T | None:
+        """``read()``, or None while the database is unavailable (logs, cancel checks)."""
+        try:
+            return read()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            return None
 
     def _store_output(self, key_id: str, job_id: str, mp4: bytes, seed: int) -> dict[str, object]:
+        file_id = new_file_id()
+        self.s.storage.put(file_id, mp4, c.VIDEO_CONTENT_TYPE)  # the bytes first, then the record
         record = self.s.files.add(
             key_id=key_id,
             kind="output",
@@ -175,8 +271,8 @@ class Worker:
             content_type=c.VIDEO_CONTENT_TYPE,
             size=len(mp4),
             retention_s=self.s.retention_s,
+            file_id=file_id,
         )
-        self.s.storage.put(record.id, mp4)
         file = File(
             url=record.path,  # relative: the API makes it absolute for whoever asks
             content_type=record.content_type,
@@ -187,7 +283,7 @@ class Worker:
 
 
 def image_loader(
-    files: FileStore, storage: LocalStorage, *, allow_private: bool = False
+    files: FileStore, storage: Storage, *, allow_private: bool = False
 ) -> Callable[[str], Image.Image]:
     """Reads ``image_url``: a data: URI, a file uploaded to this server, or a public URL."""
 

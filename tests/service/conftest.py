@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
+
+from fastsvd.store.db import Database
+from fastsvd.store.jobs import Job, JobStore
+from fastsvd.store.keys import KeyStore
+from fastsvd.store.tables import jobs
+from tests.databases import database_url
+from tests.objectstore import ObjectStore, free_port, s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Server:
     data_dir: Path
     process: subprocess.Popen[str]
     log_path: Path
+    database_url: str
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Key {key or self.key}"}
@@ -50,6 +55,35 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def job(self, request_id: str) -> Job:
+        """The job as the store holds it (attempts, lease, timings)."""
+        db = Database(self.database_url)
+        try:
+            job = JobStore(db).get(request_id)
+        finally:
+            db.dispose()
+        assert job is not None, request_id
+        return job
+
+    def lease_owner(self, request_id: str) -> str | None:
+        """The worker holding the job now ("host-pid"), if any."""
+        db = Database(self.database_url)
+        try:
+            with db.read() as conn:
+                owner = conn.scalar(select(jobs.c.lease_owner).where(jobs.c.id == request_id))
+        finally:
+            db.dispose()
+        return str(owner) if owner is not None else None
+
+    @contextlib.contextmanager
+    def key_store(self) -> Iterator[KeyStore]:
+        """The server's keys, read and written directly in its database."""
+        db = Database(self.database_url)
+        try:
+            yield KeyStore(db)
+        finally:
+            db.dispose()
 
 
 def start_server(tmp: Path, **env: str) -> Server:
@@ -94,7 +128,8 @@ def start_server(tmp: Path, **env: str) -> Server:
         raise RuntimeError(f"server not ready:\n{log_path.read_text()}")
     match = re.search(r"^\s+(\S+:\S+)$", log_path.read_text(), re.MULTILINE)
     key = match.group(1) if match else ""
-    return Server(url, key, tmp / "data", process, log_path)
+    database = environment.get("FASTSVD_DATABASE_URL") or f"sqlite:///{tmp / 'data' / 'fastsvd.db'}"
+    return Server(url, key, tmp / "data", process, log_path, database)
 
 
 def stop_server(server: Server) -> None:
@@ -107,10 +142,98 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
+class Receiver:
+    """A webhook receiver on loopback that answers from a script of status codes."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.script: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.received.append((self.path, dict(self.headers), body))
+                code = receiver.script.pop(0) if receiver.script else 200
+                self.send_response(code)
+                if code in (301, 302, 307):
+                    self.send_header("location", f"{receiver.url}/redirected")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait(self, count: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"only {len(self.received)} webhooks arrived"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback (200 unless its script says otherwise)."""
+    running = Receiver()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[ObjectStore]:
+    """One S3-protocol server (moto) for the whole session; each user takes its own bucket."""
+    with s3_server() as store:
+        yield store
+
+
+BACKENDS = ("embedded", "distributed")
+
+
+@contextlib.contextmanager
+def backend_env(
+    kind: str, request: pytest.FixtureRequest, folder: Path
+) -> Iterator[dict[str, str]]:
+    """Where a server keeps its state, as environment variables: ``embedded`` (SQLite and
+    local files) or ``distributed`` (PostgreSQL and an S3-compatible object store)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "embedded":
+        with database_url("sqlite", folder) as url:
+            yield {"FASTSVD_DATABASE_URL": url}
+        return
+    store: ObjectStore = request.getfixturevalue("object_store")
+    with database_url("postgresql", folder) as url:
+        yield {"FASTSVD_DATABASE_URL": url, **store.env(store.new_bucket())}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """A fresh backend of each kind, shared by a test module."""
+    with backend_env(request.param, request, tmp_path_factory.mktemp("db")) as env:
+        yield env
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A fresh backend of each kind for one test."""
+    with backend_env(request.param, request, tmp_path / "db") as env:
+        yield env
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server (fake model, one worker) shared by a test module."""
-    running = start_server(tmp_path_factory.mktemp("server"))
+def server(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) -> Iterator[Server]:
+    """One server (fake model, one worker) shared by a test module, on each backend."""
+    running = start_server(tmp_path_factory.mktemp("server"), **backend)
     try:
         yield running
     finally:

@@ -167,12 +167,8 @@ def test_auth_missing_wrong_and_other_keys_requests(server: Server) -> None:
     )
     assert bearer.status_code == 404  # Bearer works too; the id does not exist
 
-    from fastsvd.settings import Settings
-    from fastsvd.store.db import Database
-    from fastsvd.store.keys import KeyStore
-
-    db = Database(Settings(data_dir=server.data_dir).db_url)
-    other_key, _ = KeyStore(db).create("other")
+    with server.key_store() as keys:
+        other_key, _ = keys.create("other")
     with server.client() as owner, server.client(other_key) as other:
         sub = submit(owner)
         assert other.get(str(sub["status_url"])).status_code == 404

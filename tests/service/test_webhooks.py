@@ -11,70 +11,24 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from fastsvd.schema import WebhookBody
-from fastsvd.settings import Settings
-from fastsvd.store.db import Database
-from fastsvd.store.keys import KeyStore
-from tests.service.conftest import Server, start_server, stop_server, wait_done
+from tests.service.conftest import Receiver, Server, start_server, stop_server, wait_done
 
 T2V = "/fal-ai/fast-svd/text-to-video"
 SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 1}
 
 
-class Receiver:
-    """A webhook receiver on loopback that answers from a script of status codes."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self.script: list[int] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.received.append((self.path, dict(self.headers), body))
-                code = receiver.script.pop(0) if receiver.script else 200
-                self.send_response(code)
-                if code in (301, 302, 307):
-                    self.send_header("location", f"{receiver.url}/redirected")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return None
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait(self, count: int, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.received) < count:
-            assert time.monotonic() < deadline, f"only {len(self.received)} webhooks arrived"
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    yield running
-    running.close()
-
-
 @pytest.fixture(scope="module")
-def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def hooked(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) -> Iterator[Server]:
     """A server allowed to call loopback receivers, retrying fast (4 tries over 1.5 s)."""
     server = start_server(
         tmp_path_factory.mktemp("webhooks"),
+        **backend,
         FASTSVD_ALLOW_PRIVATE_URLS="1",
         FASTSVD_WEBHOOK_ATTEMPTS="4",
         FASTSVD_WEBHOOK_WINDOW_S="1.5",
@@ -84,9 +38,9 @@ def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def webhook_secret(server: Server) -> str:
-    keys = KeyStore(Database(Settings(data_dir=server.data_dir).db_url))
     key_id = server.key.split(":")[0]
-    return next(k.webhook_secret for k in keys.list() if k.key_id == key_id)
+    with server.key_store() as keys:
+        return next(k.webhook_secret for k in keys.list() if k.key_id == key_id)
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -147,6 +101,44 @@ def test_redirects_are_not_followed_and_tries_are_capped(
         assert [r[0] for r in receiver.received] == ["/"] * 4  # never /redirected, 4 tries
 
 
+def test_a_receiver_that_is_down_is_retried_then_given_up(hooked: Server) -> None:
+    """R16, receiver down: connections refused on every try; the tries are capped, the webhook is
+    recorded as failed, and the request and the service are unaffected."""
+    from tests.objectstore import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    with hooked.client() as client:
+        sub = client.post(T2V, params={"fal_webhook": nowhere}, json={"prompt": "a", **SMALL})
+        done = wait_done(client, sub.json()["status_url"])
+        assert done.get("error") is None
+        deadline = time.monotonic() + 30
+        while (job := webhook_row(hooked, sub.json()["request_id"]))["webhook_state"] != "failed":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["webhook_attempts"] == 4
+        assert "connect" in job["webhook_error"].lower()
+    assert httpx.get(f"{hooked.url}/health").status_code == 200
+
+
+def webhook_row(server: Server, request_id: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from fastsvd.store.db import Database
+    from fastsvd.store.tables import jobs
+
+    db = Database(server.database_url)
+    try:
+        with db.read() as conn:
+            row = conn.execute(
+                select(jobs.c.webhook_state, jobs.c.webhook_attempts, jobs.c.webhook_error).where(
+                    jobs.c.id == request_id
+                )
+            ).one()
+    finally:
+        db.dispose()
+    return dict(row._mapping)
+
+
 def test_private_webhook_targets_are_refused_by_default(tmp_path: Path) -> None:
     server = start_server(tmp_path, FASTSVD_WORKERS="0")
     try:
@@ -169,7 +161,11 @@ def test_webhook_secret_command_shows_the_keys_secret(hooked: Server) -> None:
 
     out = subprocess.run(
         [sys.executable, "-m", "fastsvd.cli", "keys", "webhook-secret", hooked.key.split(":")[0]],
-        env={**__import__("os").environ, "FASTSVD_DATA_DIR": str(hooked.data_dir)},
+        env={
+            **__import__("os").environ,
+            "FASTSVD_DATA_DIR": str(hooked.data_dir),
+            "FASTSVD_DATABASE_URL": hooked.database_url,
+        },
         capture_output=True,
         text=True,
         check=True,

@@ -1,25 +1,33 @@
-"""The job store on SQLite: queue order, leases and fencing, cancel, reaping, idempotency."""
+"""The job store on SQLite and PostgreSQL: queue order, leases and fencing, cancel, reaping,
+idempotency, migrations."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect, text
 
-from fastsvd.store.db import Database, sqlite_url
+from fastsvd.store.db import Database
 from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
+from tests.databases import KINDS, database_url
 
 T2V = "text-to-video"
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(sqlite_url(tmp_path / "jobs.db"))
-    migrate(database)
-    return database
+@pytest.fixture(params=KINDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with database_url(request.param, tmp_path) as url:
+        database = Database(url)
+        migrate(database)
+        try:
+            yield database
+        finally:
+            database.dispose()
 
 
 @pytest.fixture
@@ -36,6 +44,19 @@ def submit(store: JobStore, key: str = "k1", **extra: object) -> str:
 def test_migrations_are_idempotent(db: Database) -> None:
     assert current_version(db) == len(MIGRATIONS)
     assert migrate(db) == len(MIGRATIONS)
+
+
+def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(text("DROP INDEX ix_jobs_start_deadline"))
+        conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
+    job_id = submit(JobStore(db))  # data written before the upgrade survives it
+    assert current_version(db) == 1
+    assert migrate(db) == len(MIGRATIONS) == 2
+    with db.read() as conn:
+        indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
+    assert "ix_jobs_start_deadline" in indexes
+    assert JobStore(db).get(job_id) is not None
 
 
 def test_fifo_within_priority_and_low_priority_last(store: JobStore) -> None:
@@ -58,7 +79,7 @@ def test_claims_never_hand_one_job_to_two_workers(store: JobStore) -> None:
             with lock:
                 got.append(claim.job.id)
 
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -66,11 +87,39 @@ def test_claims_never_hand_one_job_to_two_workers(store: JobStore) -> None:
     assert sorted(got) == sorted(ids)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_processes_starting_together_migrate_an_empty_database_once(
+    kind: str, tmp_path: Path
+) -> None:
+    with database_url(kind, tmp_path) as url:
+        databases = [Database(url) for _ in range(4)]
+        errors: list[BaseException] = []
+        start = threading.Barrier(len(databases))
+
+        def run(database: Database) -> None:
+            start.wait()
+            try:
+                migrate(database)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(d,)) for d in databases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert current_version(databases[0]) == len(MIGRATIONS)
+        for database in databases:
+            database.dispose()
+
+
 def test_result_after_lost_lease_is_ignored(store: JobStore) -> None:
     job_id = submit(store)
     first = store.claim("w1", -1, [T2V])  # a lease that has already expired
     assert first is not None
-    second = store.claim("w2", 30, [T2V])  # reaps, requeues, hands it on
+    assert store.reap() == 1  # back to the queue
+    second = store.claim("w2", 30, [T2V])  # handed on
     assert second is not None
     assert second.job.id == job_id
     assert second.token == first.token + 1
@@ -87,7 +136,7 @@ def test_a_job_whose_worker_keeps_dying_ends_after_max_attempts(store: JobStore)
     job_id = submit(store)
     for _ in range(2):
         assert store.claim("w", -1, [T2V]) is not None
-    store.reap()
+        store.reap()
     job = store.get(job_id)
     assert job is not None
     assert job.state == JobState.completed

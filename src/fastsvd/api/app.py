@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import secrets
 import time
 import urllib.parse
@@ -20,8 +21,8 @@ from typing import Annotated, Any
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy.exc import OperationalError
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from fastsvd import __version__
 from fastsvd import constants as c
@@ -42,8 +43,13 @@ from fastsvd.schema import (
     VideoOutput,
     absolute_output,
 )
-from fastsvd.store.jobs import CancelOutcome, Job, JobState
+from fastsvd.storage import LocalStorage, RangeNotSatisfiable
+from fastsvd.store.db import is_unavailable
+from fastsvd.store.files import new_file_id
+from fastsvd.store.jobs import CancelOutcome, Job, JobState, QueueFull
 from fastsvd.store.keys import KeyInfo
+
+log = logging.getLogger("fastsvd.api")
 
 KeyDep = Annotated[KeyInfo, Depends(current_key)]
 
@@ -54,6 +60,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 SUBMITTED: dict[int | str, dict[str, Any]] = {
     200: {"model": SubmitResponse, "description": "Queued"},
     422: {"model": ErrorResponse, "description": "Invalid input: fal's detail list"},
+    429: {"model": ErrorResponse, "description": "Queue full: retry after Retry-After seconds"},
     **_ERRORS,
 }
 STATUS: dict[int | str, dict[str, Any]] = {
@@ -342,15 +349,31 @@ def create_app(services: Services) -> FastAPI:
     # --- files ---------------------------------------------------------------------------
 
     @app.get("/files/{file_id}/{file_name}", tags=["files"], summary="Download a file")
-    async def download(file_id: str, file_name: str) -> Response:
+    async def download(request: Request, file_id: str, file_name: str) -> Response:
         record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
         if record is None or record.file_name != file_name or record.upload_token is not None:
             raise NotFound("File not found")
-        path = s.storage.path(record.id)
-        if not path.is_file():
+        if isinstance(s.storage, LocalStorage):
+            path = s.storage.path(record.id)
+            if not path.is_file():
+                raise NotFound("File not found")
+            # Starlette answers Range requests (206) itself, so players can seek.
+            return FileResponse(path, media_type=record.content_type)
+        # An object store: proxied, Range passed through (see docs/deploy.md for why).
+        try:
+            got = await run_in_threadpool(
+                s.storage.download, record.id, request.headers.get("range")
+            )
+        except RangeNotSatisfiable:
+            return Response(status_code=416, headers={"content-range": f"bytes */{record.size}"})
+        if got is None:
             raise NotFound("File not found")
-        # Starlette answers Range requests (206) itself, so players can seek.
-        return FileResponse(path, media_type=record.content_type)
+        return StreamingResponse(
+            iterate_in_threadpool(got.chunks),
+            status_code=got.status,
+            media_type=record.content_type,
+            headers=got.headers,
+        )
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -389,6 +412,8 @@ def create_app(services: Services) -> FastAPI:
         data = await read_body(request)
         content_type = request.headers.get("content-type", "application/octet-stream")[:255]
         name = clean_name(request.headers.get("x-fal-file-name"), content_type)
+        file_id = new_file_id()
+        await run_in_threadpool(s.storage.put, file_id, data, content_type)
         record = await run_in_threadpool(
             s.files.add,
             key_id=key.key_id,
@@ -397,8 +422,8 @@ def create_app(services: Services) -> FastAPI:
             content_type=content_type,
             size=len(data),
             retention_s=s.settings.retention_s,
+            file_id=file_id,
         )
-        await run_in_threadpool(s.storage.put, record.id, data)
         url = _base_url(request) + record.path
         return JSONResponse({"access_url": url, "content_type": content_type, "file_name": name})
 
@@ -434,7 +459,7 @@ def create_app(services: Services) -> FastAPI:
         if record is None or expected is None or not secrets.compare_digest(expected, token):
             raise NotFound("No upload is waiting at this URL")
         data = await read_body(request)
-        await run_in_threadpool(s.storage.put, record.id, data)
+        await run_in_threadpool(s.storage.put, record.id, data, record.content_type)
         await run_in_threadpool(s.files.uploaded, record.id, len(data))
         return JSONResponse({"file_url": _base_url(request) + record.path})
 
@@ -480,8 +505,19 @@ def create_app(services: Services) -> FastAPI:
         detail = [{"loc": loc, "msg": exc.reason, "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(OperationalError)
-    async def on_database_down(_r: Request, _exc: OperationalError) -> JSONResponse:
+    @app.exception_handler(QueueFull)
+    async def on_queue_full(_r: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.message},
+            status_code=429,
+            headers={"retry-after": str(exc.retry_after_s)},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def on_database_error(_r: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_unavailable(exc):
+            log.error("database error", exc_info=exc)
+            return JSONResponse({"detail": "Internal error"}, status_code=500)
         return JSONResponse(
             {"detail": "The job store is unavailable; retry shortly"},
             status_code=503,

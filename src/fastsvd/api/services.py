@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastsvd.settings import Settings
-from fastsvd.storage import LocalStorage
+from fastsvd.storage import S3Storage, Storage, open_storage
 from fastsvd.store.db import Database
 from fastsvd.store.files import FileStore
 from fastsvd.store.jobs import JobStore
 from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
 from fastsvd.store.workers import WorkerRegistry
-from fastsvd.wakeup import Waker
+from fastsvd.wakeup import Listener, NotifyWaker, PostgresListener, Waker, WakeupListener
 
 
 @dataclass
@@ -24,23 +24,42 @@ class Services:
     jobs: JobStore
     keys: KeyStore
     files: FileStore
-    storage: LocalStorage
+    storage: Storage
     registry: WorkerRegistry
-    waker: Waker
+    waker: Waker | NotifyWaker
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         """Open (and migrate) the database and the file storage ``settings`` name."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.db_url)
+        storage = open_storage(
+            settings.storage_url,
+            settings.data_dir,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
+        if isinstance(storage, S3Storage):
+            storage.check()  # a wrong bucket or credentials: say so at start, not per request
+        db = Database(settings.db_url, pool_size=settings.db_pool_size)
         migrate(db)
         return cls(
             settings=settings,
             db=db,
-            jobs=JobStore(db, max_attempts=settings.max_attempts),
+            jobs=JobStore(
+                db,
+                max_attempts=settings.max_attempts,
+                max_queued=settings.max_queued,
+                max_queued_per_key=settings.max_queued_per_key,
+            ),
             keys=KeyStore(db),
             files=FileStore(db),
-            storage=LocalStorage(settings.data_dir / "files"),
+            storage=storage,
             registry=WorkerRegistry(db),
-            waker=Waker(settings.data_dir / "wake"),
+            waker=NotifyWaker() if db.is_postgres else Waker(settings.data_dir / "wake"),
         )
+
+    def open_listener(self, name: str) -> Listener:
+        """A worker's end of the wake-ups and cancels, for this database."""
+        if self.db.is_postgres:
+            return PostgresListener(self.db.url)
+        return WakeupListener(self.settings.data_dir / "wake", name)

@@ -3,6 +3,12 @@
 SQLite (the embedded default) runs in WAL mode with full fsync, and takes its write lock at the
 start of a write transaction (``BEGIN IMMEDIATE``) so that concurrent writers queue instead of
 failing on a lock upgrade. Reads use plain deferred transactions and never block writers.
+
+PostgreSQL (``postgresql://...``, through psycopg 3) runs at READ COMMITTED with a connection
+pool whose connections are checked before use, so a restarted server costs the callers one
+failed transaction each (``is_unavailable`` tells them apart), not a dead process. Notifications
+(``notify``) go out with the transaction that sends them, on commit; SQLite has none, and its
+processes wake each other through ``fastsvd.wakeup`` instead.
 """
 
 from __future__ import annotations
@@ -12,25 +18,56 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import QueuePool
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_POOL_SIZE = 8
+POSTGRES_POOL_SIZE = 5
+POSTGRES_CONNECT_TIMEOUT_S = 5
+
+# LISTEN/NOTIFY channels (PostgreSQL)
+WAKE_CHANNEL = "fastsvd_wake"  # a job was queued (payload: its endpoint)
+CANCEL_CHANNEL = "fastsvd_cancel"  # a running job was asked to stop (payload: its id)
+
+
+def normalize_url(url: str) -> str:
+    """The SQLAlchemy URL for ``url``: ``postgresql://`` (and ``postgres://``) mean psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached right now (retry later)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class Database:
     """An engine plus ``read()`` and ``write()`` transactions."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
+    def __init__(self, url: str, *, pool_size: int = POSTGRES_POOL_SIZE) -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.is_postgres = self.url.startswith("postgresql")
         # A read on a local SQLite file takes well under a millisecond and, in WAL mode, never
         # waits for a writer: cheaper to run inline than to hand to a thread.
         self.cheap_reads = self.is_sqlite
-        self.engine = (
-            _sqlite_engine(url) if self.is_sqlite else create_engine(url, pool_pre_ping=True)
-        )
+        if self.is_sqlite:
+            self.engine = _sqlite_engine(self.url)
+        else:
+            self.engine = create_engine(
+                self.url,
+                pool_pre_ping=True,  # a connection the server dropped is replaced, not used
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=POSTGRES_CONNECT_TIMEOUT_S * 2,
+                connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+            )
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -46,9 +83,29 @@ class Database:
             with conn.begin():
                 yield conn
 
+    def notify(self, conn: Connection, channel: str, payload: str = "") -> None:
+        """Send a notification when ``conn``'s transaction commits (PostgreSQL only)."""
+        if self.is_postgres:
+            conn.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {
+                    "channel": channel,
+                    "payload": payload,
+                },
+            )
+
+    def lock_for_migrations(self, conn: Connection) -> None:
+        """Serialise schema changes between processes, until ``conn``'s transaction ends."""
+        if self.is_postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        # SQLite: the write transaction (BEGIN IMMEDIATE) already excludes other writers.
+
     def dispose(self) -> None:
         """Close every pooled connection (before a fork, and at exit)."""
         self.engine.dispose()
+
+
+MIGRATION_LOCK = 0x66617374737664  # "fastsvd"
 
 
 def sqlite_url(path: Path) -> str:

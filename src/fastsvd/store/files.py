@@ -107,7 +107,12 @@ class FileStore:
         now = time.time() if now is None else now
         with self.db.write() as conn:
             ids = list(
-                conn.scalars(select(files.c.id).where(files.c.expires_at < now).limit(limit)).all()
+                conn.scalars(
+                    select(files.c.id)
+                    .where(files.c.expires_at < now)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
             )
             if ids:
                 conn.execute(delete(files).where(files.c.id.in_(ids)))

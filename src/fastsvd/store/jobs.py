@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from fastsvd.store.db import Database
+from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
 from fastsvd.store.tables import job_logs, jobs, stage_timings
 
 
@@ -52,6 +52,17 @@ class Failure:
     error_type: str
     http_status: int
 
+
+class QueueFull(Exception):
+    """The queue (or this key's share of it) is at its cap: come back later (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+QUEUE_FULL_RETRY_AFTER_S = 10
 
 CANCELLED = Failure("Request cancelled", "cancelled", 499)
 START_TIMEOUT = Failure("Request start timeout exceeded", "request_timeout", 504)
@@ -151,9 +162,18 @@ _LOGS_AFTER = (
 class JobStore:
     """Every read and write of jobs goes through here."""
 
-    def __init__(self, db: Database, *, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_attempts: int = 3,
+        max_queued: int | None = None,
+        max_queued_per_key: int | None = None,
+    ) -> None:
         self.db = db
         self.max_attempts = max_attempts
+        self.max_queued = max_queued
+        self.max_queued_per_key = max_queued_per_key
 
     # --- the API side ---------------------------------------------------------------------
 
@@ -169,7 +189,16 @@ class JobStore:
         idempotency_key: str | None = None,
         base_url: str | None = None,
     ) -> tuple[Job, bool]:
-        """Queue a job; returns it and whether it is new (False: an idempotent repeat)."""
+        """Queue a job; returns it and whether it is new (False: an idempotent repeat).
+
+        Raises ``QueueFull`` beyond the caps. On SQLite the count and the insert share the
+        write lock, so the caps are exact; on PostgreSQL concurrent submits may overshoot a cap
+        by the number of API processes submitting at the same instant.
+        """
+        if idempotency_key is not None:
+            repeat = self._by_idempotency_key(key_id, idempotency_key)
+            if repeat is not None:
+                return repeat, False  # answered again, even when the queue is full
         job_id = str(uuid.uuid4())
         values = {
             "id": job_id,
@@ -186,18 +215,49 @@ class JobStore:
         }
         try:
             with self.db.write() as conn:
+                self._check_caps(conn, key_id)
                 conn.execute(insert(jobs).values(**values))
+                self.db.notify(conn, WAKE_CHANNEL, endpoint)
                 return self._get(conn, job_id), True
         except IntegrityError:
             if idempotency_key is None:
                 raise
+        repeat = self._by_idempotency_key(key_id, idempotency_key)
+        if repeat is None:  # pragma: no cover - the conflicting row cannot vanish
+            raise RuntimeError("idempotency key conflict without a job")
+        return repeat, False
+
+    def _by_idempotency_key(self, key_id: str, idempotency_key: str) -> Job | None:
         with self.db.read() as conn:
             row = conn.execute(
                 select(jobs).where(
                     jobs.c.key_id == key_id, jobs.c.idempotency_key == idempotency_key
                 )
-            ).one()
-        return Job.from_row(row), False
+            ).first()
+        return Job.from_row(row) if row is not None else None
+
+    def _check_caps(self, conn: Connection, key_id: str) -> None:
+        queued = jobs.c.state == JobState.queued.value
+        if self.max_queued is not None:
+            total = conn.scalar(select(func.count()).select_from(jobs).where(queued)) or 0
+            if total >= self.max_queued:
+                raise QueueFull(
+                    f"The queue is full ({self.max_queued} requests waiting); retry later",
+                    QUEUE_FULL_RETRY_AFTER_S,
+                )
+        if self.max_queued_per_key is not None:
+            mine = (
+                conn.scalar(
+                    select(func.count()).select_from(jobs).where(queued, jobs.c.key_id == key_id)
+                )
+                or 0
+            )
+            if mine >= self.max_queued_per_key:
+                raise QueueFull(
+                    f"This key has {self.max_queued_per_key} requests waiting, its limit; "
+                    "retry when some have started",
+                    QUEUE_FULL_RETRY_AFTER_S,
+                )
 
     def get(self, job_id: str, key_id: str | None = None) -> Job | None:
         """The job, if it exists and (when ``key_id`` is given) belongs to that key."""
@@ -247,7 +307,7 @@ class JobStore:
     def request_cancel(self, job_id: str, key_id: str | None) -> CancelOutcome:
         """Cancel: a queued job ends at once; a running one is flagged for its worker."""
         with self.db.write() as conn:
-            query = select(jobs.c.state).where(jobs.c.id == job_id)
+            query = select(jobs.c.state).where(jobs.c.id == job_id).with_for_update()
             if key_id is not None:
                 query = query.where(jobs.c.key_id == key_id)
             state = conn.scalar(query)
@@ -259,6 +319,7 @@ class JobStore:
                 self._finish(conn, job_id, None, failure=CANCELLED)
             else:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
+                self.db.notify(conn, CANCEL_CHANNEL, job_id)
             return CancelOutcome.requested
 
     def queue_depth(self) -> int:
@@ -272,11 +333,13 @@ class JobStore:
     # --- the worker side ------------------------------------------------------------------
 
     def claim(self, owner: str, lease_s: float, endpoints: list[str]) -> Claim | None:
-        """Take the next queued job for ``endpoints``, holding it for ``lease_s``."""
-        now = time.time()
-        self.reap(now)
+        """Take the next queued job for ``endpoints``, holding it for ``lease_s``.
+
+        Cheap when there is nothing to take: every idle worker tries at each wake-up. Jobs of
+        dead workers come back through ``reap``, which workers and housekeeping run now and then.
+        """
         with self.db.write() as conn:
-            self._expire_start_deadlines(conn, now)
+            self._expire_start_deadlines(conn, time.time())
             row = conn.execute(
                 select(jobs.c.id, jobs.c.lease_token)
                 .where(jobs.c.state == JobState.queued.value, jobs.c.endpoint.in_(endpoints))
@@ -287,6 +350,7 @@ class JobStore:
             if row is None:
                 return None
             token = row.lease_token + 1
+            now = time.time()  # after the lock: never before the job's created_at
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == row.id)
@@ -391,6 +455,8 @@ class JobStore:
                 .where(self._held(job_id, token))
                 .values(state=JobState.queued.value, lease_owner=None, lease_expires_at=None)
             )
+            if done.rowcount == 1:
+                self.db.notify(conn, WAKE_CHANNEL)
         return done.rowcount == 1
 
     def reap(self, now: float | None = None) -> int:
@@ -398,7 +464,14 @@ class JobStore:
         now = time.time() if now is None else now
         expired = and_(jobs.c.state == JobState.running.value, jobs.c.lease_expires_at < now)
         with self.db.write() as conn:
-            rows = conn.execute(select(jobs.c.id, jobs.c.attempts).where(expired)).all()
+            # Locked in order, skipping rows another reaper holds: reapers never deadlock.
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.attempts)
+                .where(expired)
+                .order_by(jobs.c.seq)
+                .with_for_update(skip_locked=True)
+            ).all()
+            requeued = False
             for row in rows:
                 if row.attempts >= self.max_attempts:
                     failure = Failure(
@@ -415,6 +488,9 @@ class JobStore:
                             state=JobState.queued.value, lease_owner=None, lease_expires_at=None
                         )
                     )
+                    requeued = True
+            if requeued:
+                self.db.notify(conn, WAKE_CHANNEL)
         return len(rows)
 
     # --- helpers --------------------------------------------------------------------------
@@ -433,9 +509,10 @@ class JobStore:
 
     def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
         late = conn.scalars(
-            select(jobs.c.id).where(
-                jobs.c.state == JobState.queued.value, jobs.c.start_deadline_at < now
-            )
+            select(jobs.c.id)
+            .where(jobs.c.state == JobState.queued.value, jobs.c.start_deadline_at < now)
+            .order_by(jobs.c.seq)
+            .with_for_update(skip_locked=True)
         ).all()
         for job_id in late:
             self._finish(conn, job_id, None, failure=START_TIMEOUT, now=now)

@@ -1,8 +1,8 @@
 """Schema migrations: numbered steps, each applied once, in order, on any supported database.
 
 A step is a function of a connection. Add new steps at the end; never edit an applied one. Every
-process runs ``migrate`` at start; the version table makes that idempotent, and the write lock
-(SQLite) or an advisory-free unique insert (PostgreSQL) makes concurrent starts safe.
+process runs ``migrate`` at start; the version table makes that idempotent, and a lock held for
+the whole run makes concurrent starts safe on either database.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import Connection, func, insert, inspect, select
-from sqlalchemy.exc import IntegrityError
 
 from fastsvd.store import tables
 from fastsvd.store.db import Database
@@ -30,7 +29,13 @@ def _v1_initial(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+def _v2_start_deadline_index(conn: Connection) -> None:
+    """Index the start deadline: claims sweep expired ones without scanning the queue."""
+    index = next(i for i in tables.jobs.indexes if i.name == "ix_jobs_start_deadline")
+    index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_start_deadline_index]
 
 
 def current_version(db: Database) -> int:
@@ -43,23 +48,20 @@ def current_version(db: Database) -> int:
 
 
 def migrate(db: Database) -> int:
-    """Apply every missing migration; returns the version the database is at."""
+    """Apply every missing migration in one transaction; returns the version reached.
+
+    Processes starting together queue on a lock (PostgreSQL: an advisory lock; SQLite: the
+    write lock) and find the work done. A failed step rolls back with everything before it.
+    """
     with db.write() as conn:
+        db.lock_for_migrations(conn)
         tables.schema_version.create(conn, checkfirst=True)
-    for number, step in enumerate(MIGRATIONS, start=1):
-        try:
-            with db.write() as conn:
-                done = conn.scalar(
-                    select(tables.schema_version.c.version).where(
-                        tables.schema_version.c.version == number
-                    )
-                )
-                if done is not None:
-                    continue
-                step(conn)
-                conn.execute(
-                    insert(tables.schema_version).values(version=number, applied_at=time.time())
-                )
-        except IntegrityError:
-            continue  # another process applied it at the same moment
+        applied = set(conn.scalars(select(tables.schema_version.c.version)))
+        for number, step in enumerate(MIGRATIONS, start=1):
+            if number in applied:
+                continue
+            step(conn)
+            conn.execute(
+                insert(tables.schema_version).values(version=number, applied_at=time.time())
+            )
     return current_version(db)

@@ -1,0 +1,317 @@
+"""The job store at scale: 64 workers on PostgreSQL (and on SQLite, for comparison, in the
+same run), and status reads through two API processes.
+
+    .venv/bin/python bench/scale.py [--workers 64] [--jobs 1280] [--rate 100] [--seconds 10]
+
+Workers are real ``fastsvd.worker.Worker``s (claims, leases, heartbeats, logs, outputs stored,
+results written), ``--workers`` of them in 8 processes, running a stand-in model that sleeps
+50 ms per job (the GPU's time, which costs the host nothing) and returns a fixed MP4.
+
+Measured for each backend:
+
+- claims per second: ``--jobs`` requests queued at once (one transaction, one wake-up), then
+  drained by the workers; jobs finished divided by the time from the first start to the last
+  finish;
+- submit to start: requests submitted through the API at ``--rate`` per second for
+  ``--seconds``; the delay is the job's ``started_at`` minus its ``created_at`` (both written by
+  this machine's clock), p50 and p99;
+- status reads per second: 100 clients polling (0.1 s between answers, as fal-client does)
+  through two API processes (PostgreSQL) or one (SQLite, the single-machine layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.service import percentile, poll  # noqa: E402
+from tests.databases import postgres_database  # noqa: E402
+from tests.service.conftest import start_server, stop_server  # noqa: E402
+
+T2V = "/fal-ai/fast-svd/text-to-video"
+PROCESSES = 8
+JOB_S = 0.05
+
+
+def worker_process(count: int) -> None:
+    """``count`` workers in threads of this process, until SIGTERM."""
+    import numpy as np
+
+    from fastsvd.api.services import Services
+    from fastsvd.pipeline.encode import encode_mp4
+    from fastsvd.settings import Settings
+    from fastsvd.worker import Worker, WorkerServices, worker_name
+
+    mp4 = encode_mp4(np.zeros((25, 64, 64, 3), dtype=np.uint8), 10)
+
+    class SleepRunner:
+        def load(self) -> None:
+            return None
+
+        def run(self, request: object, seed: int, hooks: object) -> bytes:
+            time.sleep(JOB_S)
+            return mp4
+
+    settings = Settings.from_env()
+    services = Services.from_settings(settings)
+    workers = []
+    for i in range(count):
+        worker_services = WorkerServices(
+            jobs=services.jobs,
+            files=services.files,
+            storage=services.storage,
+            registry=services.registry,
+            open_listener=services.open_listener,
+            lease_s=settings.lease_s,
+            retention_s=settings.retention_s,
+            idle_poll_s=settings.idle_poll_s,
+        )
+        workers.append(Worker(worker_services, SleepRunner(), f"{worker_name()}-{i}"))  # type: ignore[arg-type]
+    threads = [threading.Thread(target=w.serve, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    stop.wait()
+    for w in workers:
+        w.stopping.set()
+        w.listener.wake()
+    for t in threads:
+        t.join(10)
+
+
+def start_workers(env: dict[str, str], total: int) -> list[subprocess.Popen[bytes]]:
+    per = [total // PROCESSES + (1 if i < total % PROCESSES else 0) for i in range(PROCESSES)]
+    return [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker-process", str(n)],
+            # 8 workers share a process's pool: 3 kept, 6 at most, so 64 workers stay within
+            # PostgreSQL's default 100 connections (one LISTEN per process)
+            env={**os.environ, **env, "FASTSVD_DB_POOL_SIZE": "3", "PYTHONPATH": str(ROOT)},
+        )
+        for n in per
+        if n
+    ]
+
+
+def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.wait(30)
+
+
+def job_times(database_url: str) -> list[tuple[float, float | None, float | None]]:
+    from sqlalchemy import select
+
+    from fastsvd.store.db import Database
+    from fastsvd.store.tables import jobs
+
+    db = Database(database_url)
+    try:
+        with db.read() as conn:
+            rows = conn.execute(
+                select(jobs.c.created_at, jobs.c.started_at, jobs.c.finished_at)
+            ).all()
+    finally:
+        db.dispose()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def clear_jobs(database_url: str) -> None:
+    from sqlalchemy import delete
+
+    from fastsvd.store.db import Database
+    from fastsvd.store.tables import files, job_logs, jobs, stage_timings
+
+    db = Database(database_url)
+    try:
+        with db.write() as conn:
+            for table in (stage_timings, job_logs, files, jobs):
+                conn.execute(delete(table))
+    finally:
+        db.dispose()
+
+
+def queue_jobs(database_url: str, count: int) -> None:
+    """``count`` jobs in one transaction: the workers find a full queue, not a trickle."""
+    import json
+    import uuid
+
+    from sqlalchemy import insert
+
+    from fastsvd.store.db import WAKE_CHANNEL, Database
+    from fastsvd.store.tables import jobs
+
+    body = json.dumps({"prompt": "bench", "steps": 1})
+    now = time.time()
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "key_id": "bench",
+            "endpoint": "fal-ai/fast-svd/text-to-video",
+            "input": body,
+            "state": "queued",
+            "priority": 0,
+            "created_at": now,
+        }
+        for _ in range(count)
+    ]
+    db = Database(database_url)
+    try:
+        with db.write() as conn:
+            conn.execute(insert(jobs), rows)
+            db.notify(conn, WAKE_CHANNEL)
+    finally:
+        db.dispose()
+    if not db.is_postgres:
+        from fastsvd.wakeup import Waker
+
+        waker = Waker(Path(os.environ["FASTSVD_BENCH_WAKE_DIR"]))
+        waker.wake_all()
+        waker.close()
+
+
+def wait_all_finished(database_url: str, count: int, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        times = job_times(database_url)
+        if len(times) >= count and all(f is not None for _c, _s, f in times):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("jobs did not finish")
+        time.sleep(0.5)
+
+
+def measure(
+    name: str, env: dict[str, str], args: argparse.Namespace, folder: Path
+) -> dict[str, float]:
+    url = env["FASTSVD_DATABASE_URL"]
+    apis = [start_server(folder / "api-a", **env, FASTSVD_WORKERS="0")]
+    if name == "postgresql":
+        apis.append(start_server(folder / "api-b", **env, FASTSVD_WORKERS="0"))
+    workers = start_workers(env, args.workers)
+    out: dict[str, float] = {}
+    try:
+        # Let every worker register and start listening.
+        time.sleep(5)
+
+        # 1. claims per second, draining a full queue
+        clear_jobs(url)
+        os.environ["FASTSVD_BENCH_WAKE_DIR"] = str(Path(env.get("FASTSVD_DATA_DIR", "")) / "wake")
+        queue_jobs(url, args.jobs)
+        wait_all_finished(url, args.jobs)
+        times = job_times(url)
+        first = min(s for _c, s, _f in times if s is not None)
+        last = max(f for _c, _s, f in times if f is not None)
+        out["claims_per_s"] = len(times) / (last - first)
+
+        # 2. submit to start, at a steady rate through the API
+        clear_jobs(url)
+        sent = 0
+        with httpx.Client(headers={"Authorization": f"Key {apis[0].key}"}) as client:
+            started = time.monotonic()
+            while time.monotonic() - started < args.seconds:
+                api = apis[sent % len(apis)]
+                answer = client.post(f"{api.url}{T2V}", json={"prompt": "bench", "steps": 1})
+                answer.raise_for_status()
+                sent += 1
+                pause = started + sent / args.rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+        wait_all_finished(url, sent)
+        delays = [(s - c) * 1000 for c, s, _f in job_times(url) if s is not None]
+        out["submit_rate"] = sent / args.seconds
+        out["start_p50_ms"] = percentile(delays, 50)
+        out["start_p99_ms"] = percentile(delays, 99)
+
+        # 3. status reads per second, spread over the APIs
+        stop_workers(workers)
+        workers = []
+        # the probe job stays queued (no workers now), so each read also counts its position
+        clear_jobs(url)
+        with httpx.Client(headers={"Authorization": f"Key {apis[0].key}"}) as client:
+            status_urls = [
+                client.post(f"{api.url}{T2V}", json={"prompt": "bench"}).json()["status_url"]
+                for api in apis
+            ]
+
+        async def everyone() -> list[float]:
+            headers = {"Authorization": f"Key {apis[0].key}"}
+            share = args.pollers // len(status_urls)
+            parts = await asyncio.gather(
+                *(poll(u, headers, share, args.seconds) for u in status_urls)
+            )
+            return [x for part in parts for x in part]
+
+        latencies = asyncio.run(everyone())
+        out["status_per_s"] = len(latencies) / args.seconds
+        out["status_p50_ms"] = percentile(latencies, 50) * 1000
+    finally:
+        stop_workers(workers)
+        for api in apis:
+            stop_server(api)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=1280)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--pollers", type=int, default=100)
+    parser.add_argument("--worker-process", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_process:
+        worker_process(args.worker_process)
+        return
+
+    common = {"FASTSVD_IDLE_POLL_S": "5", "FASTSVD_LOG_LEVEL": "WARNING"}
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sqlite_env = {
+            **common,
+            "FASTSVD_DATABASE_URL": f"sqlite:///{folder / 'fastsvd.db'}",
+            "FASTSVD_DATA_DIR": str(folder / "shared"),
+        }
+        results["sqlite"] = measure("sqlite", sqlite_env, args, folder / "sqlite")
+        with postgres_database() as url:
+            pg_env = {
+                **common,
+                "FASTSVD_DATABASE_URL": url,
+                "FASTSVD_DATA_DIR": str(folder / "pg-files"),
+            }
+            results["postgresql"] = measure("postgresql", pg_env, args, folder / "pg")
+
+    print(f"\n{args.workers} workers, jobs of {JOB_S * 1000:.0f} ms, {os.cpu_count()} CPUs")
+    print(f"{'':24}{'sqlite':>12}{'postgresql':>12}{'pg/sqlite':>11}")
+    rows = [
+        ("claims/s", "claims_per_s", "{:.0f}"),
+        ("submits/s offered", "submit_rate", "{:.0f}"),
+        ("submit->start p50 ms", "start_p50_ms", "{:.1f}"),
+        ("submit->start p99 ms", "start_p99_ms", "{:.1f}"),
+        ("status reads/s", "status_per_s", "{:.0f}"),
+        ("status p50 ms", "status_p50_ms", "{:.1f}"),
+    ]
+    for label, key, fmt in rows:
+        a, b = results["sqlite"][key], results["postgresql"][key]
+        print(f"{label:24}{fmt.format(a):>12}{fmt.format(b):>12}{b / a:>10.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Wake-ups and cancel signals: NOTIFY on PostgreSQL, datagrams on one machine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from fastsvd.store.db import Database
+from fastsvd.store.jobs import JobStore
+from fastsvd.store.migrations import migrate
+from fastsvd.wakeup import PostgresListener, Waker, WakeupListener
+from tests.databases import postgres_database
+
+T2V = "text-to-video"
+
+
+@pytest.fixture
+def pg() -> Iterator[Database]:
+    with postgres_database() as url:
+        db = Database(url)
+        migrate(db)
+        try:
+            yield db
+        finally:
+            db.dispose()
+
+
+def test_each_submit_wakes_one_idle_worker_over_one_shared_connection(pg: Database) -> None:
+    store = JobStore(pg)
+    listeners = [PostgresListener(pg.url) for _ in range(3)]
+    try:
+        assert listeners[0].connected.wait(10)
+        for listener in listeners:
+            listener.wait(0)  # the wake-up every (re)connection starts with
+            assert not listener.wait(0.1)
+        sent = time.monotonic()
+        store.submit(key_id="k", endpoint=T2V, input={})
+        deadline = time.monotonic() + 5
+        while not any(listener._woken.is_set() for listener in listeners):
+            assert time.monotonic() < deadline, "nobody woke"
+            time.sleep(0.005)
+        assert time.monotonic() - sent < 1.0
+        time.sleep(0.2)
+        assert sum(listener._woken.is_set() for listener in listeners) == 1  # no herd
+        for _ in range(2):
+            store.submit(key_id="k", endpoint=T2V, input={})
+        # Three jobs, three distinct workers woken. Flags are read, not cleared: a worker that
+        # returned from ``wait`` counts as idle again until it claims, and could take a wake-up.
+        deadline = time.monotonic() + 5
+        while not all(listener._woken.is_set() for listener in listeners):
+            assert time.monotonic() < deadline, "not every idle worker woke"
+            time.sleep(0.005)
+        with pg.read() as conn:
+            listening = conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+            )
+        assert listening == 1  # the workers of a process share one connection
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def test_a_cancel_reaches_the_worker_watching_that_job_only(pg: Database) -> None:
+    store = JobStore(pg)
+    listener = PostgresListener(pg.url)
+    try:
+        assert listener.connected.wait(10)
+        mine, _ = store.submit(key_id="k", endpoint=T2V, input={})
+        other, _ = store.submit(key_id="k", endpoint=T2V, input={})
+        assert store.claim("w1", 30, [T2V]) is not None
+        assert store.claim("w2", 30, [T2V]) is not None
+        listener.watch(mine.id)
+        store.request_cancel(other.id, None)
+        store.request_cancel(mine.id, None)
+        deadline = time.monotonic() + 5
+        while not listener.cancelled(mine.id):
+            assert time.monotonic() < deadline, "cancel not heard"
+            time.sleep(0.01)
+        assert not listener.cancelled(other.id)
+        listener.watch(None)
+        assert not listener.cancelled(mine.id)
+    finally:
+        listener.close()
+
+
+def test_datagram_wakeups_on_one_machine(tmp_path: Path) -> None:
+    listener = WakeupListener(tmp_path / "wake", "w1")
+    waker = Waker(tmp_path / "wake")
+    try:
+        assert not listener.wait(0.05)
+        waker.wake_all()
+        assert listener.wait(5)
+        listener.wake()  # what a stop signal does
+        assert listener.wait(5)
+    finally:
+        listener.close()
+        waker.close()

@@ -1,0 +1,79 @@
+"""Storage on a real S3-protocol server and on local disk: the same behaviour."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastsvd.errors import FastSVDError
+from fastsvd.storage import LocalStorage, RangeNotSatisfiable, S3Storage, Storage, open_storage
+from tests.objectstore import CREDENTIALS, ObjectStore, s3_server
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[ObjectStore]:
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path, s3: ObjectStore) -> Storage:
+    if request.param == "local":
+        return open_storage(None, tmp_path)
+    return open_storage(f"s3://{s3.new_bucket()}/out", tmp_path, endpoint_url=s3.endpoint)
+
+
+def test_put_read_exists_delete(storage: Storage) -> None:
+    assert not storage.exists("abc123")
+    storage.put("abc123", b"video bytes", "video/mp4")
+    assert storage.exists("abc123")
+    assert storage.read("abc123") == b"video bytes"
+    storage.put("abc123", b"replaced", "video/mp4")
+    assert storage.read("abc123") == b"replaced"
+    storage.delete("abc123")
+    storage.delete("abc123")  # deleting twice is fine
+    assert not storage.exists("abc123")
+
+
+def test_ids_cannot_escape_the_folder_or_prefix(storage: Storage) -> None:
+    for bad in ("../x", "a/b", "", "x.mp4"):
+        with pytest.raises(ValueError, match="alphanumeric"):
+            storage.put(bad, b"", "")
+
+
+def test_s3_objects_live_under_the_prefix_and_ranges_pass_through(
+    s3: ObjectStore, tmp_path: Path
+) -> None:
+    bucket = s3.new_bucket()
+    storage = open_storage(f"s3://{bucket}/a/b", tmp_path, endpoint_url=s3.endpoint)
+    assert isinstance(storage, S3Storage)
+    storage.put("f00d", bytes(range(100)), "video/mp4")
+    listed = s3.client().list_objects_v2(Bucket=bucket)["Contents"]
+    assert [o["Key"] for o in listed] == ["a/b/f00d"]
+    whole = storage.download("f00d", None)
+    assert whole is not None
+    assert (whole.status, b"".join(whole.chunks)) == (200, bytes(range(100)))
+    part = storage.download("f00d", "bytes=10-19")
+    assert part is not None
+    assert (part.status, part.headers["content-range"]) == (206, "bytes 10-19/100")
+    assert b"".join(part.chunks) == bytes(range(10, 20))
+    with pytest.raises(RangeNotSatisfiable):
+        storage.download("f00d", "bytes=500-600")
+    assert storage.download("0ther", None) is None
+
+
+def test_storage_urls(tmp_path: Path, s3: ObjectStore) -> None:
+    assert isinstance(open_storage(f"file://{tmp_path}/x", tmp_path), LocalStorage)
+    with pytest.raises(FastSVDError, match="expected s3://bucket"):
+        open_storage("ftp://somewhere", tmp_path)
+    missing = S3Storage("s3://no-such-bucket", endpoint_url=s3.endpoint)
+    with pytest.raises(FastSVDError, match="no-such-bucket"):
+        missing.check()
