@@ -44,6 +44,7 @@ class ModelRunner:
         from fastsvd.pipeline.quiet import quiet_libraries
 
         quiet_libraries()
+        from fastsvd.pipeline import optimize
         from fastsvd.pipeline.core import load_pipeline
         from fastsvd.pipeline.device import choose
         from fastsvd.pipeline.presets import PRESETS
@@ -54,6 +55,7 @@ class ModelRunner:
             choose(s.device, s.dtype),
             video_model=s.video_model,
             first_frame_model=s.first_frame_model,
+            optimizations=optimize.parse(s.optimize),
         )
 
     def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:

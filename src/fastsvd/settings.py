@@ -24,6 +24,7 @@ class Settings:
     first_frame_model: str | None = None  # FASTSVD_FIRST_FRAME_MODEL: HF id or folder (SDXL)
     # FASTSVD_RUNNER: "module:attribute" of a runner factory replacing the model (tests, demos)
     runner: str | None = None
+    optimize: str | None = None  # FASTSVD_OPTIMIZE: e.g. channels_last (pipeline/optimize.py)
 
     # --- service
     data_dir: Path = field(default_factory=lambda: Path("data"))  # FASTSVD_DATA_DIR
@@ -77,6 +78,7 @@ class Settings:
             video_model=get("video_model"),
             first_frame_model=get("first_frame_model"),
             runner=get("runner"),
+            optimize=get("optimize"),
             data_dir=Path(get("data_dir") or defaults.data_dir),
             database_url=get("database_url"),
             storage_url=get("storage_url"),

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationFailed, OutOfMemory
-from fastsvd.pipeline import deepcache, tiny
+from fastsvd.pipeline import deepcache, optimize, tiny
 from fastsvd.pipeline.device import Placement
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
@@ -168,6 +168,7 @@ def load_pipeline(
     video_model: str | None = None,
     first_frame_model: str | None = None,
     with_first_frame: bool = True,
+    optimizations: tuple[str, ...] = (),
 ) -> VideoPipeline:
     """Load ``preset``'s models onto ``placement``; ``*_model`` override its weights' location."""
     video_model = video_model or preset.video_model
@@ -196,4 +197,6 @@ def load_pipeline(
             if first_frame_model
             else tiny.build_first_frame()
         )
-    return VideoPipeline(preset, placement, video, first_frame)
+    pipeline = VideoPipeline(preset, placement, video, first_frame)
+    optimize.apply((video, first_frame), optimizations)
+    return pipeline

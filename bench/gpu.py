@@ -1,0 +1,278 @@
+"""Text to MP4 at full size: fastsvd against the stock diffusers pipelines, in one run.
+
+    .venv/bin/python bench/gpu.py                      # on a GPU: the default request
+    .venv/bin/python bench/gpu.py --models tiny        # anywhere: the same code, tiny models
+
+The models are built from their real configs with random weights (``pipeline/full_size.py``):
+the SDXL base first-frame model and SVD-XT (U-Net, temporal VAE, CLIP image encoder), at the
+released sizes, so the work is the real work; nothing is downloaded. The request is fal's
+default (1024x576, 25 frames, 20 steps) unless overridden.
+
+Both sides run in the same process on the same models: the stock ``StableDiffusionXLPipeline``
+and ``StableVideoDiffusionPipeline.__call__`` (in the placement's dtype, default attention, no
+compile), then fastsvd's ``VideoPipeline``, alternating for ``--repeats`` rounds after a warm-up
+of each. Reported per side: the stages (first frame, video denoising, VAE decode, MP4 encode),
+end to end, peak GPU memory, and the video U-Net's achieved TFLOP/s from FLOPs counted with
+``torch.utils.flop_counter`` on the exact shapes (not assumed); then each ``deep_cache`` level
+with its time and its frames' deviation from ``none`` (on random weights the deviation shows
+the mechanism works; the quality cost on real weights is measured separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastsvd.pipeline.quiet import quiet_libraries
+
+quiet_libraries()
+
+from fastsvd.pipeline import full_size, optimize  # noqa: E402
+from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
+from fastsvd.pipeline.device import Placement, choose  # noqa: E402
+from fastsvd.pipeline.encode import encode_mp4  # noqa: E402
+from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent  # noqa: E402
+from fastsvd.pipeline.presets import SVD_XT_1_1, TINY  # noqa: E402
+from fastsvd.schema import TextToVideoInput  # noqa: E402
+
+STAGES = ("first_frame", "video", "decode", "export")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gb(device: torch.device) -> float:
+    return (
+        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    )
+
+
+def build(models: str, placement: Placement) -> VideoPipeline:
+    if models == "tiny":
+        return load_pipeline(TINY, placement)
+    video = full_size.build_video(placement.device, placement.dtype)
+    first_frame = full_size.build_first_frame(placement.device, placement.dtype)
+    return VideoPipeline(SVD_XT_1_1, placement, video, first_frame)
+
+
+def run_stock(
+    pipe: VideoPipeline, req: TextToVideoInput, seed: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The stock pipelines, as a diffusers user would call them; stages timed at their ends."""
+    device = pipe.placement.device
+    preset, size = pipe.preset, req.video_size
+    assert pipe.first_frame is not None
+    times: dict[str, float] = {}
+    sync(device)
+    start = time.perf_counter()
+    image = pipe.first_frame(
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        width=size.width,
+        height=size.height,
+        num_inference_steps=preset.first_frame_steps,
+        guidance_scale=preset.first_frame_guidance,
+        generator=torch.Generator(device).manual_seed(seed),
+    ).images[0]
+    times["first_frame"] = time.perf_counter() - start
+    marks: dict[str, float] = {}
+
+    def on_step_end(_p: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if i == req.steps - 1:
+            sync(device)
+            marks["denoised"] = time.perf_counter()
+        return kwargs
+
+    video_start = time.perf_counter()
+    frames = pipe.video(
+        image,
+        width=size.width,
+        height=size.height,
+        num_frames=preset.num_frames,
+        num_inference_steps=req.steps,
+        fps=req.fps,
+        motion_bucket_id=req.motion_bucket_id,
+        noise_aug_strength=req.cond_aug,
+        decode_chunk_size=preset.decode_chunk_size,
+        min_guidance_scale=preset.min_guidance_scale,
+        max_guidance_scale=preset.max_guidance_scale,
+        generator=torch.Generator(device).manual_seed(seed),
+        output_type="np",
+        callback_on_step_end=on_step_end,
+    ).frames[0]
+    done = time.perf_counter()
+    times["video"] = marks["denoised"] - video_start
+    times["decode"] = done - marks["denoised"]
+    pixels: np.ndarray = (frames * 255).round().clip(0, 255).astype(np.uint8)
+    start = time.perf_counter()
+    encode_mp4(pixels, req.fps)
+    times["export"] = time.perf_counter() - start
+    times["total"] = time.perf_counter() - (video_start - times["first_frame"])
+    return pixels, times
+
+
+def run_fastsvd(
+    pipe: VideoPipeline, req: TextToVideoInput, seed: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """fastsvd's pipeline; a device sync closes each stage so its timing is whole."""
+    device = pipe.placement.device
+
+    def on_step(event: StepEvent) -> None:
+        if event.step == event.total:
+            sync(device)
+
+    sync(device)
+    start = time.perf_counter()
+    video = pipe.text_to_video(req, seed, Hooks(on_step=on_step))
+    pipe.to_mp4(video)
+    total = time.perf_counter() - start
+    times = {stage: video.timings_s.get(Stage(stage), 0.0) for stage in STAGES}
+    times["total"] = total
+    return video.frames, times
+
+
+def unet_flops(pipe: VideoPipeline, req: TextToVideoInput) -> int:
+    """FLOPs of one denoising step of the video U-Net (both guidance halves), counted."""
+    unet = pipe.video.unet
+    device, dtype = pipe.placement.device, pipe.placement.dtype
+    size = req.video_size
+    factor = pipe.video.vae_scale_factor
+    latents = torch.zeros(
+        2, pipe.preset.num_frames, unet.config.in_channels,
+        size.height // factor, size.width // factor, device=device, dtype=dtype,
+    )  # fmt: skip
+    context = torch.zeros(2, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    time_ids = torch.zeros(2, 3, device=device, dtype=dtype)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        unet(latents, torch.tensor(1.0, device=device), context, added_time_ids=time_ids)
+    return int(counter.get_total_flops())
+
+
+def median_times(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def timed(
+    fn: Callable[[], tuple[np.ndarray, dict[str, float]]], device: torch.device
+) -> tuple[np.ndarray, dict[str, float], float]:
+    peak_reset(device)
+    frames, times = fn()
+    return frames, times, peak_gb(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", choices=["full", "tiny"], default="full")
+    parser.add_argument("--size", default="1024x576", help="WIDTHxHEIGHT")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32")
+    parser.add_argument("--levels", default="none,minimum,medium,high")
+    parser.add_argument(
+        "--first-frame-steps", type=int, help="override the preset's (25): CPU smoke runs"
+    )
+    parser.add_argument(
+        "--optimize", default="", help="fastsvd side only: e.g. channels_last (FASTSVD_OPTIMIZE)"
+    )
+    args = parser.parse_args()
+
+    placement = choose(args.device, args.dtype)
+    device = placement.device
+    width, height = (int(v) for v in args.size.split("x"))
+    stock_pipe = build(args.models, placement)
+    if args.first_frame_steps:
+        stock_pipe.preset = dataclasses.replace(
+            stock_pipe.preset, first_frame_steps=args.first_frame_steps
+        )
+    pipe = stock_pipe
+    names = optimize.parse(args.optimize)
+    if names:  # the same weights, optimized, for fastsvd; stock keeps the originals
+        pipe = copy.deepcopy(stock_pipe)
+        optimize.apply((pipe.video, pipe.first_frame), names)
+    base = {"prompt": "A rocket flying that is about to take off", "steps": args.steps}
+    base["video_size"] = {"width": width, "height": height}  # type: ignore[assignment]
+    req = TextToVideoInput.model_validate({**base, "deep_cache": "none"})
+    seed = 42
+
+    # warm-up: kernels chosen, caches filled, for both sides
+    run_stock(stock_pipe, req, seed)
+    run_fastsvd(pipe, req, seed)
+    stock_runs, fast_runs = [], []
+    stock_peak = fast_peak = 0.0
+    for _ in range(args.repeats):
+        frames_stock, times, peak = timed(lambda: run_stock(stock_pipe, req, seed), device)
+        stock_runs.append(times)
+        stock_peak = max(stock_peak, peak)
+        frames_fast, times, peak = timed(lambda: run_fastsvd(pipe, req, seed), device)
+        fast_runs.append(times)
+        fast_peak = max(fast_peak, peak)
+    stock, fast = median_times(stock_runs), median_times(fast_runs)
+    flops = unet_flops(pipe, req) * args.steps
+
+    print(
+        f"\n{args.models} models, {width}x{height}, {pipe.preset.num_frames} frames, "
+        f"{args.steps} steps, {placement.device} {placement.dtype}, torch {torch.__version__}, "
+        f"median of {args.repeats}, fastsvd optimizations: {', '.join(names) or 'none'}"
+    )
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}")
+    print(f"video U-Net: {flops / 1e12:.3f} TFLOP for {args.steps} steps (counted)")
+    print(f"{'':16}{'stock':>10}{'fastsvd':>10}{'speed-up':>10}")
+    for key in (*STAGES, "total"):
+        speedup = stock[key] / fast[key] if fast[key] else float("nan")
+        print(f"{key + ' s':16}{stock[key]:>10.3f}{fast[key]:>10.3f}{speedup:>9.2f}x")
+    achieved = [flops / side["video"] / 1e12 for side in (stock, fast)]
+    print(f"{'U-Net TFLOP/s':16}{achieved[0]:>10.1f}{achieved[1]:>10.1f}")
+    if device.type == "cuda":
+        print(f"{'peak GPU GiB':16}{stock_peak:>10.1f}{fast_peak:>10.1f}")
+    same = np.abs(frames_stock.astype(int) - frames_fast.astype(int)).max()
+    print(f"max frame difference stock vs fastsvd: {same} levels of 255")
+
+    header = f"{'total s':>10}{'video s':>10}{'speed-up':>10}{'mean |diff|':>13}{'PSNR dB':>9}"
+    print(f"\n{'deep_cache':12}{header}")
+    reference: np.ndarray | None = None
+    none_total = 0.0
+    for level in args.levels.split(","):
+        level_req = TextToVideoInput.model_validate({**base, "deep_cache": level})
+        run_fastsvd(pipe, level_req, seed)  # warm-up
+        runs = [run_fastsvd(pipe, level_req, seed) for _ in range(args.repeats)]
+        frames = runs[-1][0]
+        times = median_times([t for _f, t in runs])
+        if reference is None:
+            reference, none_total = frames, times["total"]
+        diff = np.abs(frames.astype(float) - reference.astype(float))
+        mse = float((diff**2).mean())
+        psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+        print(
+            f"{level:12}{times['total']:>10.3f}{times['video']:>10.3f}"
+            f"{none_total / times['total']:>9.2f}x{diff.mean():>13.2f}{psnr:>9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
