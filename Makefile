@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
+	./scripts/install-browser
 	$(BIN)/pytest
 
 bench: $(STAMP)

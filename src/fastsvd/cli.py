@@ -1,4 +1,9 @@
-"""The ``fastsvd`` command line: ``fastsvd generate`` runs the pipeline on this machine.
+"""The ``fastsvd`` command line.
+
+``generate`` runs the pipeline on this machine (or on a server with ``--server``); ``serve``,
+``worker``, ``webhooks`` and ``keys`` run and manage a server; ``submit``, ``status``,
+``result``, ``cancel`` and ``watch`` talk to one (``--url``/``FASTSVD_URL``,
+``--key``/``FASTSVD_KEY``).
 
 Errors are one line on stderr (``error: <field>: <message>``) with a non-zero exit code:
 2 for bad input, 1 for anything else, 130 when interrupted. No traceback reaches the user.
@@ -7,21 +12,24 @@ Errors are one line on stderr (``error: <field>: <message>``) with a non-zero ex
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 import mimetypes
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
 
-from fastsvd import __version__
+from fastsvd import __version__, cli_remote
 from fastsvd import constants as c
+from fastsvd.client import InProgress, Queued
 from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput, ModelNotAvailable
 from fastsvd.schema import (
     VIDEO_SIZE_PRESETS,
@@ -35,6 +43,7 @@ from fastsvd.schema import (
 )
 from fastsvd.settings import Settings
 
+T = TypeVar("T")
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
@@ -94,31 +103,78 @@ def main() -> None:
     """fastsvd: self-hosted, fal-compatible text-to-video (SDXL first frame + SVD-XT)."""
 
 
+def _input_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The fal input fields as options, shared by ``generate`` and ``submit``."""
+    options = [
+        click.option("--image", help="Animate this picture (a file or URL) instead of a prompt."),
+        click.option("--negative-prompt", help="What the first frame should not show."),
+        click.option(
+            "--motion-bucket-id",
+            help=f"More motion when higher; 1-255 (default {c.DEFAULT_MOTION_BUCKET_ID}).",
+        ),
+        click.option(
+            "--cond-aug",
+            help=f"Noise added to the first frame; 0-10 (default {c.DEFAULT_COND_AUG}).",
+        ),
+        click.option("--seed", help="Seed for both stages (default: random, printed at the end)."),
+        click.option(
+            "--steps",
+            help=f"Video denoising steps; 1-{c.STEPS_MAX} (default {c.DEFAULT_STEPS}).",
+        ),
+        click.option(
+            "--deep-cache",
+            help=f"Reuse deep U-Net features: {', '.join(d.value for d in DeepCache)} "
+            "(default none).",
+        ),
+        click.option("--fps", help=f"Frames per second; 1-{c.FPS_MAX} (default {c.DEFAULT_FPS})."),
+        click.option(
+            "--video-size",
+            help=f"WIDTHxHEIGHT (multiples of 64) or one of {', '.join(VIDEO_SIZE_PRESETS)}.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the server is and the key to use."""
+    command = click.option(
+        "--key", envvar="FASTSVD_KEY", help="API key, key_id:secret (or FASTSVD_KEY)."
+    )(command)
+    return click.option(
+        "--url",
+        envvar="FASTSVD_URL",
+        default="http://127.0.0.1:8000",
+        show_default=True,
+        help="The server (or FASTSVD_URL).",
+    )(command)
+
+
+def _fields(**given: str | None) -> dict[str, Any]:
+    """The input fields given on the command line, checked and typed by the schema."""
+    fields: dict[str, Any] = {
+        k: _parse_size(v) if k == "video_size" else v for k, v in given.items() if v is not None
+    }
+    try:
+        checked = TextToVideoInput.model_validate({"prompt": "-", **fields})
+    except ValidationError as exc:
+        field, message = field_errors(exc)[0]
+        _fail(f"{field}: {message}", EXIT_INVALID)
+    typed = checked.model_dump(mode="json", include=set(fields))
+    return {k: v for k, v in typed.items() if k in fields}
+
+
 @main.command()
 @click.argument("prompt", required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the MP4.")
-@click.option("--image", help="Animate this picture (a file) instead of drawing a first frame.")
-@click.option("--negative-prompt", help="What the first frame should not show.")
+@_input_options
 @click.option(
-    "--motion-bucket-id",
-    help=f"More motion when higher; 1-255 (default {c.DEFAULT_MOTION_BUCKET_ID}).",
+    "--server",
+    metavar="URL",
+    help="Generate on this fastsvd server (key from --key or FASTSVD_KEY), not on this machine.",
 )
-@click.option(
-    "--cond-aug", help=f"Noise added to the first frame; 0-10 (default {c.DEFAULT_COND_AUG})."
-)
-@click.option("--seed", help="Seed for both stages (default: random, printed at the end).")
-@click.option(
-    "--steps", help=f"Video denoising steps; 1-{c.STEPS_MAX} (default {c.DEFAULT_STEPS})."
-)
-@click.option(
-    "--deep-cache",
-    help=f"Reuse deep U-Net features: {', '.join(d.value for d in DeepCache)} (default none).",
-)
-@click.option("--fps", help=f"Frames per second; 1-{c.FPS_MAX} (default {c.DEFAULT_FPS}).")
-@click.option(
-    "--video-size",
-    help=f"WIDTHxHEIGHT (multiples of 64) or one of {', '.join(VIDEO_SIZE_PRESETS)}.",
-)
+@click.option("--key", envvar="FASTSVD_KEY", help="API key for --server (or FASTSVD_KEY).")
 @click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny (no weights needed).")
 @click.option("--device", help="cuda, cuda:N or cpu (default: the best available).")
 @click.option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")
@@ -136,13 +192,34 @@ def generate(
     deep_cache: str | None,
     fps: str | None,
     video_size: str | None,
+    server: str | None,
+    key: str | None,
     preset: str | None,
     device: str | None,
     dtype: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Make a video from PROMPT (or from --image) on this machine and write it as MP4."""
+    """Make a video from PROMPT (or from --image) on this machine, or on a server with
+    --server, and write it as MP4."""
+    if server is not None:
+        given = _fields(
+            negative_prompt=negative_prompt,
+            motion_bucket_id=motion_bucket_id,
+            cond_aug=cond_aug,
+            seed=seed,
+            steps=steps,
+            deep_cache=deep_cache,
+            fps=fps,
+            video_size=video_size,
+        )
+        result, path = _remote(
+            lambda: cli_remote.run_remote(
+                server, key, given, prompt=prompt, image=image, output=output, quiet=quiet
+            )
+        )
+        _print_result(result, path, as_json=as_json)
+        return
     fields: dict[str, Any] = {
         "negative_prompt": negative_prompt,
         "motion_bucket_id": motion_bucket_id,
@@ -181,10 +258,26 @@ def generate(
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED)
 
+    _print_result(result, path, as_json=as_json)
+
+
+def _print_result(result: VideoOutput, path: Path, *, as_json: bool) -> None:
     if as_json:
         click.echo(result.model_dump_json())
     else:
         click.echo(f"wrote {path}  seed={result.seed}")
+
+
+def _remote(call: Callable[[], T]) -> T:
+    """Run a server call; its failures become one line and an exit code."""
+    try:
+        return call()
+    except cli_remote.RemoteError as exc:
+        _fail(exc.message, EXIT_INVALID if exc.invalid else EXIT_FAILED)
+    except InvalidInput as exc:
+        _fail(exc.message, EXIT_INVALID)
+    except KeyboardInterrupt:
+        _fail("interrupted (the request was cancelled)", EXIT_INTERRUPTED)
 
 
 def _run_local(
@@ -397,6 +490,127 @@ def keys_webhook_secret(key_id: str) -> None:
             click.echo(info.webhook_secret)
             return
     _fail(f"key_id: no key {key_id}", EXIT_INVALID)
+
+
+# --- against a server ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@_input_options
+@_server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the submit answer as JSON.")
+def submit(
+    prompt: str | None,
+    image: str | None,
+    url: str,
+    key: str | None,
+    as_json: bool,
+    **given: str | None,
+) -> None:
+    """Queue PROMPT (or --image) on a server; prints the request id."""
+    fields = _fields(**given)
+
+    def call() -> str:
+        with cli_remote.connected(url, key) as client:
+            application, arguments = cli_remote.request_of(
+                client, fields, prompt=prompt, image=image
+            )
+            return client.submit(application, arguments).request_id
+
+    request_id = _remote(call)
+    if as_json:
+        click.echo(json.dumps({"request_id": request_id}))
+    else:
+        click.echo(request_id)
+
+
+@main.command()
+@click.argument("request_id")
+@_server_options
+@click.option("--logs", is_flag=True, help="Print the request's log lines too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(request_id: str, url: str, key: str | None, logs: bool, as_json: bool) -> None:
+    """Where REQUEST_ID stands: queued (and its position), running, or completed."""
+
+    def call() -> Any:
+        with cli_remote.connected(url, key) as client:
+            return client.status(cli_remote.T2V, request_id, with_logs=logs)
+
+    current = _remote(call)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(current) | {"status": type(current).__name__}))
+        return
+    if isinstance(current, Queued):
+        click.echo(f"queued: {current.position} ahead")
+    elif isinstance(current, InProgress):
+        click.echo("in progress")
+    elif current.error is not None:
+        click.echo(f"completed with {current.error_type}: {current.error}")
+    else:
+        click.echo(f"completed in {current.metrics.get('inference_time', 0):.1f} s")
+    for line in getattr(current, "logs", None) or []:
+        click.echo(f"  {line.get('message')}")
+
+
+@main.command()
+@click.argument("request_id")
+@_server_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Download the MP4 here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fal output object as JSON.")
+def result(request_id: str, url: str, key: str | None, output: str | None, as_json: bool) -> None:
+    """The output of a finished REQUEST_ID (with -o, the video downloaded)."""
+
+    def call() -> tuple[VideoOutput, Path | None]:
+        with cli_remote.connected(url, key) as client:
+            got = client.result(cli_remote.T2V, request_id)
+            return got, cli_remote.save(client, got, output) if output else None
+
+    got, path = _remote(call)
+    if as_json or path is None:
+        click.echo(got.model_dump_json())
+    else:
+        click.echo(f"wrote {path}  seed={got.seed}")
+
+
+@main.command()
+@click.argument("request_id")
+@_server_options
+def cancel(request_id: str, url: str, key: str | None) -> None:
+    """Cancel REQUEST_ID: a queued request never runs, a running one stops at its next step."""
+
+    def call() -> str:
+        with cli_remote.connected(url, key) as client:
+            return client.cancel(cli_remote.T2V, request_id)
+
+    outcome = _remote(call)
+    click.echo(outcome.lower().replace("_", " "))
+    if outcome != "CANCELLATION_REQUESTED":
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("request_id")
+@_server_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Download the MP4 here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fal output object as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def watch(
+    request_id: str, url: str, key: str | None, output: str | None, as_json: bool, quiet: bool
+) -> None:
+    """Follow REQUEST_ID with progress bars to its end, then download it (-o) or print it."""
+
+    def call() -> tuple[VideoOutput, Path | None]:
+        with cli_remote.connected(url, key) as client:
+            final = cli_remote.follow(client, cli_remote.T2V, request_id, quiet=quiet)
+            got = cli_remote.finish(client, cli_remote.T2V, request_id, final)
+            return got, cli_remote.save(client, got, output) if output else None
+
+    got, path = _remote(call)
+    if as_json or path is None:
+        click.echo(got.model_dump_json())
+    else:
+        click.echo(f"wrote {path}  seed={got.seed}")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,7 @@ UPLOAD_MAX_BYTES = 50 * 1024 * 1024  # one uploaded file
 FETCH_MAX_BYTES = 20 * 1024 * 1024  # an input file fetched from a URL
 FETCH_TIMEOUT_S = 30.0  # the whole download, redirects included
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+
+# --- the playground and clients -----------------------------------------------------------
+
+HISTORY_DEFAULT, HISTORY_MAX = 20, 100  # GET .../requests?limit=: a key's newest requests

@@ -79,3 +79,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale ``image`` to cover ``width`` x ``height`` and crop the centre (no distortion)."""
     return ImageOps.fit(to_rgb(image), (width, height), method=Image.Resampling.LANCZOS)
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    """``image`` as JPEG bytes (previews)."""
+    out = io.BytesIO()
+    to_rgb(image).save(out, format="JPEG", quality=quality)
+    return out.getvalue()

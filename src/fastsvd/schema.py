@@ -357,6 +357,25 @@ class QueueStatus(RequestURLs):
     )
 
 
+class RequestSummary(BaseModel):
+    """One request in a key's history (fastsvd's addition to fal's protocol)."""
+
+    request_id: str
+    endpoint: str = Field(..., description="fal-ai/fast-svd/text-to-video or fal-ai/fast-svd.")
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    created_at: float = Field(..., description="When it was submitted, UNIX seconds.")
+    input: dict[str, Any] = Field(..., description="The validated input, defaults filled in.")
+    output: VideoOutput | None = Field(None, description="When it succeeded.")
+    error: str | None = None
+    error_type: str | None = None
+
+
+class RequestHistory(BaseModel):
+    """A key's newest requests, newest first."""
+
+    requests: list[RequestSummary]
+
+
 class CancelResponse(BaseModel):
     """The answer to a cancel."""
 

@@ -165,7 +165,8 @@ def serve(settings: Settings) -> int:
     print(
         f"fastsvd on http://{settings.host}:{settings.port} "
         f"({count} worker{'s' if count != 1 else ''}, preset {settings.preset}, "
-        f"data in {settings.data_dir.resolve()})",
+        f"data in {settings.data_dir.resolve()})\n"
+        f"playground: http://{settings.host}:{settings.port}/",
         flush=True,
     )
     config = uvicorn.Config(

@@ -50,6 +50,7 @@ log = logging.getLogger("fastsvd.worker")
 
 T = TypeVar("T")
 MAX_BACKOFF_S = 10.0
+FIRST_FRAME_LOG_PREFIX = "first_frame: image "  # + the picture's URL, once it exists
 REAP_EVERY_S = 5.0  # how often a worker looks for jobs of dead workers (also: housekeeping)
 
 ENDPOINTS: dict[str, type[TextToVideoInput] | type[ImageToVideoInput]] = {
@@ -172,9 +173,19 @@ class Worker:
                 next_poll[0] = now + poll_s
                 return self._best_effort(lambda: self.s.jobs.cancel_requested(job.id)) is True
 
-            mp4 = self.runner.run(
-                request, seed, Hooks(on_step=on_step, should_cancel=should_cancel)
+            def on_first_frame(image: Image.Image) -> None:
+                # Shown to whoever watches the logs while the video is still being made.
+                url = self._best_effort(
+                    lambda: self._store_preview(job.key_id, job.id, image, job.base_url)
+                )
+                if url is not None:
+                    line = f"{FIRST_FRAME_LOG_PREFIX}{url}"
+                    self._best_effort(lambda: self.s.jobs.log(job.id, token, line))
+
+            hooks = Hooks(
+                on_step=on_step, should_cancel=should_cancel, on_first_frame=on_first_frame
             )
+            mp4 = self.runner.run(request, seed, hooks)
             output = self._until_written(
                 lambda: self._store_output(job.key_id, job.id, mp4, seed), lost=lost
             )
@@ -260,6 +271,22 @@ class Worker:
             if not is_unavailable(exc):
                 raise
             return None
+
+    def _store_preview(
+        self, key_id: str, job_id: str, image: Image.Image, base_url: str | None
+    ) -> str:
+        file_id, jpeg = new_file_id(), media.encode_jpeg(image)
+        self.s.storage.put(file_id, jpeg, "image/jpeg")
+        record = self.s.files.add(
+            key_id=key_id,
+            kind="preview",
+            file_name=f"{job_id}-first-frame.jpg",
+            content_type="image/jpeg",
+            size=len(jpeg),
+            retention_s=self.s.retention_s,
+            file_id=file_id,
+        )
+        return (base_url or "") + record.path
 
     def _store_output(self, key_id: str, job_id: str, mp4: bytes, seed: int) -> dict[str, object]:
         file_id = new_file_id()

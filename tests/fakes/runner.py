@@ -9,8 +9,10 @@ step, a real MP4 at the end. The prompt picks a behaviour:
 
 ``FAKE_LOAD_S`` makes ``load`` take that long, as loading real weights does.
 
-Image-to-video reads ``image_url`` through the worker's loader and fills the frames with the
-picture's average colour, so tests can see which picture arrived.
+Text-to-video draws a plain first frame in ``FIRST_FRAME_STEPS`` steps and hands it to
+``on_first_frame``, as the pipeline does. Image-to-video reads ``image_url`` through the worker's
+loader and fills the frames with the picture's average colour, so tests can see which picture
+arrived.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import time
 
 import numpy as np
-from PIL import ImageStat
+from PIL import Image, ImageStat
 
 from fastsvd.errors import GenerationFailed
 from fastsvd.pipeline.encode import encode_mp4
@@ -27,6 +29,8 @@ from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 from fastsvd.runner import ImageLoader
 from fastsvd.schema import ImageToVideoInput, TextToVideoInput
 from fastsvd.settings import Settings
+
+FIRST_FRAME_STEPS = 4
 
 
 class Runner:
@@ -44,6 +48,11 @@ class Runner:
             if "slow" in request.prompt:
                 step_s = 0.5
             behaviour = request.prompt
+            for step in range(1, FIRST_FRAME_STEPS + 1):
+                hooks.check_cancel(Stage.first_frame, step)
+                time.sleep(self.step_s)
+                hooks.on_step(StepEvent(Stage.first_frame, step, FIRST_FRAME_STEPS))
+            hooks.on_first_frame(Image.new("RGB", (64, 64), colour))
         else:
             picture = self.load_image(request.image_url).convert("RGB")
             colour = tuple(int(v) for v in ImageStat.Stat(picture).mean)  # type: ignore[assignment]

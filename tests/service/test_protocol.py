@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import httpx
+from PIL import Image
 
 from fastsvd.schema import QueueStatus, SubmitResponse
 from tests.service.conftest import Server, wait_done
@@ -39,7 +41,19 @@ def test_submit_status_result_and_the_video_file(server: Server) -> None:
         QueueStatus.model_validate(done)
         assert done["metrics"]["inference_time"] > 0  # type: ignore[index]
         messages = [line["message"] for line in done["logs"]]  # type: ignore[union-attr]
-        assert messages == ["seed 7", "video: step 1/3", "video: step 2/3", "video: step 3/3"]
+        first_frame = [m for m in messages if m.startswith("first_frame: image ")]
+        assert messages == [
+            "seed 7",
+            *[f"first_frame: step {i}/4" for i in range(1, 5)],
+            *first_frame,  # the first frame's URL, while the video is still to come
+            "video: step 1/3",
+            "video: step 2/3",
+            "video: step 3/3",
+        ]
+        preview = client.get(first_frame[0].removeprefix("first_frame: image "))
+        assert preview.status_code == 200
+        assert preview.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(preview.content)).size == (64, 64)
         assert all(line["source"] == "USER" for line in done["logs"])  # type: ignore[union-attr]
 
         final = client.get(f"{REQUESTS}/{rid}/status")
@@ -188,7 +202,7 @@ def test_status_stream_sends_events_until_completed(server: Server) -> None:
                     events.append(json.loads(line[6:]))
         assert events[-1]["status"] == "COMPLETED"
         assert {e["status"] for e in events} <= {"IN_QUEUE", "IN_PROGRESS", "COMPLETED"}
-        assert len(events[-1]["logs"]) == 4
+        assert len(events[-1]["logs"]) == 9  # seed, 4 + 1 first-frame lines, 3 steps
 
 
 def test_start_deadline_passes_while_queued(server: Server) -> None:

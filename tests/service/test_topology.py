@@ -128,10 +128,10 @@ def test_two_apis_three_workers_every_request_completes_exactly_once(
         receiver.wait(len(ids))
         time.sleep(1.0)  # both APIs run a webhook deliverer: no request may get two
         assert sorted(json.loads(b)["request_id"] for _p, _h, b in receiver.received) == sorted(ids)
-        # one output each, in the bucket; nothing on the APIs' disks
+        # one output and one first-frame picture each, in the bucket; nothing on the APIs' disks
         bucket, prefix = env["FASTSVD_STORAGE_URL"].removeprefix("s3://").split("/", 1)
         listed = object_store.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
-        assert listed["KeyCount"] == len(ids)
+        assert listed["KeyCount"] == 2 * len(ids)
         assert not any(p.is_file() for api in apis for p in (api.data_dir / "files").rglob("*"))
     finally:
         for client in clients:

@@ -16,10 +16,17 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -38,6 +45,8 @@ from fastsvd.schema import (
     ErrorResponse,
     ImageToVideoInput,
     QueueStatus,
+    RequestHistory,
+    RequestSummary,
     SubmitResponse,
     TextToVideoInput,
     VideoOutput,
@@ -82,6 +91,7 @@ CANCEL: dict[int | str, dict[str, Any]] = {
     404: {"model": CancelResponse, "description": "NOT_FOUND"},
     401: _ERRORS[401],
 }
+PLAYGROUND = Path(__file__).with_name("playground.html")  # the web page at /: no build step
 SSE_KEEPALIVE_S = 15.0
 STREAM_POLL_S = 0.1
 
@@ -227,6 +237,24 @@ def create_app(services: Services) -> FastAPI:
             raise NotFound(f"Request {job_id} not found")
         job, position, logs = view
         return job, status_body(job, base, queue_position=position, logs=logs)
+
+    @app.get(
+        f"{APP_PATH}/requests",
+        tags=["queue"],
+        summary="This key's recent requests (fastsvd)",
+        responses={200: {"model": RequestHistory}, **_ERRORS},
+    )
+    async def history(
+        request: Request,
+        key: KeyDep,
+        limit: Annotated[int, Query(ge=1, le=c.HISTORY_MAX)] = c.HISTORY_DEFAULT,
+    ) -> JSONResponse:
+        scope = key.key_id if s.settings.auth else None
+        recent = await run_in_threadpool(s.jobs.recent, scope, limit)
+        base = _base_url(request)
+        return JSONResponse(
+            RequestHistory(requests=[summary(job, base) for job in recent]).model_dump(mode="json")
+        )
 
     @app.get(
         f"{APP_PATH}/requests/{{request_id}}/status",
@@ -463,6 +491,14 @@ def create_app(services: Services) -> FastAPI:
         await run_in_threadpool(s.files.uploaded, record.id, len(data))
         return JSONResponse({"file_url": _base_url(request) + record.path})
 
+    # --- the playground ------------------------------------------------------------------
+
+    playground = PLAYGROUND.read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def playground_page() -> HTMLResponse:
+        return HTMLResponse(playground, headers={"cache-control": "no-cache"})
+
     # --- operations ----------------------------------------------------------------------
 
     @app.get("/health", tags=["operations"], summary="Alive")
@@ -527,6 +563,28 @@ def create_app(services: Services) -> FastAPI:
     with contextlib.suppress(Exception):
         app.openapi()  # build the schema once at start, not on the first request
     return app
+
+
+def summary(job: Job, base_url: str) -> RequestSummary:
+    """``job`` as a line of its key's history."""
+    status = {
+        JobState.queued: "IN_QUEUE",
+        JobState.running: "IN_PROGRESS",
+        JobState.completed: "COMPLETED",
+    }[job.state]
+    output = absolute_output(job.output, base_url) if job.output is not None else None
+    return RequestSummary.model_validate(
+        {
+            "request_id": job.id,
+            "endpoint": job.endpoint,
+            "status": status,
+            "created_at": job.created_at,
+            "input": job.input,
+            "output": output,
+            "error": job.error,
+            "error_type": job.error_type,
+        }
+    )
 
 
 class NotFound(Exception):

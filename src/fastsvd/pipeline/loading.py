@@ -39,5 +39,6 @@ def load_pretrained(cls: type[P], model: str, *, dtype: torch.dtype, role: str, 
         f"{role} model '{model}' is not available ({textwrap.shorten(reason, 160)}). "
         f"Download it with `hf download {model}` (gated models need HF_TOKEN)"
         f"{', then run again; offline mode is on' if offline else ''}; "
-        f"or set {env_var} to a local folder; or use the tiny preset (--preset tiny)."
+        f"or set {env_var} to a local folder; or try everything without weights on the "
+        "tiny preset (--preset tiny; make run PRESET=tiny)."
     ) from error

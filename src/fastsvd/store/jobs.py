@@ -294,6 +294,14 @@ class JobStore:
             logs = self._logs(conn, job_id, 0) if with_logs else None
         return job, position, logs
 
+    def recent(self, key_id: str | None, limit: int) -> list[Job]:
+        """The newest ``limit`` jobs of ``key_id`` (None: of every key), newest first."""
+        query = select(jobs).order_by(jobs.c.seq.desc()).limit(limit)
+        if key_id is not None:
+            query = query.where(jobs.c.key_id == key_id)
+        with self.db.read() as conn:
+            return [Job.from_row(row) for row in conn.execute(query)]
+
     def logs(self, job_id: str, after_id: int = 0) -> list[LogLine]:
         """The job's log lines with id > ``after_id``, in order."""
         with self.db.read() as conn:

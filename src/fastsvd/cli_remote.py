@@ -1,0 +1,147 @@
+"""The CLI's side of a server: submit, follow with progress bars, fetch, cancel.
+
+Used by ``fastsvd submit | status | result | cancel | watch`` and ``fastsvd generate --server``;
+it speaks to the server through ``fastsvd.client`` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fastsvd.cli_progress import StageProgress
+from fastsvd.client import ClientError, Completed, InProgress, Queued, Status, SyncClient
+from fastsvd.errors import InvalidInput
+from fastsvd.pipeline.hooks import Stage, StepEvent
+from fastsvd.schema import VideoOutput
+
+T2V = "fal-ai/fast-svd/text-to-video"
+I2V = "fal-ai/fast-svd"
+STEP_LINE = re.compile(r"^(\w+): step (\d+)/(\d+)$")
+
+
+class RemoteError(Exception):
+    """A server-side failure, as one line; ``invalid`` when the input was refused."""
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.invalid = invalid
+
+
+@contextmanager
+def connected(url: str | None, key: str | None) -> Iterator[SyncClient]:
+    """A client, with the server's refusals and network failures turned into ``RemoteError``."""
+    client = SyncClient(url, key)
+    try:
+        yield client
+    except ClientError as exc:
+        if exc.fields:
+            field, message = exc.fields[0]
+            raise RemoteError(f"{field}: {message}", invalid=True) from None
+        if exc.status_code == 401:
+            raise RemoteError("the server refused the key (set --key or FASTSVD_KEY)") from None
+        raise RemoteError(str(exc).split(" ", 1)[-1]) from None
+    except httpx.HTTPError as exc:
+        raise RemoteError(f"cannot reach the server at {client._core.url}: {exc}") from None
+    finally:
+        client.close()
+
+
+def image_url(client: SyncClient, image: str) -> str:
+    """An ``image_url`` for ``image``: URLs and data: URIs as they are, local files uploaded."""
+    if image.startswith(("http://", "https://", "data:")):
+        return image
+    path = Path(image)
+    if not path.is_file():
+        raise InvalidInput("image_url", f"no such file: {image}")
+    return client.upload_file(path)
+
+
+def follow(client: SyncClient, application: str, request_id: str, *, quiet: bool) -> Completed:
+    """Watch a request to its end with a progress bar per stage; returns the final status."""
+    with StageProgress(enabled=not quiet) as progress:
+        shown = [0]
+        last_position: list[int | None] = [None]
+
+        def on_update(status: Status) -> None:
+            if isinstance(status, Queued) and status.position != last_position[0]:
+                last_position[0] = status.position
+                progress.note(f"queued: {status.position} ahead")
+            logs = status.logs if isinstance(status, InProgress | Completed) else None
+            for line in (logs or [])[shown[0] :]:
+                report(progress, str(line.get("message", "")))
+            shown[0] = max(shown[0], len(logs or []))
+
+        final = client._drive(
+            client._core.wait(
+                application, request_id, with_logs=True, on_update=on_update, timeout_s=None
+            )
+        )
+    return final
+
+
+def report(progress: StageProgress, message: str) -> None:
+    match = STEP_LINE.match(message)
+    if match and match.group(1) in Stage.__members__:
+        stage = Stage(match.group(1))
+        progress.on_step(StepEvent(stage, int(match.group(2)), int(match.group(3))))
+    elif message.startswith("first_frame: image "):
+        progress.note(f"first frame: {message.removeprefix('first_frame: image ')}")
+    else:
+        progress.note(message)
+
+
+def finish(client: SyncClient, application: str, request_id: str, final: Completed) -> VideoOutput:
+    """The output of a finished request, or ``RemoteError`` saying why there is none."""
+    if final.error is not None:
+        raise RemoteError(f"{final.error_type or 'failed'}: {final.error}")
+    return client.result(application, request_id)
+
+
+def save(client: SyncClient, output: VideoOutput, path: str | None) -> Path:
+    """Download the video to ``path`` (default: its file name in this folder)."""
+    target = Path(path or output.video.file_name or "video.mp4").resolve()
+    target.write_bytes(client.download(output.video.url))
+    return target
+
+
+def run_remote(
+    url: str | None,
+    key: str | None,
+    fields: dict[str, Any],
+    *,
+    prompt: str | None,
+    image: str | None,
+    output: str | None,
+    quiet: bool,
+    on_submitted: Callable[[str], None] | None = None,
+) -> tuple[VideoOutput, Path]:
+    """``fastsvd generate --server``: submit, follow, download."""
+    with connected(url, key) as client:
+        application, arguments = request_of(client, fields, prompt=prompt, image=image)
+        handle = client.submit(application, arguments)
+        if on_submitted is not None:
+            on_submitted(handle.request_id)
+        try:
+            final = follow(client, application, handle.request_id, quiet=quiet)
+        except KeyboardInterrupt:
+            client.cancel(application, handle.request_id)
+            raise
+        result = finish(client, application, handle.request_id, final)
+        return result, save(client, result, output)
+
+
+def request_of(
+    client: SyncClient, fields: dict[str, Any], *, prompt: str | None, image: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The endpoint and the body for these CLI inputs."""
+    if image is not None:
+        fields = {k: v for k, v in fields.items() if k != "negative_prompt"}
+        return I2V, {"image_url": image_url(client, image), **fields}
+    return T2V, {"prompt": prompt or "", **fields}
