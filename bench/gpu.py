@@ -43,7 +43,7 @@ from fastsvd.pipeline.quiet import quiet_libraries
 
 quiet_libraries()
 
-from fastsvd.pipeline import full_size, optimize  # noqa: E402
+from fastsvd.pipeline import full_size, optimize, stock  # noqa: E402
 from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
 from fastsvd.pipeline.device import Placement, choose  # noqa: E402
 from fastsvd.pipeline.encode import encode_mp4  # noqa: E402
@@ -83,20 +83,10 @@ def run_stock(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The stock pipelines, as a diffusers user would call them; stages timed at their ends."""
     device = pipe.placement.device
-    preset, size = pipe.preset, req.video_size
-    assert pipe.first_frame is not None
     times: dict[str, float] = {}
     sync(device)
     start = time.perf_counter()
-    image = pipe.first_frame(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        width=size.width,
-        height=size.height,
-        num_inference_steps=preset.first_frame_steps,
-        guidance_scale=preset.first_frame_guidance,
-        generator=torch.Generator(device).manual_seed(seed),
-    ).images[0]
+    image = stock.first_frame(pipe, req, seed)
     times["first_frame"] = time.perf_counter() - start
     marks: dict[str, float] = {}
 
@@ -108,25 +98,12 @@ def run_stock(
 
     video_start = time.perf_counter()
     frames = pipe.video(
-        image,
-        width=size.width,
-        height=size.height,
-        num_frames=preset.num_frames,
-        num_inference_steps=req.steps,
-        fps=req.fps,
-        motion_bucket_id=req.motion_bucket_id,
-        noise_aug_strength=req.cond_aug,
-        decode_chunk_size=preset.decode_chunk_size,
-        min_guidance_scale=preset.min_guidance_scale,
-        max_guidance_scale=preset.max_guidance_scale,
-        generator=torch.Generator(device).manual_seed(seed),
-        output_type="np",
-        callback_on_step_end=on_step_end,
+        image, **stock.video_arguments(pipe, req, seed), callback_on_step_end=on_step_end
     ).frames[0]
     done = time.perf_counter()
     times["video"] = marks["denoised"] - video_start
     times["decode"] = done - marks["denoised"]
-    pixels: np.ndarray = (frames * 255).round().clip(0, 255).astype(np.uint8)
+    pixels = stock.to_pixels(frames)
     start = time.perf_counter()
     encode_mp4(pixels, req.fps)
     times["export"] = time.perf_counter() - start

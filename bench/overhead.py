@@ -24,6 +24,7 @@ from fastsvd.pipeline.quiet import quiet_libraries
 
 quiet_libraries()
 
+from fastsvd.pipeline import stock  # noqa: E402
 from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
 from fastsvd.pipeline.hooks import Hooks, StepEvent  # noqa: E402
@@ -31,32 +32,8 @@ from fastsvd.pipeline.presets import TINY  # noqa: E402
 from fastsvd.schema import TextToVideoInput  # noqa: E402
 
 
-def stock(pipeline: VideoPipeline, req: TextToVideoInput, seed: int) -> np.ndarray:
-    preset = pipeline.preset
-    size = req.video_size
-    image = pipeline.first_frame(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        width=size.width,
-        height=size.height,
-        num_inference_steps=preset.first_frame_steps,
-        guidance_scale=preset.first_frame_guidance,
-        generator=torch.Generator().manual_seed(seed),
-    ).images[0]
-    frames = pipeline.video(
-        image,
-        width=size.width,
-        height=size.height,
-        num_inference_steps=req.steps,
-        fps=req.fps,
-        motion_bucket_id=req.motion_bucket_id,
-        noise_aug_strength=req.cond_aug,
-        decode_chunk_size=preset.decode_chunk_size,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-    ).frames[0]
-    out: np.ndarray = (frames * 255).round().clip(0, 255).astype(np.uint8)
-    return out
+def baseline(pipeline: VideoPipeline, req: TextToVideoInput, seed: int) -> np.ndarray:
+    return stock.text_to_video(pipeline, req, seed)[1]
 
 
 def ours(pipeline: VideoPipeline, req: TextToVideoInput, seed: int) -> np.ndarray:
@@ -80,11 +57,11 @@ def main() -> None:
         steps=args.steps,
     )
     with torch.inference_mode():
-        if not np.array_equal(ours(pipeline, req, 0), stock(pipeline, req, 0)):
+        if not np.array_equal(ours(pipeline, req, 0), baseline(pipeline, req, 0)):
             raise SystemExit("fastsvd and the stock pipelines made different frames")
     times: dict[str, list[float]] = {"stock": [], "fastsvd": []}
     for i in range(args.repeats):
-        for name, fn in (("stock", stock), ("fastsvd", ours)):
+        for name, fn in (("stock", baseline), ("fastsvd", ours)):
             started = time.perf_counter()
             with torch.inference_mode():
                 fn(pipeline, req, i)

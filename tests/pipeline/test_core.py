@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from fastsvd.errors import GenerationCancelled
+from fastsvd.pipeline import stock
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 from fastsvd.schema import ImageToVideoInput, TextToVideoInput
@@ -105,34 +106,10 @@ def test_deep_cache_none_equals_the_stock_diffusers_pipelines(
     req = request(steps=3, fps=8, motion_bucket_id=90, cond_aug=0.1)
     ours = tiny_pipeline.text_to_video(req, seed=21)
 
-    preset = tiny_pipeline.preset
-    image = tiny_pipeline.first_frame(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        width=64,
-        height=64,
-        num_inference_steps=preset.first_frame_steps,
-        guidance_scale=preset.first_frame_guidance,
-        generator=torch.Generator().manual_seed(21),
-    ).images[0]
-    frames = tiny_pipeline.video(
-        image,
-        width=64,
-        height=64,
-        num_inference_steps=3,
-        fps=8,
-        motion_bucket_id=90,
-        noise_aug_strength=0.1,
-        min_guidance_scale=preset.min_guidance_scale,
-        max_guidance_scale=preset.max_guidance_scale,
-        decode_chunk_size=preset.decode_chunk_size,
-        generator=torch.Generator().manual_seed(21),
-        output_type="np",
-    ).frames[0]
-    stock = (frames * 255).round().clip(0, 255).astype(np.uint8)
+    image, baseline = stock.text_to_video(tiny_pipeline, req, seed=21)
 
     assert np.array_equal(np.asarray(ours.first_frame), np.asarray(image))
-    assert np.array_equal(ours.frames, stock)
+    assert np.array_equal(ours.frames, baseline)
 
 
 def test_progress_hook_sees_every_step_of_every_stage(tiny_pipeline: VideoPipeline) -> None:

@@ -8,43 +8,13 @@ import pytest
 import torch
 
 from fastsvd.errors import FastSVDError
-from fastsvd.pipeline import optimize
+from fastsvd.pipeline import optimize, stock
 from fastsvd.pipeline.core import VideoPipeline, load_pipeline
 from fastsvd.pipeline.device import choose
 from fastsvd.pipeline.presets import TINY
 from fastsvd.schema import TextToVideoInput
 
 TOLERANCE = 1  # levels of 255: float reordering may flip a rounding, nothing more
-
-
-def stock_frames(pipe: VideoPipeline, req: TextToVideoInput, seed: int) -> np.ndarray:
-    preset, size = pipe.preset, req.video_size
-    assert pipe.first_frame is not None
-    image = pipe.first_frame(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        width=size.width,
-        height=size.height,
-        num_inference_steps=preset.first_frame_steps,
-        guidance_scale=preset.first_frame_guidance,
-        generator=torch.Generator().manual_seed(seed),
-    ).images[0]
-    frames = pipe.video(
-        image,
-        width=size.width,
-        height=size.height,
-        num_inference_steps=req.steps,
-        fps=req.fps,
-        motion_bucket_id=req.motion_bucket_id,
-        noise_aug_strength=req.cond_aug,
-        min_guidance_scale=preset.min_guidance_scale,
-        max_guidance_scale=preset.max_guidance_scale,
-        decode_chunk_size=preset.decode_chunk_size,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-    ).frames[0]
-    pixels: np.ndarray = (frames * 255).round().clip(0, 255).astype(np.uint8)
-    return pixels
 
 
 @pytest.mark.parametrize("names", [("channels_last",)])
@@ -57,8 +27,8 @@ def test_lossless_optimizations_match_the_stock_pipelines(
     optimized = load_pipeline(TINY, choose("cpu", "fp32"), optimizations=names)
     assert optimized.video.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     ours = optimized.text_to_video(req, seed=5).frames
-    stock = stock_frames(tiny_pipeline, req, seed=5)
-    difference = np.abs(ours.astype(int) - stock.astype(int))
+    _first_frame, baseline = stock.text_to_video(tiny_pipeline, req, seed=5)
+    difference = np.abs(ours.astype(int) - baseline.astype(int))
     assert difference.max() <= TOLERANCE, difference.max()
 
 
