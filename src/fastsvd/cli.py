@@ -161,8 +161,7 @@ def _fields(**given: str | None) -> dict[str, Any]:
     except ValidationError as exc:
         field, message = field_errors(exc)[0]
         _fail(f"{field}: {message}", EXIT_INVALID)
-    typed = checked.model_dump(mode="json", include=set(fields))
-    return {k: v for k, v in typed.items() if k in fields}
+    return checked.model_dump(mode="json", include=set(fields))
 
 
 @main.command()
@@ -184,14 +183,6 @@ def generate(
     prompt: str | None,
     output: str | None,
     image: str | None,
-    negative_prompt: str | None,
-    motion_bucket_id: str | None,
-    cond_aug: str | None,
-    seed: str | None,
-    steps: str | None,
-    deep_cache: str | None,
-    fps: str | None,
-    video_size: str | None,
     server: str | None,
     key: str | None,
     preset: str | None,
@@ -199,38 +190,19 @@ def generate(
     dtype: str | None,
     as_json: bool,
     quiet: bool,
+    **given: str | None,
 ) -> None:
     """Make a video from PROMPT (or from --image) on this machine, or on a server with
     --server, and write it as MP4."""
+    fields = _fields(**given)
     if server is not None:
-        given = _fields(
-            negative_prompt=negative_prompt,
-            motion_bucket_id=motion_bucket_id,
-            cond_aug=cond_aug,
-            seed=seed,
-            steps=steps,
-            deep_cache=deep_cache,
-            fps=fps,
-            video_size=video_size,
-        )
         result, path = _remote(
             lambda: cli_remote.run_remote(
-                server, key, given, prompt=prompt, image=image, output=output, quiet=quiet
+                server, key, fields, prompt=prompt, image=image, output=output, quiet=quiet
             )
         )
         _print_result(result, path, as_json=as_json)
         return
-    fields: dict[str, Any] = {
-        "negative_prompt": negative_prompt,
-        "motion_bucket_id": motion_bucket_id,
-        "cond_aug": cond_aug,
-        "seed": seed,
-        "steps": steps,
-        "deep_cache": deep_cache,
-        "fps": fps,
-        "video_size": _parse_size(video_size),
-    }
-    fields = {k: v for k, v in fields.items() if v is not None}
     request: TextToVideoInput | ImageToVideoInput
     try:
         if image is not None:

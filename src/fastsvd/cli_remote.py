@@ -48,7 +48,7 @@ def connected(url: str | None, key: str | None) -> Iterator[SyncClient]:
             raise RemoteError("the server refused the key (set --key or FASTSVD_KEY)") from None
         raise RemoteError(str(exc).split(" ", 1)[-1]) from None
     except httpx.HTTPError as exc:
-        raise RemoteError(f"cannot reach the server at {client._core.url}: {exc}") from None
+        raise RemoteError(f"cannot reach the server at {client.url}: {exc}") from None
     finally:
         client.close()
 
@@ -66,24 +66,17 @@ def image_url(client: SyncClient, image: str) -> str:
 def follow(client: SyncClient, application: str, request_id: str, *, quiet: bool) -> Completed:
     """Watch a request to its end with a progress bar per stage; returns the final status."""
     with StageProgress(enabled=not quiet) as progress:
-        shown = [0]
-        last_position: list[int | None] = [None]
+        shown = [0]  # log lines already reported
 
-        def on_update(status: Status) -> None:
-            if isinstance(status, Queued) and status.position != last_position[0]:
-                last_position[0] = status.position
+        def on_update(status: Status) -> None:  # called on each change only
+            if isinstance(status, Queued):
                 progress.note(f"queued: {status.position} ahead")
             logs = status.logs if isinstance(status, InProgress | Completed) else None
             for line in (logs or [])[shown[0] :]:
                 report(progress, str(line.get("message", "")))
             shown[0] = max(shown[0], len(logs or []))
 
-        final = client._drive(
-            client._core.wait(
-                application, request_id, with_logs=True, on_update=on_update, timeout_s=None
-            )
-        )
-    return final
+        return client.wait(application, request_id, with_logs=True, on_queue_update=on_update)
 
 
 def report(progress: StageProgress, message: str) -> None:

@@ -350,6 +350,31 @@ class SyncClient:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
+    @property
+    def url(self) -> str:
+        """The server's root URL."""
+        return self._core.url
+
+    def wait(
+        self,
+        application: str,
+        request_id: str,
+        *,
+        with_logs: bool = False,
+        on_queue_update: Callable[[Status], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> Completed:
+        """Follow a submitted request to its end, calling ``on_queue_update`` on each change."""
+        return self._drive(
+            self._core.wait(
+                application,
+                request_id,
+                with_logs=with_logs,
+                on_update=on_queue_update,
+                timeout_s=timeout_s,
+            )
+        )
+
     def submit(self, application: str, arguments: dict[str, Any], **options: Any) -> RequestHandle:
         """Queue a request; ``webhook_url``, ``priority`` ("normal"/"low"),
         ``start_timeout_s`` and ``idempotency_key`` are optional."""
@@ -442,6 +467,31 @@ class AsyncClient:
                     step = flow.send(await self._http.send(step))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    @property
+    def url(self) -> str:
+        """The server's root URL."""
+        return self._core.url
+
+    async def wait(
+        self,
+        application: str,
+        request_id: str,
+        *,
+        with_logs: bool = False,
+        on_queue_update: Callable[[Status], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> Completed:
+        """Follow a submitted request to its end, calling ``on_queue_update`` on each change."""
+        return await self._drive(
+            self._core.wait(
+                application,
+                request_id,
+                with_logs=with_logs,
+                on_update=on_queue_update,
+                timeout_s=timeout_s,
+            )
+        )
 
     async def submit(
         self, application: str, arguments: dict[str, Any], **options: Any
@@ -539,11 +589,7 @@ class RequestHandle:
 
     def get(self) -> VideoOutput:
         """Wait for the end, then the output (``ClientError`` if it failed)."""
-        self.client._drive(
-            self.client._core.wait(
-                self.application, self.request_id, with_logs=False, on_update=None, timeout_s=None
-            )
-        )
+        self.client.wait(self.application, self.request_id)
         return self.client.result(self.application, self.request_id)
 
     def cancel(self) -> str:
@@ -586,11 +632,7 @@ class AsyncRequestHandle:
                 yield event
 
     async def get(self) -> VideoOutput:
-        await self.client._drive(
-            self.client._core.wait(
-                self.application, self.request_id, with_logs=False, on_update=None, timeout_s=None
-            )
-        )
+        await self.client.wait(self.application, self.request_id)
         return await self.client.result(self.application, self.request_id)
 
     async def cancel(self) -> str:

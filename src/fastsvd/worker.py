@@ -41,7 +41,7 @@ from fastsvd.schema import (
 )
 from fastsvd.storage import Storage
 from fastsvd.store.db import is_unavailable
-from fastsvd.store.files import FileStore, new_file_id
+from fastsvd.store.files import FileRecord, FileStore, new_file_id
 from fastsvd.store.jobs import CANCELLED, Claim, Failure, JobStore
 from fastsvd.store.workers import WorkerRegistry
 from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
@@ -272,34 +272,33 @@ class Worker:
                 raise
             return None
 
+    def _store_file(
+        self, key_id: str, kind: str, file_name: str, content_type: str, data: bytes
+    ) -> FileRecord:
+        """The bytes first, then the record: a record never points at nothing."""
+        file_id = new_file_id()
+        self.s.storage.put(file_id, data, content_type)
+        return self.s.files.add(
+            key_id=key_id,
+            kind=kind,
+            file_name=file_name,
+            content_type=content_type,
+            size=len(data),
+            retention_s=self.s.retention_s,
+            file_id=file_id,
+        )
+
     def _store_preview(
         self, key_id: str, job_id: str, image: Image.Image, base_url: str | None
     ) -> str:
-        file_id, jpeg = new_file_id(), media.encode_jpeg(image)
-        self.s.storage.put(file_id, jpeg, "image/jpeg")
-        record = self.s.files.add(
-            key_id=key_id,
-            kind="preview",
-            file_name=f"{job_id}-first-frame.jpg",
-            content_type="image/jpeg",
-            size=len(jpeg),
-            retention_s=self.s.retention_s,
-            file_id=file_id,
+        jpeg = media.encode_jpeg(image)
+        record = self._store_file(
+            key_id, "preview", f"{job_id}-first-frame.jpg", "image/jpeg", jpeg
         )
         return (base_url or "") + record.path
 
     def _store_output(self, key_id: str, job_id: str, mp4: bytes, seed: int) -> dict[str, object]:
-        file_id = new_file_id()
-        self.s.storage.put(file_id, mp4, c.VIDEO_CONTENT_TYPE)  # the bytes first, then the record
-        record = self.s.files.add(
-            key_id=key_id,
-            kind="output",
-            file_name=f"{job_id}.mp4",
-            content_type=c.VIDEO_CONTENT_TYPE,
-            size=len(mp4),
-            retention_s=self.s.retention_s,
-            file_id=file_id,
-        )
+        record = self._store_file(key_id, "output", f"{job_id}.mp4", c.VIDEO_CONTENT_TYPE, mp4)
         file = File(
             url=record.path,  # relative: the API makes it absolute for whoever asks
             content_type=record.content_type,

@@ -120,7 +120,7 @@ def test_upload_then_image_to_video(client: SyncClient, tmp_path: Path) -> None:
     picture = tmp_path / "blue.png"
     Image.new("RGB", (64, 64), (10, 20, 250)).save(picture)
     url = client.upload_file(picture)
-    assert url.startswith(client._core.url + "/files/")
+    assert url.startswith(client.url + "/files/")
     result = client.subscribe(I2V, {"image_url": url, **SMALL})
     video = client.download(result.video.url)
     assert len(video) == result.video.file_size

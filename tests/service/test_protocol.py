@@ -279,3 +279,25 @@ def test_unknown_fal_headers_are_accepted_and_idempotency_keys_honoured(server: 
         assert too_long.status_code == 422
         assert too_long.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
         wait_done(client, first.json()["status_url"])
+
+
+def test_history_lists_a_keys_own_requests_newest_first(server: Server) -> None:
+    with server.key_store() as keys:
+        other_key, _ = keys.create("history")
+    with server.client() as client, server.client(other_key) as other:
+        first = submit(client, "first of two")
+        second = submit(client, "second of two")
+        wait_done(client, str(second["status_url"]))
+        listed = client.get(REQUESTS, params={"limit": 2})
+        assert listed.status_code == 200
+        items = listed.json()["requests"]
+        assert [i["request_id"] for i in items] == [second["request_id"], first["request_id"]]
+        assert items[0]["input"]["prompt"] == "second of two"
+        assert items[0]["input"]["steps"] == 3  # as validated, defaults filled in
+        assert items[0]["status"] == "COMPLETED"
+        assert items[0]["output"]["video"]["url"].startswith(server.url + "/files/")
+        assert other.get(REQUESTS).json() == {"requests": []}  # another key sees none of them
+        for bad in ("0", "101", "many"):
+            refused = client.get(REQUESTS, params={"limit": bad})
+            assert refused.status_code == 422
+            assert refused.json()["detail"][0]["loc"] == ["query", "limit"]

@@ -36,7 +36,7 @@ from fastsvd import constants as c
 from fastsvd.api.auth import Unauthorized, credentials, current_key
 from fastsvd.api.metrics import render as render_metrics
 from fastsvd.api.services import Services
-from fastsvd.api.status import APP_PATH, status_body, urls
+from fastsvd.api.status import APP_PATH, status_body, summary, urls
 from fastsvd.errors import InvalidInput
 from fastsvd.fetch import url_schemes
 from fastsvd.netguard import check_url
@@ -46,7 +46,6 @@ from fastsvd.schema import (
     ImageToVideoInput,
     QueueStatus,
     RequestHistory,
-    RequestSummary,
     SubmitResponse,
     TextToVideoInput,
     VideoOutput,
@@ -563,28 +562,6 @@ def create_app(services: Services) -> FastAPI:
     with contextlib.suppress(Exception):
         app.openapi()  # build the schema once at start, not on the first request
     return app
-
-
-def summary(job: Job, base_url: str) -> RequestSummary:
-    """``job`` as a line of its key's history."""
-    status = {
-        JobState.queued: "IN_QUEUE",
-        JobState.running: "IN_PROGRESS",
-        JobState.completed: "COMPLETED",
-    }[job.state]
-    output = absolute_output(job.output, base_url) if job.output is not None else None
-    return RequestSummary.model_validate(
-        {
-            "request_id": job.id,
-            "endpoint": job.endpoint,
-            "status": status,
-            "created_at": job.created_at,
-            "input": job.input,
-            "output": output,
-            "error": job.error,
-            "error_type": job.error_type,
-        }
-    )
 
 
 class NotFound(Exception):

@@ -5,9 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from fastsvd.schema import RequestSummary, absolute_output
 from fastsvd.store.jobs import Job, JobState, LogLine
 
 APP_PATH = "/fal-ai/fast-svd"
+STATUS_NAMES = {
+    JobState.queued: "IN_QUEUE",
+    JobState.running: "IN_PROGRESS",
+    JobState.completed: "COMPLETED",
+}
 
 
 def urls(base_url: str, job_id: str) -> dict[str, str]:
@@ -31,16 +37,17 @@ def status_body(
     job: Job, base_url: str, *, queue_position: int | None, logs: list[LogLine] | None
 ) -> dict[str, Any]:
     """The status object fal's clients parse (``IN_QUEUE`` / ``IN_PROGRESS`` / ``COMPLETED``)."""
-    body: dict[str, Any] = {"request_id": job.id, **urls(base_url, job.id)}
+    body: dict[str, Any] = {
+        "request_id": job.id,
+        **urls(base_url, job.id),
+        "status": STATUS_NAMES[job.state],
+    }
     if job.state == JobState.queued:
-        body["status"] = "IN_QUEUE"
         body["queue_position"] = queue_position or 0
         return body
     body["logs"] = [log_entry(line) for line in logs] if logs is not None else None
     if job.state == JobState.running:
-        body["status"] = "IN_PROGRESS"
         return body
-    body["status"] = "COMPLETED"
     body["metrics"] = (
         {"inference_time": job.inference_time_s} if job.inference_time_s is not None else {}
     )
@@ -48,3 +55,20 @@ def status_body(
         body["error"] = job.error
         body["error_type"] = job.error_type
     return body
+
+
+def summary(job: Job, base_url: str) -> RequestSummary:
+    """``job`` as a line of its key's history."""
+    output = absolute_output(job.output, base_url) if job.output is not None else None
+    return RequestSummary.model_validate(
+        {
+            "request_id": job.id,
+            "endpoint": job.endpoint,
+            "status": STATUS_NAMES[job.state],
+            "created_at": job.created_at,
+            "input": job.input,
+            "output": output,
+            "error": job.error,
+            "error_type": job.error_type,
+        }
+    )
