@@ -28,6 +28,20 @@ def test_environment_and_overrides() -> None:
     assert got.with_overrides(preset=None).preset == "tiny"
 
 
+def test_limits_from_the_environment() -> None:
+    got = Settings.from_env(
+        {
+            "FASTSVD_MAX_ACTIVE_PER_KEY": "7",
+            "FASTSVD_SUBMITS_PER_MINUTE": "0",
+            "FASTSVD_REQUESTS_PER_S": "2.5",
+            "FASTSVD_AUTH_FAILURES_PER_S": "0.5",
+        }
+    )
+    assert (got.max_active_per_key, got.submits_per_minute) == (7, 0)
+    assert (got.requests_per_s, got.auth_failures_per_s) == (2.5, 0.5)
+    assert Settings().submits_per_minute == 120
+
+
 def test_cpu_runs_float32_and_dtypes_can_be_chosen() -> None:
     assert choose("cpu").dtype == torch.float32
     assert choose("cpu", "bf16").dtype == torch.bfloat16

@@ -54,6 +54,16 @@ def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
+def _number(value: str) -> object:
+    """A number typed on the command line as one (the schema takes JSON numbers only)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _parse_size(value: str | None) -> object:
     """``WIDTHxHEIGHT`` becomes an object; anything else goes to the schema as a preset name."""
     if value is None:
@@ -154,7 +164,9 @@ def _server_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _fields(**given: str | None) -> dict[str, Any]:
     """The input fields given on the command line, checked and typed by the schema."""
     fields: dict[str, Any] = {
-        k: _parse_size(v) if k == "video_size" else v for k, v in given.items() if v is not None
+        k: _parse_size(v) if k == "video_size" else _number(v)
+        for k, v in given.items()
+        if v is not None
     }
     try:
         checked = TextToVideoInput.model_validate({"prompt": "-", **fields})

@@ -16,23 +16,50 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fastsvd import constants as c
 from fastsvd.errors import InvalidInput
 
+# Formats read: the common photo and web ones. Pillow can open many more (EPS through
+# Ghostscript, PSD, FITS...), each more parser exposed to anyone who can send a file.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+FORMAT_NAMES = "PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF"
+_TOO_LARGE = f"the picture is too large; at most {c.IMAGE_PIXELS_MAX:,} pixels are accepted"
 
-def decode_image(data: bytes, field: str = "image_url") -> Image.Image:
-    """Bytes of a PNG, JPEG, WebP... as a loaded PIL image; size checked before decoding."""
+
+def check_image(data: bytes, field: str = "image_url") -> Image.Image:
+    """Bytes of a picture, opened (header read, pixels not decoded) and its size checked.
+
+    The content type a sender declares is not trusted: the bytes decide the format.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > c.IMAGE_PIXELS_MAX:
-                raise InvalidInput(
-                    field,
-                    f"the picture is {image.width}x{image.height}; at most "
-                    f"{c.IMAGE_PIXELS_MAX:,} pixels are accepted",
-                )
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(field, _TOO_LARGE) from None
+    except UnidentifiedImageError:
+        raise InvalidInput(field, f"not a picture this server reads ({FORMAT_NAMES})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # corrupt headers
+        raise InvalidInput(field, f"the picture could not be decoded ({exc})") from None
+    if image.width * image.height > c.IMAGE_PIXELS_MAX:
+        raise InvalidInput(
+            field,
+            f"the picture is {image.width}x{image.height}; at most "
+            f"{c.IMAGE_PIXELS_MAX:,} pixels are accepted",
+        )
+    return image
+
+
+def decode_image(data: bytes, field: str = "image_url") -> Image.Image:
+    """Bytes of a PNG, JPEG, WebP... as a loaded PIL image; size checked before decoding.
+
+    An animated picture gives its first frame.
+    """
+    image = check_image(data, field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput(field, "not a picture this server can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt files
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(field, _TOO_LARGE) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt files
         raise InvalidInput(field, f"the picture could not be decoded ({exc})") from None
     return image
 

@@ -2,9 +2,9 @@
 
 A URL passes when its scheme is allowed and *every* address its host resolves to is public:
 not loopback, private, CGNAT, link-local (cloud metadata), multicast, reserved or unspecified,
-in IPv4 or IPv6 (IPv4-mapped and NAT64 forms unwrapped). The caller then connects to one of the
-checked addresses, never to a fresh resolution of the name, so DNS rebinding cannot swap in an
-internal address between the check and the connection.
+in IPv4 or IPv6 (IPv4-mapped, 6to4 and NAT64 forms unwrapped). The caller then connects to one
+of the checked addresses, never to a fresh resolution of the name, so DNS rebinding cannot swap
+in an internal address between the check and the connection.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:  # 2002::/16 carries an IPv4 address a relay reaches
+            ip = ip.sixtofour
         elif ip in _NAT64:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:

@@ -45,6 +45,13 @@ class DeepCache(enum.StrEnum):
     high = "high"  # a full step every 3rd step, shallowest cut: fastest, lowest quality
 
 
+def _number_only(value: Any) -> Any:
+    """JSON numbers only: pydantic would otherwise read true as 1 and "5" as 5."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("number_type", "Input should be a number")
+    return value
+
+
 class ImageSize(BaseModel):
     """A video size in pixels; also accepts one of fal's preset names."""
 
@@ -78,6 +85,8 @@ class ImageSize(BaseModel):
             width, height = VIDEO_SIZE_PRESETS[data]
             return {"width": width, "height": height}
         return data
+
+    _numbers = field_validator("width", "height", mode="before")(_number_only)
 
     @field_validator("width", "height")
     @classmethod
@@ -130,6 +139,10 @@ class _VideoParams(BaseModel):
 
     # fal's apps ignore fields they do not know; clients of newer schemas rely on that.
     model_config = ConfigDict(extra="ignore")
+
+    _numbers = field_validator(
+        "motion_bucket_id", "cond_aug", "seed", "steps", "fps", mode="before"
+    )(_number_only)
 
     motion_bucket_id: int = Field(
         c.DEFAULT_MOTION_BUCKET_ID,
@@ -248,6 +261,10 @@ class ImageToVideoInput(_VideoParams):
         if scheme not in ("http", "https", "data"):
             raise PydanticCustomError(
                 "url_scheme", "URL scheme should be 'https', 'http' or 'data'"
+            )
+        if scheme != "data" and len(value) > c.URL_MAX_CHARS:
+            raise PydanticCustomError(
+                "url_too_long", "URLs are limited to {limit} characters", {"limit": c.URL_MAX_CHARS}
             )
         return value
 
@@ -374,6 +391,47 @@ class RequestHistory(BaseModel):
     """A key's newest requests, newest first."""
 
     requests: list[RequestSummary]
+
+
+class ReadyResponse(BaseModel):
+    """Whether a worker has its model loaded."""
+
+    status: Literal["ready", "starting"]
+    workers_ready: int
+
+
+class KeyRequest(BaseModel):
+    """A new API key (admin scope needed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200, description="A label, e.g. who the key is for.")
+    scope: Literal["user", "admin"] = Field(
+        "user", description="user: submit and read its own requests; admin: also manage keys."
+    )
+
+
+class KeySummary(BaseModel):
+    """A key as listed: never its secret."""
+
+    key_id: str
+    name: str
+    scope: Literal["user", "admin"]
+    created_at: float = Field(..., description="UNIX seconds.")
+    revoked_at: float | None = Field(None, description="UNIX seconds; null while it is live.")
+
+
+class CreatedKey(KeySummary):
+    """A key just made: the only time its secret is shown."""
+
+    key: str = Field(..., description="Send as 'Authorization: Key <key>'. Shown once.")
+    webhook_secret: str = Field(..., description="Verifies this key's webhook signatures.")
+
+
+class KeyList(BaseModel):
+    """Every key, oldest first."""
+
+    keys: list[KeySummary]
 
 
 class CancelResponse(BaseModel):

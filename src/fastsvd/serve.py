@@ -141,6 +141,30 @@ def housekeeping(services: Services, stop: threading.Event) -> None:
             log.exception("housekeeping failed")
 
 
+FIRST_KEY_FILE = "first-key"  # in the data folder, readable by its owner only
+
+
+def create_first_key(services: Services) -> None:
+    """Make an admin key for a server that has none, and hand it over without logging it.
+
+    The key goes to a file only its owner can read. It is printed too when standard output is
+    a terminal (someone is watching), never when it is a log (systemd, Docker, a file).
+    """
+    key, _info = services.keys.create("first key", scope=Scope.admin)
+    path = services.settings.data_dir.resolve() / FIRST_KEY_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    shown = f"\n\n    {key}\n\n" if sys.stdout.isatty() else " "
+    print(
+        f"\nCreated the first API key (admin scope):{shown}It is in {path}, readable by this "
+        "user only. Send it as 'Authorization: Key <key>'; manage keys with `fastsvd keys` "
+        "or /admin/keys.\n",
+        flush=True,
+    )
+
+
 def serve(settings: Settings) -> int:
     """Run the service until stopped; returns the process exit code."""
     if not settings.auth and not is_loopback(settings.host):
@@ -149,13 +173,7 @@ def serve(settings: Settings) -> int:
         )
     services = Services.from_settings(settings)
     if settings.auth and services.keys.count_live() == 0:
-        key, _info = services.keys.create("first key", scope=Scope.admin)
-        print(
-            "\nCreated the first API key (shown once, keep it):\n\n"
-            f"    {key}\n\n"
-            "Send it as 'Authorization: Key <key>'. Manage keys with `fastsvd keys`.\n",
-            flush=True,
-        )
+        create_first_key(services)
     gpus = visible_gpus()
     count = settings.workers if settings.workers is not None else max(gpus, 1)
     supervisor = Supervisor(settings, count, gpus)

@@ -40,7 +40,14 @@ class Settings:
     workers: int | None = None  # FASTSVD_WORKERS (default: one per GPU, one on a CPU)
     lease_s: float = 30.0  # FASTSVD_LEASE_S: a worker silent this long loses its job
     max_queued: int = 1000  # FASTSVD_MAX_QUEUED: waiting requests, all keys; beyond: 429
-    max_queued_per_key: int = 200  # FASTSVD_MAX_QUEUED_PER_KEY: waiting requests of one key
+    max_active_per_key: int = 100  # FASTSVD_MAX_ACTIVE_PER_KEY: a key's unfinished requests
+    submits_per_minute: int = 120  # FASTSVD_SUBMITS_PER_MINUTE: per key, all API processes; 0: off
+    # FASTSVD_REQUESTS_PER_S: any calls per key (and failed logins per client address), per API
+    # process, with bursts of twice as many; 0: off
+    requests_per_s: float = 100.0
+    # FASTSVD_AUTH_FAILURES_PER_S: wrong or missing keys per client address (bursts of ten times
+    # as many), per API process; beyond it 429 before any key lookup; 0: off
+    auth_failures_per_s: float = 2.0
     max_attempts: int = 3  # FASTSVD_MAX_ATTEMPTS: tries before a crashing job is given up
     retention_s: float = 7 * 24 * 3600.0  # FASTSVD_RETENTION_S: how long files are kept
     idle_poll_s: float = 2.0  # FASTSVD_IDLE_POLL_S: an idle worker's safety-net poll
@@ -91,7 +98,10 @@ class Settings:
             workers=int(workers) if workers is not None else None,
             lease_s=number("lease_s", defaults.lease_s),
             max_queued=int(number("max_queued", defaults.max_queued)),
-            max_queued_per_key=int(number("max_queued_per_key", defaults.max_queued_per_key)),
+            max_active_per_key=int(number("max_active_per_key", defaults.max_active_per_key)),
+            submits_per_minute=int(number("submits_per_minute", defaults.submits_per_minute)),
+            requests_per_s=number("requests_per_s", defaults.requests_per_s),
+            auth_failures_per_s=number("auth_failures_per_s", defaults.auth_failures_per_s),
             max_attempts=int(number("max_attempts", defaults.max_attempts)),
             retention_s=number("retention_s", defaults.retention_s),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from fastsvd.serve import FIRST_KEY_FILE
 from fastsvd.store.db import Database
 from fastsvd.store.jobs import Job, JobStore
 from fastsvd.store.keys import KeyStore
@@ -99,6 +99,10 @@ def start_server(tmp: Path, **env: str) -> Server:
         "FASTSVD_PORT": str(port),
         "FASTSVD_RUNNER": "tests.fakes.runner:Runner",
         "FASTSVD_IDLE_POLL_S": "5",
+        # tests poll hard through one key; tests/security turns the rate limits back on
+        "FASTSVD_REQUESTS_PER_S": "0",
+        "FASTSVD_SUBMITS_PER_MINUTE": "0",
+        "FASTSVD_AUTH_FAILURES_PER_S": "0",
         "PYTHONPATH": str(ROOT),
         **env,
     }
@@ -126,10 +130,11 @@ def start_server(tmp: Path, **env: str) -> Server:
     else:
         process.kill()
         raise RuntimeError(f"server not ready:\n{log_path.read_text()}")
-    match = re.search(r"^\s+(\S+:\S+)$", log_path.read_text(), re.MULTILINE)
-    key = match.group(1) if match else ""
-    database = environment.get("FASTSVD_DATABASE_URL") or f"sqlite:///{tmp / 'data' / 'fastsvd.db'}"
-    return Server(url, key, tmp / "data", process, log_path, database)
+    data_dir = Path(environment["FASTSVD_DATA_DIR"])
+    key_file = data_dir / FIRST_KEY_FILE
+    key = key_file.read_text().strip() if key_file.exists() else ""
+    database = environment.get("FASTSVD_DATABASE_URL") or f"sqlite:///{data_dir / 'fastsvd.db'}"
+    return Server(url, key, data_dir, process, log_path, database)
 
 
 def stop_server(server: Server) -> None:

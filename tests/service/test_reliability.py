@@ -266,9 +266,9 @@ def test_r14_idempotent_submit(tmp_path: Path, fresh_backend: dict[str, str]) ->
 
 
 def test_r20_backpressure(tmp_path: Path, fresh_backend: dict[str, str]) -> None:
-    """R20: beyond the per-key queue cap a submit gets 429 with Retry-After; other keys are not
-    affected; every accepted request completes."""
-    caps = {"FASTSVD_MAX_QUEUED_PER_KEY": "3", "FASTSVD_MAX_QUEUED": "5"}
+    """R20: beyond the per-key cap on unfinished requests a submit gets 429 with Retry-After;
+    other keys are not affected; every accepted request completes."""
+    caps = {"FASTSVD_MAX_ACTIVE_PER_KEY": "3", "FASTSVD_MAX_QUEUED": "5"}
     server = start_server(tmp_path, **fresh_backend, **caps, FASTSVD_WORKERS="0")
     with server.key_store() as keys:
         other_key, _ = keys.create("other")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -30,10 +31,19 @@ from fastapi.responses import (
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fastsvd import __version__
+from fastsvd import __version__, media
 from fastsvd import constants as c
-from fastsvd.api.auth import Unauthorized, credentials, current_key
+from fastsvd.api.auth import (
+    Forbidden,
+    RateLimits,
+    Unauthorized,
+    admin_key,
+    credentials,
+    current_key,
+)
+from fastsvd.api.limits import JSON_BODY_MAX_BYTES, BodyLimit, RateLimited
 from fastsvd.api.metrics import render as render_metrics
 from fastsvd.api.services import Services
 from fastsvd.api.status import APP_PATH, status_body, summary, urls
@@ -42,9 +52,14 @@ from fastsvd.fetch import url_schemes
 from fastsvd.netguard import check_url
 from fastsvd.schema import (
     CancelResponse,
+    CreatedKey,
     ErrorResponse,
     ImageToVideoInput,
+    KeyList,
+    KeyRequest,
+    KeySummary,
     QueueStatus,
+    ReadyResponse,
     RequestHistory,
     SubmitResponse,
     TextToVideoInput,
@@ -55,21 +70,52 @@ from fastsvd.storage import LocalStorage, RangeNotSatisfiable
 from fastsvd.store.db import is_unavailable
 from fastsvd.store.files import new_file_id
 from fastsvd.store.jobs import CancelOutcome, Job, JobState, QueueFull
-from fastsvd.store.keys import KeyInfo
+from fastsvd.store.keys import KeyInfo, Scope
 
 log = logging.getLogger("fastsvd.api")
 
 KeyDep = Annotated[KeyInfo, Depends(current_key)]
+AdminDep = Annotated[KeyInfo, Depends(admin_key)]
+WebhookQuery = Annotated[
+    str | None,
+    Query(
+        max_length=c.WEBHOOK_URL_MAX_CHARS,
+        description="A public http(s) URL that receives the result once the request finishes.",
+    ),
+]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+# Answers any route with a key can give: every one of them is documented, so that clients (and
+# the schema fuzzer in tests/security) can rely on the schema.
+_KEYED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    422: {"model": ErrorResponse, "description": "Invalid input: fal's detail list"},
+    429: {
+        "model": ErrorResponse,
+        "description": "Too many requests, or a queue cap reached: retry after Retry-After",
+        "headers": _RETRY_AFTER,
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "The job store is unavailable: retry after Retry-After",
+        "headers": _RETRY_AFTER,
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such request for this key"},
+    **_KEYED,
+}
+_TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "The body is over its size limit"},
 }
 SUBMITTED: dict[int | str, dict[str, Any]] = {
     200: {"model": SubmitResponse, "description": "Queued"},
-    422: {"model": ErrorResponse, "description": "Invalid input: fal's detail list"},
-    429: {"model": ErrorResponse, "description": "Queue full: retry after Retry-After seconds"},
-    **_ERRORS,
+    **_TOO_LARGE,
+    **_KEYED,
+}
+ADMIN: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "The key lacks the admin scope"},
+    **_KEYED,
 }
 STATUS: dict[int | str, dict[str, Any]] = {
     200: {"model": QueueStatus, "description": "COMPLETED"},
@@ -88,7 +134,7 @@ CANCEL: dict[int | str, dict[str, Any]] = {
     202: {"model": CancelResponse, "description": "CANCELLATION_REQUESTED"},
     400: {"model": CancelResponse, "description": "ALREADY_COMPLETED"},
     404: {"model": CancelResponse, "description": "NOT_FOUND"},
-    401: _ERRORS[401],
+    **_KEYED,
 }
 PLAYGROUND = Path(__file__).with_name("playground.html")  # the web page at /: no build step
 SSE_KEEPALIVE_S = 15.0
@@ -133,8 +179,19 @@ def _start_deadline(request: Request) -> float | None:
 
 
 def check_image_url(url: str, services: Services) -> None:
-    """Refuse at submit an ``image_url`` the worker would not be allowed to fetch."""
-    parts = urllib.parse.urlsplit(url).path.split("/")
+    """Refuse at submit an ``image_url`` the worker would not be allowed to fetch or read.
+
+    A data: URI is decoded and its picture's header read (never its pixels); a URL's host is
+    resolved and checked. What only the download can show (a redirect to a blocked address, a
+    body too large or too slow, a corrupt picture) fails the request later with the same 422.
+    """
+    if url.startswith("data:"):
+        media.check_image(media.decode_data_uri(url, "image_url")[1], "image_url")
+        return
+    try:
+        parts = urllib.parse.urlsplit(url).path.split("/")
+    except ValueError:
+        raise InvalidInput("image_url", "not a valid URL") from None
     uploaded_here = len(parts) >= 3 and parts[1] == "files" and parts[2].isalnum()
     if uploaded_here and services.files.get(parts[2]) is not None:
         return  # a file uploaded here: read from storage, never fetched
@@ -158,6 +215,14 @@ def create_app(services: Services) -> FastAPI:
         ),
     )
     app.state.services = services
+    app.state.limits = RateLimits(
+        services.settings.requests_per_s, services.settings.auth_failures_per_s
+    )
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=JSON_BODY_MAX_BYTES,
+        own_limit=("/files/upload", "/storage/upload/"),
+    )
     s = services
 
     async def submit(
@@ -168,7 +233,7 @@ def create_app(services: Services) -> FastAPI:
         fal_webhook: str | None,
     ) -> JSONResponse:
         base = _base_url(request)
-        if isinstance(body, ImageToVideoInput) and not body.image_url.startswith("data:"):
+        if isinstance(body, ImageToVideoInput):
             await run_in_threadpool(check_image_url, body.image_url, s)
         if fal_webhook is not None:
             await run_in_threadpool(
@@ -206,13 +271,13 @@ def create_app(services: Services) -> FastAPI:
         responses=SUBMITTED,
     )
     async def submit_text_to_video(
-        request: Request, body: TextToVideoInput, key: KeyDep, fal_webhook: str | None = None
+        request: Request, body: TextToVideoInput, key: KeyDep, fal_webhook: WebhookQuery = None
     ) -> JSONResponse:
         return await submit(request, key, c.TEXT_TO_VIDEO_ENDPOINT, body, fal_webhook)
 
     @app.post(APP_PATH, tags=["queue"], summary="Submit image-to-video", responses=SUBMITTED)
     async def submit_image_to_video(
-        request: Request, body: ImageToVideoInput, key: KeyDep, fal_webhook: str | None = None
+        request: Request, body: ImageToVideoInput, key: KeyDep, fal_webhook: WebhookQuery = None
     ) -> JSONResponse:
         return await submit(request, key, c.IMAGE_TO_VIDEO_ENDPOINT, body, fal_webhook)
 
@@ -273,6 +338,13 @@ def create_app(services: Services) -> FastAPI:
         tags=["queue"],
         summary="Status as server-sent events",
         response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "One `data:` event per change of the status body, until COMPLETED",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_ERRORS,
+        },
     )
     async def status_stream(
         request: Request, request_id: str, key: KeyDep, logs: str | None = Query(None)
@@ -375,7 +447,17 @@ def create_app(services: Services) -> FastAPI:
 
     # --- files ---------------------------------------------------------------------------
 
-    @app.get("/files/{file_id}/{file_name}", tags=["files"], summary="Download a file")
+    @app.get(
+        "/files/{file_id}/{file_name}",
+        tags=["files"],
+        summary="Download a file",
+        responses={
+            200: {"description": "The file", "content": {"application/octet-stream": {}}},
+            206: {"description": "The requested range of the file"},
+            404: {"model": ErrorResponse, "description": "No such file"},
+            416: {"description": "The requested range is outside the file"},
+        },
+    )
     async def download(request: Request, file_id: str, file_name: str) -> Response:
         record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
         if record is None or record.file_name != file_name or record.upload_token is not None:
@@ -421,7 +503,12 @@ def create_app(services: Services) -> FastAPI:
             name = f"upload.{extension}" if extension.isalnum() else "upload.bin"
         return name
 
-    @app.post("/storage/auth/token", tags=["files"], summary="Upload token (fal-client)")
+    @app.post(
+        "/storage/auth/token",
+        tags=["files"],
+        summary="Upload token (fal-client)",
+        responses=_KEYED,
+    )
     async def upload_token(request: Request, key: KeyDep) -> JSONResponse:
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         token = credentials(request) or "anonymous"
@@ -434,7 +521,12 @@ def create_app(services: Services) -> FastAPI:
             }
         )
 
-    @app.post("/files/upload", tags=["files"], summary="Upload a file (fal-client)")
+    @app.post(
+        "/files/upload",
+        tags=["files"],
+        summary="Upload a file (fal-client)",
+        responses={**_TOO_LARGE, **_KEYED},
+    )
     async def upload(request: Request, key: KeyDep) -> JSONResponse:
         data = await read_body(request)
         content_type = request.headers.get("content-type", "application/octet-stream")[:255]
@@ -454,7 +546,12 @@ def create_app(services: Services) -> FastAPI:
         url = _base_url(request) + record.path
         return JSONResponse({"access_url": url, "content_type": content_type, "file_name": name})
 
-    @app.post("/storage/upload/initiate", tags=["files"], summary="Start an upload (fal JS)")
+    @app.post(
+        "/storage/upload/initiate",
+        tags=["files"],
+        summary="Start an upload (fal JS)",
+        responses={**_TOO_LARGE, **_KEYED},
+    )
     async def upload_initiate(
         request: Request, key: KeyDep, body: Annotated[dict[str, Any], Body()]
     ) -> JSONResponse:
@@ -479,7 +576,15 @@ def create_app(services: Services) -> FastAPI:
             }
         )
 
-    @app.put("/storage/upload/{file_id}", tags=["files"], summary="Send an initiated upload")
+    @app.put(
+        "/storage/upload/{file_id}",
+        tags=["files"],
+        summary="Send an initiated upload",
+        responses={
+            404: {"model": ErrorResponse, "description": "No upload is waiting at this URL"},
+            **_TOO_LARGE,
+        },
+    )
     async def upload_put(request: Request, file_id: str, token: str = Query("")) -> JSONResponse:
         record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
         expected = record.upload_token if record is not None else None
@@ -489,6 +594,46 @@ def create_app(services: Services) -> FastAPI:
         await run_in_threadpool(s.storage.put, record.id, data, record.content_type)
         await run_in_threadpool(s.files.uploaded, record.id, len(data))
         return JSONResponse({"file_url": _base_url(request) + record.path})
+
+    # --- keys (admin scope) ---------------------------------------------------------------
+
+    def summary_of(info: KeyInfo) -> KeySummary:
+        return KeySummary(
+            key_id=info.key_id,
+            name=info.name,
+            scope=info.scope.value,
+            created_at=info.created_at,
+            revoked_at=info.revoked_at,
+        )
+
+    @app.get("/admin/keys", tags=["admin"], summary="List API keys", responses=ADMIN)
+    async def list_keys(_admin: AdminDep) -> KeyList:
+        keys = await run_in_threadpool(s.keys.list)
+        return KeyList(keys=[summary_of(info) for info in keys])
+
+    @app.post(
+        "/admin/keys",
+        tags=["admin"],
+        summary="Create an API key",
+        status_code=201,
+        responses={**_TOO_LARGE, **ADMIN},
+    )
+    async def create_key(body: KeyRequest, _admin: AdminDep) -> CreatedKey:
+        key, info = await run_in_threadpool(s.keys.create, body.name, Scope(body.scope))
+        listed = summary_of(info).model_dump()
+        return CreatedKey(**listed, key=key, webhook_secret=info.webhook_secret)
+
+    @app.delete(
+        "/admin/keys/{key_id}",
+        tags=["admin"],
+        summary="Revoke an API key",
+        responses={404: {"model": ErrorResponse, "description": "No such live key"}, **ADMIN},
+    )
+    async def revoke_key(key_id: str, _admin: AdminDep) -> KeySummary:
+        if len(key_id) > 64 or not await run_in_threadpool(s.keys.revoke, key_id):
+            raise NotFound(f"No live key {key_id}")
+        info = next(k for k in await run_in_threadpool(s.keys.list) if k.key_id == key_id)
+        return summary_of(info)
 
     # --- the playground ------------------------------------------------------------------
 
@@ -504,7 +649,15 @@ def create_app(services: Services) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"], summary="A worker has its model loaded")
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        summary="A worker has its model loaded",
+        responses={
+            200: {"model": ReadyResponse, "description": "A worker is ready"},
+            503: {"model": ReadyResponse, "description": "No worker is ready yet"},
+        },
+    )
     async def ready() -> JSONResponse:
         count = await run_in_threadpool(s.registry.ready_count, 3 * s.settings.lease_s)
         return JSONResponse(
@@ -512,7 +665,12 @@ def create_app(services: Services) -> FastAPI:
             status_code=200 if count else 503,
         )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         body = await run_in_threadpool(render_metrics, s)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
@@ -522,6 +680,27 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(Unauthorized)
     async def on_unauthorized(_r: Request, exc: Unauthorized) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=401)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and request.method in ("POST", "PUT"):
+            # a body that is not JSON (or not UTF-8): bad input like any other, so 422
+            message = "the body is not valid JSON"
+            detail = [{"loc": ["body"], "msg": message, "type": "json_invalid"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(Forbidden)
+    async def on_forbidden(_r: Request, exc: Forbidden) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=403)
+
+    @app.exception_handler(RateLimited)
+    async def on_rate_limited(_r: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.message},
+            status_code=429,
+            headers={"retry-after": str(exc.retry_after_s)},
+        )
 
     @app.exception_handler(NotFound)
     async def on_not_found(_r: Request, exc: NotFound) -> JSONResponse:

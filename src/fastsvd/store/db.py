@@ -63,6 +63,7 @@ class Database:
             self.engine = create_engine(
                 self.url,
                 pool_pre_ping=True,  # a connection the server dropped is replaced, not used
+                hide_parameters=True,  # errors and logs never carry row values (key hashes)
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=POSTGRES_CONNECT_TIMEOUT_S * 2,
@@ -118,6 +119,7 @@ def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        hide_parameters=True,
         poolclass=QueuePool,
         pool_size=SQLITE_POOL_SIZE,
         max_overflow=SQLITE_POOL_SIZE,

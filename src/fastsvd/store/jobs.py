@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class QueueFull(Exception):
 
 
 QUEUE_FULL_RETRY_AFTER_S = 10
+RATE_WINDOW_S = 60.0  # the submit-rate limit's sliding window
 
 CANCELLED = Failure("Request cancelled", "cancelled", 499)
 START_TIMEOUT = Failure("Request start timeout exceeded", "request_timeout", 504)
@@ -168,12 +170,14 @@ class JobStore:
         *,
         max_attempts: int = 3,
         max_queued: int | None = None,
-        max_queued_per_key: int | None = None,
+        max_active_per_key: int | None = None,
+        submits_per_minute: int | None = None,
     ) -> None:
         self.db = db
         self.max_attempts = max_attempts
         self.max_queued = max_queued
-        self.max_queued_per_key = max_queued_per_key
+        self.max_active_per_key = max_active_per_key
+        self.submits_per_minute = submits_per_minute
 
     # --- the API side ---------------------------------------------------------------------
 
@@ -191,7 +195,8 @@ class JobStore:
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: an idempotent repeat).
 
-        Raises ``QueueFull`` beyond the caps. On SQLite the count and the insert share the
+        Raises ``QueueFull`` beyond the caps (queue depth, a key's unfinished requests, a key's
+        submits in the last minute). On SQLite the count and the insert share the
         write lock, so the caps are exact; on PostgreSQL concurrent submits may overshoot a cap
         by the number of API processes submitting at the same instant.
         """
@@ -245,18 +250,28 @@ class JobStore:
                     f"The queue is full ({self.max_queued} requests waiting); retry later",
                     QUEUE_FULL_RETRY_AFTER_S,
                 )
-        if self.max_queued_per_key is not None:
-            mine = (
-                conn.scalar(
-                    select(func.count()).select_from(jobs).where(queued, jobs.c.key_id == key_id)
-                )
-                or 0
-            )
-            if mine >= self.max_queued_per_key:
+        mine = jobs.c.key_id == key_id
+        if self.max_active_per_key is not None:
+            active = jobs.c.state.in_([JobState.queued.value, JobState.running.value])
+            count = conn.scalar(select(func.count()).select_from(jobs).where(mine, active)) or 0
+            if count >= self.max_active_per_key:
                 raise QueueFull(
-                    f"This key has {self.max_queued_per_key} requests waiting, its limit; "
-                    "retry when some have started",
+                    f"This key has {self.max_active_per_key} unfinished requests, its limit; "
+                    "retry when some have finished",
                     QUEUE_FULL_RETRY_AFTER_S,
+                )
+        if self.submits_per_minute is not None:
+            since = time.time() - RATE_WINDOW_S
+            recent = jobs.c.created_at > since
+            count, oldest = conn.execute(
+                select(func.count(), func.min(jobs.c.created_at)).where(mine, recent)
+            ).one()
+            if count >= self.submits_per_minute:
+                wait = max(1, math.ceil(oldest + RATE_WINDOW_S - time.time()))
+                raise QueueFull(
+                    f"This key may submit {self.submits_per_minute} requests a minute; "
+                    f"retry in {wait} s",
+                    wait,
                 )
 
     def get(self, job_id: str, key_id: str | None = None) -> Job | None:

@@ -35,7 +35,17 @@ def _v2_start_deadline_index(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_start_deadline_index]
+def _v3_key_created_index(conn: Connection) -> None:
+    """Index a key's requests by time: the submit-rate limit and the history read it."""
+    index = next(i for i in tables.jobs.indexes if i.name == "ix_jobs_key_created")
+    index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_initial,
+    _v2_start_deadline_index,
+    _v3_key_created_index,
+]
 
 
 def current_version(db: Database) -> int:

@@ -79,6 +79,8 @@ Index("ix_jobs_queue", jobs.c.state, jobs.c.priority, jobs.c.seq)
 Index("ix_jobs_lease", jobs.c.state, jobs.c.lease_expires_at)
 # (migration 2) the start-deadline sweep that runs with every claim reads only jobs with one
 Index("ix_jobs_start_deadline", jobs.c.start_deadline_at)
+# (migration 3) a key's submits in the last minute (rate limit) and its history, newest first
+Index("ix_jobs_key_created", jobs.c.key_id, jobs.c.created_at)
 Index("ix_jobs_idempotency", jobs.c.key_id, jobs.c.idempotency_key, unique=True)
 
 job_logs = Table(

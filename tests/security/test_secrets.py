@@ -1,0 +1,123 @@
+"""Secrets: keys are stored only as hashes and checked in constant time; no key, webhook secret
+or upload token appears in the logs (at DEBUG), in error messages or in the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from fastsvd.serve import FIRST_KEY_FILE
+from fastsvd.store.db import Database
+from fastsvd.store.keys import KeyStore
+from fastsvd.store.migrations import migrate
+from fastsvd.store.tables import api_keys
+from tests.service.conftest import Receiver, Server, start_server, stop_server, wait_done
+
+T2V = "/fal-ai/fast-svd/text-to-video"
+
+
+@pytest.fixture
+def chatty(tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
+    """A server logging everything, as JSON, with webhooks allowed to reach loopback."""
+    running = start_server(
+        tmp_path,
+        FASTSVD_LOG_LEVEL="DEBUG",
+        FASTSVD_LOG_FORMAT="json",
+        FASTSVD_ALLOW_PRIVATE_URLS="1",
+    )
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_logs_errors_or_metrics(chatty: Server, receiver: Receiver) -> None:
+    secrets: list[str] = [chatty.key, chatty.key.split(":")[1]]
+    bodies: list[str] = []
+    with chatty.client() as admin:
+        made = admin.post("/admin/keys", json={"name": "second"}).json()
+        secrets += [made["key"], made["key"].split(":")[1], made["webhook_secret"]]
+        with chatty.client(made["key"]) as user:
+            hooked = user.post(
+                T2V, params={"fal_webhook": f"{receiver.url}/hook"}, json={"prompt": "ok"}
+            ).json()
+            failing = user.post(T2V, json={"prompt": "fail"}).json()
+            for submitted in (hooked, failing):
+                wait_done(user, submitted["status_url"])
+                bodies.append(user.get(submitted["response_url"]).text)
+            receiver.wait(1)
+            slot = user.post("/storage/upload/initiate", json={"file_name": "a.png"}).json()
+            secrets.append(slot["upload_url"].split("token=")[1])
+            bodies.append(user.put(slot["upload_url"], content=b"not a png").text)
+        # wrong keys, in every place a key can be sent
+        wrong = f"{made['key_id']}:{'f' * 64}"
+        secrets.append(wrong.split(":")[1])
+        for header in (f"Key {wrong}", f"Bearer {wrong}", wrong, "Key nonsense"):
+            answer = httpx.get(
+                f"{chatty.url}/fal-ai/fast-svd/requests", headers={"authorization": header}
+            )
+            assert answer.status_code == 401
+            bodies.append(answer.text)
+        bodies.append(admin.get("/metrics").text)
+        bodies.append(admin.get("/admin/keys").text)
+        assert admin.delete(f"/admin/keys/{made['key_id']}").status_code == 200
+    stop_server(chatty)  # flush everything the processes had to say
+    log = chatty.log()
+    assert '"level": "DEBUG"' in log or '"level": "INFO"' in log  # the log is being written
+    for secret in secrets:
+        assert secret not in log
+        for body in bodies:
+            assert secret not in body
+
+
+def test_keys_are_stored_as_hashes_and_checked_in_constant_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'k.db'}")
+    try:
+        migrate(db)
+        keys = KeyStore(db)
+        key, info = keys.create("k")
+        secret = key.split(":")[1]
+        with db.read() as conn:
+            row = conn.execute(select(api_keys)).one()
+        assert secret not in " ".join(str(v) for v in row)
+        assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+        compared: list[int] = []
+        real = hmac.compare_digest
+
+        def spy(a: str, b: str) -> bool:
+            compared.append(1)
+            return real(a, b)
+
+        monkeypatch.setattr(hmac, "compare_digest", spy)
+        assert keys.check(key) is not None
+        assert keys.check(f"{info.key_id}:wrong") is None
+        assert keys.check("00000000-0000-0000-0000-000000000000:wrong") is None  # unknown id
+        assert len(compared) == 3  # the same comparison, known key or not
+    finally:
+        db.dispose()
+
+
+@pytest.mark.slow
+def test_the_first_key_goes_to_an_owner_only_file_not_the_log(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        path = server.data_dir / FIRST_KEY_FILE
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert server.key
+        assert server.key in path.read_text()
+        assert server.key not in server.log()  # stdout is a file here, not a terminal
+        assert str(path) in server.log()
+    finally:
+        stop_server(server)
