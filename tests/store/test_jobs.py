@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from fastsvd.store.db import Database
-from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore
+from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore, QueueFull
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
 from tests.databases import KINDS, database_url
@@ -48,14 +48,15 @@ def test_migrations_are_idempotent(db: Database) -> None:
 
 def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
     with db.write() as conn:
-        conn.execute(text("DROP INDEX ix_jobs_start_deadline"))
+        conn.execute(text("DROP INDEX ix_jobs_start_deadline"))  # added by migration 2
+        conn.execute(text("DROP INDEX ix_jobs_key_created"))  # added by migration 3
         conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
     job_id = submit(JobStore(db))  # data written before the upgrade survives it
     assert current_version(db) == 1
-    assert migrate(db) == len(MIGRATIONS) == 2
+    assert migrate(db) == len(MIGRATIONS) == 3
     with db.read() as conn:
         indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
-    assert "ix_jobs_start_deadline" in indexes
+    assert {"ix_jobs_start_deadline", "ix_jobs_key_created"} <= indexes
     assert JobStore(db).get(job_id) is not None
 
 
@@ -204,3 +205,25 @@ def test_keys_are_checked_by_hash_and_can_be_revoked(db: Database) -> None:
     assert keys.revoke(key_id)
     assert keys.check(secret) is None
     assert not keys.revoke(key_id)
+
+
+def test_a_keys_unfinished_requests_count_running_ones_too(db: Database) -> None:
+    store = JobStore(db, max_active_per_key=2)
+    submit(store)
+    submit(store)
+    assert store.claim("w", 30, [T2V]) is not None  # one running, one queued: still two
+    with pytest.raises(QueueFull, match="2 unfinished requests") as caught:
+        submit(store)
+    assert caught.value.retry_after_s > 0
+    submit(store, key="k2")  # another key is not affected
+
+
+def test_a_keys_submits_a_minute_are_capped(db: Database) -> None:
+    store = JobStore(db, submits_per_minute=2)
+    first = submit(store)
+    submit(store)
+    assert store.request_cancel(first, "k1") == CancelOutcome.requested  # finished, still counted
+    with pytest.raises(QueueFull, match="2 requests a minute") as caught:
+        submit(store)
+    assert 1 <= caught.value.retry_after_s <= 60
+    submit(store, key="k2")
