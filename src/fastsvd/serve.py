@@ -77,14 +77,26 @@ class ChildProcess:
         self.started_at = time.monotonic()
 
 
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a worker or deliverer: this process's, plus the settings that
+    ``serve``'s flags can change, so children see what the API sees (the same data folder,
+    hence the same database, and the same models)."""
+    return {
+        **os.environ,
+        "FASTSVD_PRESET": settings.preset,
+        "FASTSVD_DATA_DIR": str(settings.data_dir.resolve()),
+    }
+
+
 class Supervisor:
     """Starts and watches the worker processes and the webhook deliverer."""
 
     def __init__(self, settings: Settings, count: int, gpus: int) -> None:
         self.settings = settings
-        self.workers = [ChildProcess("webhooks", "webhooks", dict(os.environ))]
+        base = child_env(settings)
+        self.workers = [ChildProcess("webhooks", "webhooks", dict(base))]
         for i in range(count):
-            env = dict(os.environ)
+            env = dict(base)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
             self.workers.append(ChildProcess(f"worker {i}", "worker", env))

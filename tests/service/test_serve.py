@@ -137,3 +137,17 @@ def test_one_worker_per_visible_gpu(monkeypatch: object) -> None:
         assert visible_gpus() == 0
     finally:
         patch.undo()
+
+
+def test_flags_given_to_serve_reach_its_workers(tmp_path: Path) -> None:
+    """``serve --preset tiny --data-dir X`` (what ``make run PRESET=tiny`` runs): the workers
+    load the same models and use the same database as the API."""
+    from fastsvd.serve import Supervisor
+    from fastsvd.settings import Settings
+
+    settings = Settings(preset="tiny", data_dir=tmp_path / "elsewhere")
+    supervisor = Supervisor(settings, count=2, gpus=2)
+    for child in supervisor.workers:
+        assert child.env["FASTSVD_PRESET"] == "tiny"
+        assert child.env["FASTSVD_DATA_DIR"] == str((tmp_path / "elsewhere").resolve())
+    assert [c.env.get("CUDA_VISIBLE_DEVICES") for c in supervisor.workers[1:]] == ["0", "1"]
