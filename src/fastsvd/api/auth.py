@@ -120,7 +120,9 @@ async def current_key(
     return info
 
 
-async def admin_key(request: Request) -> KeyInfo:
+async def admin_key(
+    request: Request, _header: Annotated[str | None, Security(API_KEY)] = None
+) -> KeyInfo:
     """The caller's key, which must have the admin scope (a FastAPI dependency)."""
     info = await current_key(request)
     if info.scope != Scope.admin:
