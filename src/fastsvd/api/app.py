@@ -694,8 +694,9 @@ def create_app(services: Services) -> FastAPI:
     async def on_forbidden(_r: Request, exc: Forbidden) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=403)
 
+    @app.exception_handler(QueueFull)
     @app.exception_handler(RateLimited)
-    async def on_rate_limited(_r: Request, exc: RateLimited) -> JSONResponse:
+    async def on_too_many(_r: Request, exc: QueueFull | RateLimited) -> JSONResponse:
         return JSONResponse(
             {"detail": exc.message},
             status_code=429,
@@ -718,14 +719,6 @@ def create_app(services: Services) -> FastAPI:
         loc = [where, *exc.field.split(".")]
         detail = [{"loc": loc, "msg": exc.reason, "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(QueueFull)
-    async def on_queue_full(_r: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse(
-            {"detail": exc.message},
-            status_code=429,
-            headers={"retry-after": str(exc.retry_after_s)},
-        )
 
     @app.exception_handler(DBAPIError)
     async def on_database_error(_r: Request, exc: DBAPIError) -> JSONResponse:
