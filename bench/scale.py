@@ -65,21 +65,11 @@ def worker_process(count: int) -> None:
             time.sleep(JOB_S)
             return mp4
 
-    settings = Settings.from_env()
-    services = Services.from_settings(settings)
-    workers = []
-    for i in range(count):
-        worker_services = WorkerServices(
-            jobs=services.jobs,
-            files=services.files,
-            storage=services.storage,
-            registry=services.registry,
-            open_listener=services.open_listener,
-            lease_s=settings.lease_s,
-            retention_s=settings.retention_s,
-            idle_poll_s=settings.idle_poll_s,
-        )
-        workers.append(Worker(worker_services, SleepRunner(), f"{worker_name()}-{i}"))  # type: ignore[arg-type]
+    shared = WorkerServices.from_services(Services.from_settings(Settings.from_env()))
+    workers = [
+        Worker(shared, SleepRunner(), f"{worker_name()}-{i}")  # type: ignore[arg-type]
+        for i in range(count)
+    ]
     threads = [threading.Thread(target=w.serve, daemon=True) for w in workers]
     for t in threads:
         t.start()

@@ -375,19 +375,7 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
         services.files, services.storage, allow_private=settings.allow_private_urls
     )
     runner = make_runner(settings, loader)
-    worker = Worker(
-        WorkerServices(
-            jobs=services.jobs,
-            files=services.files,
-            storage=services.storage,
-            registry=services.registry,
-            open_listener=services.open_listener,
-            lease_s=settings.lease_s,
-            retention_s=settings.retention_s,
-            idle_poll_s=settings.idle_poll_s,
-        ),
-        runner,
-    )
+    worker = Worker(WorkerServices.from_services(services), runner)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # SIGTERM (and a first Ctrl-C): finish the current job, then exit. A second Ctrl-C

@@ -134,8 +134,9 @@ class WakeupListener:
         self.path.unlink(missing_ok=True)
 
 
-class PostgresListener:
-    """A worker's ``LISTEN`` for queued jobs and cancels.
+class PostgresListener(NoSignals):
+    """A worker's ``LISTEN`` for queued jobs and cancels: the hub sets the wake-up event that
+    ``wait`` sleeps on.
 
     The workers of one process share one connection and one thread (``_Hub``), which reconnects
     with backoff when the server goes away.
@@ -144,7 +145,7 @@ class PostgresListener:
     pushes_cancels = True
 
     def __init__(self, url: str) -> None:
-        self._woken = threading.Event()
+        super().__init__()
         self._lock = threading.Lock()
         self._watching: str | None = None
         self._cancelled = False
@@ -154,16 +155,6 @@ class PostgresListener:
     def connected(self) -> threading.Event:
         """Set while ``LISTEN`` is in place (for tests and start-up)."""
         return self._hub.connected
-
-    def wait(self, timeout_s: float) -> bool:
-        """Block until a job is queued anywhere (True) or ``timeout_s`` passes (False)."""
-        woken = self._woken.wait(timeout_s)
-        self._woken.clear()
-        return woken
-
-    def wake(self) -> None:
-        """End a ``wait`` now."""
-        self._woken.set()
 
     def pass_on(self) -> None:
         """Wake another idle worker of this process: a backlog fans out one claim at a time."""

@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from PIL import Image
 from pydantic import ValidationError
@@ -45,6 +45,9 @@ from fastsvd.store.files import FileRecord, FileStore, new_file_id
 from fastsvd.store.jobs import CANCELLED, Claim, Failure, JobStore
 from fastsvd.store.workers import WorkerRegistry
 from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
+
+if TYPE_CHECKING:
+    from fastsvd.api.services import Services
 
 log = logging.getLogger("fastsvd.worker")
 
@@ -71,6 +74,21 @@ class WorkerServices:
     lease_s: float
     retention_s: float
     idle_poll_s: float
+
+    @classmethod
+    def from_services(cls, services: Services) -> WorkerServices:
+        """The stores ``services`` opened, with the worker's timings from its settings."""
+        settings = services.settings
+        return cls(
+            jobs=services.jobs,
+            files=services.files,
+            storage=services.storage,
+            registry=services.registry,
+            open_listener=services.open_listener,
+            lease_s=settings.lease_s,
+            retention_s=settings.retention_s,
+            idle_poll_s=settings.idle_poll_s,
+        )
 
 
 def worker_name() -> str:

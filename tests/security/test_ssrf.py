@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from fastsvd import netguard
 from fastsvd.errors import InvalidInput
@@ -29,6 +30,7 @@ from fastsvd.store.db import Database
 from fastsvd.store.jobs import JobStore
 from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
+from fastsvd.store.tables import jobs as jobs_table
 from fastsvd.store.webhooks import WebhookOutbox
 from fastsvd.webhooks import Deliverer
 from tests.service.conftest import Server
@@ -311,8 +313,9 @@ def test_webhook_delivery_rechecks_the_address(tmp_path: Path, listener: Listene
         settings = Settings(webhook_attempts=1)
         deliverer = Deliverer(outbox, settings, resolver=lambda host, port: ["127.0.0.2"])
         assert deliverer.deliver(pending) is False
-        stored = jobs.get(job.id)
-        assert stored is not None
+        with db.read() as conn:
+            error = conn.scalar(select(jobs_table.c.webhook_error))
+        assert "not a public address" in error
         time.sleep(0.3)
         assert listener.accepted == 0
     finally:

@@ -42,8 +42,7 @@ class TokenBuckets:
         """Take a token: 0.0 when there was one, else the seconds until there is."""
         now = time.monotonic()
         with self._lock:
-            tokens, at = self._buckets.get(caller, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+            tokens = self._tokens(caller, now)
             if tokens < 1.0:
                 self._buckets[caller] = (tokens, now)
                 return (1.0 - tokens) / self.rate_per_s
@@ -54,11 +53,14 @@ class TokenBuckets:
 
     def peek(self, caller: str) -> float:
         """The seconds until ``caller`` has a token (0.0: now), taking nothing."""
-        now = time.monotonic()
         with self._lock:
-            tokens, at = self._buckets.get(caller, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+            tokens = self._tokens(caller, time.monotonic())
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+
+    def _tokens(self, caller: str, now: float) -> float:
+        """``caller``'s tokens now: what was left, refilled since, at most ``burst``."""
+        tokens, at = self._buckets.get(caller, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate_per_s)
 
     def _forget_idle(self, now: float) -> None:
         full_after_s = self.burst / self.rate_per_s
