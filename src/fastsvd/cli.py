@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import mimetypes
 import signal
@@ -321,19 +322,51 @@ def _settings(**overrides: object) -> Settings:
         _fail(f"settings: {exc}", EXIT_INVALID)
 
 
+def _store_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the job store is: the same two options on every command that opens it.
+
+    The command gets one ``store`` argument, the settings they override; unset options fall
+    back to ``FASTSVD_DATA_DIR`` and ``FASTSVD_DATABASE_URL`` (read by ``Settings.from_env``).
+    """
+
+    @functools.wraps(command)
+    def with_store(*args: Any, data_dir: str | None, database_url: str | None, **kw: Any) -> Any:
+        store = {"data_dir": Path(data_dir) if data_dir else None, "database_url": database_url}
+        return command(*args, store=store, **kw)
+
+    with_store = click.option(
+        "--database-url",
+        metavar="URL",
+        help="The job store: postgresql://user:pass@host/db or sqlite:///path "
+        "(or FASTSVD_DATABASE_URL; default: SQLite in the data folder).",
+    )(with_store)
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        help="Database and files (or FASTSVD_DATA_DIR; default ./data).",
+    )(with_store)
+
+
+def _store_name(settings: Settings) -> str:
+    """The job store's database as a user can recognise it, without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.db_url).render_as_string(hide_password=True)
+
+
 @main.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8000).")
 @click.option("--workers", type=int, help="Worker processes (default: one per GPU, or one).")
 @click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Database and files.")
+@_store_options
 @click.option("--no-auth", is_flag=True, help="No API keys (only on a loopback address).")
 def serve(
     host: str | None,
     port: int | None,
     workers: int | None,
     preset: str | None,
-    data_dir: str | None,
+    store: dict[str, Any],
     no_auth: bool,
 ) -> None:
     """Run the fal-compatible API and its workers."""
@@ -346,8 +379,8 @@ def serve(
         port=port,
         workers=workers,
         preset=preset,
-        data_dir=Path(data_dir) if data_dir else None,
         auth=False if no_auth else None,
+        **store,
     )
     try:
         code = run_service(settings)
@@ -359,8 +392,8 @@ def serve(
 @main.command()
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Database and files.")
-def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
+@_store_options
+def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     """Run one worker: load the model, then run queued jobs one at a time."""
     from fastsvd.api.services import Services
     from fastsvd.logs import configure
@@ -369,7 +402,7 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
     from fastsvd.worker import Worker, WorkerServices, image_loader
 
     configure()
-    settings = _settings(preset=preset, data_dir=Path(data_dir) if data_dir else None)
+    settings = _settings(preset=preset, **store)
     services = Services.from_settings(settings)
     loader = image_loader(
         services.files, services.storage, allow_private=settings.allow_private_urls
@@ -396,7 +429,8 @@ def worker(burst: bool, preset: str | None, data_dir: str | None) -> None:
 
 
 @main.command()
-def webhooks() -> None:
+@_store_options
+def webhooks(store: dict[str, Any]) -> None:
     """Deliver webhooks of finished requests (fastsvd serve runs this for you)."""
     import threading
 
@@ -406,7 +440,7 @@ def webhooks() -> None:
     from fastsvd.webhooks import Deliverer
 
     configure()
-    settings = _settings()
+    settings = _settings(**store)
     services = Services.from_settings(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
@@ -419,49 +453,61 @@ def keys() -> None:
     """Create, list and revoke API keys."""
 
 
-def _key_store() -> Any:
+def _key_store(store: dict[str, Any]) -> tuple[Any, str]:
+    """The key store the options name, and its database's name for messages."""
     from fastsvd.api.services import Services
 
-    return Services.from_settings(_settings()).keys
+    settings = _settings(**store)
+    return Services.from_settings(settings).keys, _store_name(settings)
 
 
 @keys.command("create")
 @click.option("--name", default="", help="A label for the key.")
 @click.option("--admin", is_flag=True, help="An admin key (can manage keys).")
-def keys_create(name: str, admin: bool) -> None:
+@_store_options
+def keys_create(name: str, admin: bool, store: dict[str, Any]) -> None:
     """Make a key and print it (only now: just its hash is stored)."""
     from fastsvd.store.keys import Scope
 
-    key, _info = _key_store().create(name, Scope.admin if admin else Scope.user)
+    keys, where = _key_store(store)
+    key, info = keys.create(name, Scope.admin if admin else Scope.user)
     click.echo(key)
+    # stderr, so that `KEY=$(fastsvd keys create)` still captures the key alone
+    click.echo(f"created {info.scope} key {info.key_id} in {where}", err=True)
 
 
 @keys.command("list")
-def keys_list() -> None:
+@_store_options
+def keys_list(store: dict[str, Any]) -> None:
     """Every key: id, scope, name, state (never the secret)."""
-    for info in _key_store().list():
+    keys, _where = _key_store(store)
+    for info in keys.list():
         state = "revoked" if info.revoked_at else "live"
         click.echo(f"{info.key_id}  {info.scope:5s}  {state:7s}  {info.name}")
 
 
 @keys.command("revoke")
 @click.argument("key_id")
-def keys_revoke(key_id: str) -> None:
+@_store_options
+def keys_revoke(key_id: str, store: dict[str, Any]) -> None:
     """Revoke KEY_ID at once."""
-    if not _key_store().revoke(key_id):
-        _fail(f"key_id: no live key {key_id}", EXIT_INVALID)
-    click.echo(f"revoked {key_id}")
+    keys, where = _key_store(store)
+    if not keys.revoke(key_id):
+        _fail(f"key_id: no live key {key_id} in {where}", EXIT_INVALID)
+    click.echo(f"revoked {key_id} in {where}")
 
 
 @keys.command("webhook-secret")
 @click.argument("key_id")
-def keys_webhook_secret(key_id: str) -> None:
+@_store_options
+def keys_webhook_secret(key_id: str, store: dict[str, Any]) -> None:
     """The secret that signs KEY_ID's webhooks (Standard Webhooks, HMAC-SHA256)."""
-    for info in _key_store().list():
+    keys, where = _key_store(store)
+    for info in keys.list():
         if info.key_id == key_id:
             click.echo(info.webhook_secret)
             return
-    _fail(f"key_id: no key {key_id}", EXIT_INVALID)
+    _fail(f"key_id: no key {key_id} in {where}", EXIT_INVALID)
 
 
 # --- against a server ----------------------------------------------------------------------

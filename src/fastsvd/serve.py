@@ -81,11 +81,14 @@ def child_env(settings: Settings) -> dict[str, str]:
     """The environment of a worker or deliverer: this process's, plus the settings that
     ``serve``'s flags can change, so children see what the API sees (the same data folder,
     hence the same database, and the same models)."""
-    return {
+    env = {
         **os.environ,
         "FASTSVD_PRESET": settings.preset,
         "FASTSVD_DATA_DIR": str(settings.data_dir.resolve()),
     }
+    if settings.database_url:
+        env["FASTSVD_DATABASE_URL"] = settings.database_url
+    return env
 
 
 class Supervisor:

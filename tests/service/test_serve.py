@@ -8,18 +8,28 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import httpx
+import pytest
 
-from fastsvd.serve import FIRST_KEY_FILE
+from fastsvd.cli import main
+from fastsvd.serve import FIRST_KEY_FILE, child_env
+from fastsvd.settings import Settings
+from tests.databases import postgres_database
 from tests.service.conftest import ROOT, start_server, stop_server, wait_done
 
 T2V = "/fal-ai/fast-svd/text-to-video"
 
 
-def fastsvd(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def fastsvd(
+    *args: str, data_dir: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FASTSVD_")}
+    if data_dir is not None:
+        base["FASTSVD_DATA_DIR"] = str(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "fastsvd.cli", *args],
-        env={**os.environ, "FASTSVD_DATA_DIR": str(data_dir)},
+        env={**base, **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -69,6 +79,60 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     again = fastsvd("keys", "revoke", key_id, data_dir=data)
     assert again.returncode == 2
     assert again.stderr.startswith("error: key_id: ")
+
+
+STORE_COMMANDS = (
+    ("serve",),
+    ("worker",),
+    ("webhooks",),
+    ("keys", "create"),
+    ("keys", "list"),
+    ("keys", "revoke"),
+    ("keys", "webhook-secret"),
+)
+
+
+@pytest.mark.parametrize("path", STORE_COMMANDS, ids=" ".join)
+def test_every_command_that_opens_the_store_takes_the_same_options(path: tuple[str, ...]) -> None:
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    options = {opt for param in command.params for opt in param.opts}
+    assert {"--data-dir", "--database-url"} <= options
+
+
+def test_keys_go_to_the_store_the_options_name(tmp_path: Path) -> None:
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    created = fastsvd("keys", "create", "--name", "ops", "--data-dir", str(ours))
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.strip().partition(":")[0]
+    assert created.stderr.strip() == (
+        f"created user key {key_id} in sqlite:///{ours.resolve() / 'fastsvd.db'}"
+    )
+    assert key_id in fastsvd("keys", "list", "--data-dir", str(ours)).stdout
+    assert key_id in fastsvd("keys", "list", data_dir=ours).stdout  # FASTSVD_DATA_DIR alike
+    assert key_id not in fastsvd("keys", "list", "--data-dir", str(other)).stdout
+    secret = fastsvd("keys", "webhook-secret", key_id, "--data-dir", str(ours))
+    assert secret.returncode == 0
+    assert secret.stdout.strip()
+    elsewhere = fastsvd("keys", "revoke", key_id, "--data-dir", str(other))
+    assert elsewhere.returncode == 2
+    assert f"in sqlite:///{other.resolve() / 'fastsvd.db'}" in elsewhere.stderr
+    assert fastsvd("keys", "revoke", key_id, "--data-dir", str(ours)).returncode == 0
+
+
+def test_keys_on_postgresql_by_option_and_by_environment(tmp_path: Path) -> None:
+    with postgres_database() as url:
+        created = fastsvd("keys", "create", "--admin", "--database-url", url, data_dir=tmp_path)
+        assert created.returncode == 0, created.stderr
+        key_id = created.stdout.strip().partition(":")[0]
+        assert created.stderr.strip().startswith(f"created admin key {key_id} in postgresql")
+        assert url.rsplit("/", 1)[1] in created.stderr
+        assert not (tmp_path / "fastsvd.db").exists()  # not the data folder's SQLite
+        listed = fastsvd("keys", "list", FASTSVD_DATABASE_URL=url).stdout
+        assert key_id in listed
+        assert "admin" in listed
 
 
 def test_files_are_deleted_after_the_retention_period(tmp_path: Path) -> None:
@@ -151,3 +215,10 @@ def test_flags_given_to_serve_reach_its_workers(tmp_path: Path) -> None:
         assert child.env["FASTSVD_PRESET"] == "tiny"
         assert child.env["FASTSVD_DATA_DIR"] == str((tmp_path / "elsewhere").resolve())
     assert [c.env.get("CUDA_VISIBLE_DEVICES") for c in supervisor.workers[1:]] == ["0", "1"]
+
+
+def test_serve_hands_its_store_to_the_workers_it_starts(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url="postgresql://db.internal/fastsvd")
+    env = child_env(settings)
+    assert env["FASTSVD_DATA_DIR"] == str(tmp_path.resolve())
+    assert env["FASTSVD_DATABASE_URL"] == "postgresql://db.internal/fastsvd"
