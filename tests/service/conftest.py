@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+import fastsvd
 from fastsvd.serve import FIRST_KEY_FILE
 from fastsvd.store.db import Database
 from fastsvd.store.jobs import Job, JobStore
@@ -27,6 +28,9 @@ from tests.databases import database_url
 from tests.objectstore import ObjectStore, free_port, s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
+# The servers run the fastsvd these tests import (a checkout's src/, or whatever PYTHONPATH
+# names), not whichever copy happens to be installed; ROOT makes tests.fakes importable.
+PYTHONPATH = os.pathsep.join([str(Path(fastsvd.__file__).resolve().parents[1]), str(ROOT)])
 
 
 @dataclass
@@ -103,7 +107,7 @@ def start_server(tmp: Path, **env: str) -> Server:
         "FASTSVD_REQUESTS_PER_S": "0",
         "FASTSVD_SUBMITS_PER_MINUTE": "0",
         "FASTSVD_AUTH_FAILURES_PER_S": "0",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": PYTHONPATH,
         **env,
     }
     with log_path.open("w") as log_file:

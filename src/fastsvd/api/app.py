@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -43,6 +44,7 @@ from fastsvd.api.auth import (
     credentials,
     current_key,
 )
+from fastsvd.api.body import StrictJSONRoute, safe_detail
 from fastsvd.api.limits import JSON_BODY_MAX_BYTES, BodyLimit, RateLimited
 from fastsvd.api.metrics import render as render_metrics
 from fastsvd.api.services import Services
@@ -214,6 +216,7 @@ def create_app(services: Services) -> FastAPI:
             f"`{c.TEXT_TO_VIDEO_ENDPOINT}` and `{c.IMAGE_TO_VIDEO_ENDPOINT}` (image-to-video)."
         ),
     )
+    app.router.route_class = StrictJSONRoute  # every JSON body is read strictly (api/body.py)
     app.state.services = services
     app.state.limits = RateLimits(
         services.settings.requests_per_s, services.settings.auth_failures_per_s
@@ -710,6 +713,11 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(TooLarge)
     async def on_too_large(_r: Request, exc: TooLarge) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=413)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        # echoes of the input made encodable: an error answer never fails to serialise
+        return JSONResponse({"detail": safe_detail(exc.errors())}, status_code=422)
 
     @app.exception_handler(InvalidInput)
     async def on_invalid(_r: Request, exc: InvalidInput) -> JSONResponse:
