@@ -50,18 +50,21 @@ def worker_process(count: int) -> None:
     """``count`` workers in threads of this process, until SIGTERM."""
     import numpy as np
 
-    from fastsvd.api.services import Services
+    from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
     from fastsvd.pipeline.encode import encode_mp4
+    from fastsvd.services import Services
     from fastsvd.settings import Settings
     from fastsvd.worker import Worker, WorkerServices, worker_name
 
     mp4 = encode_mp4(np.zeros((25, 64, 64, 3), dtype=np.uint8), 10)
 
     class SleepRunner:
+        capabilities = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO})
+
         def load(self) -> None:
             return None
 
-        def run(self, request: object, seed: int, hooks: object) -> bytes:
+        def run(self, capability: str, request: object, seed: int, hooks: object) -> bytes:
             time.sleep(JOB_S)
             return mp4
 

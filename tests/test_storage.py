@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fastsvd.errors import FastSVDError
-from fastsvd.storage import LocalStorage, RangeNotSatisfiable, S3Storage, Storage, open_storage
+from fastsvd.errors import FastSVDError, RangeNotSatisfiable
+from fastsvd.storage import LocalStorage, S3Storage, Storage, open_storage
 from tests.objectstore import CREDENTIALS, ObjectStore, s3_server
 
 

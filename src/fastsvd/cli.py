@@ -395,10 +395,10 @@ def serve(
 @_store_options
 def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     """Run one worker: load the model, then run queued jobs one at a time."""
-    from fastsvd.api.services import Services
     from fastsvd.logs import configure
     from fastsvd.runner import make_runner
     from fastsvd.serve import EXIT_MODEL_NOT_AVAILABLE
+    from fastsvd.services import Services
     from fastsvd.worker import Worker, WorkerServices, image_loader
 
     configure()
@@ -434,8 +434,8 @@ def webhooks(store: dict[str, Any]) -> None:
     """Deliver webhooks of finished requests (fastsvd serve runs this for you)."""
     import threading
 
-    from fastsvd.api.services import Services
     from fastsvd.logs import configure
+    from fastsvd.services import Services
     from fastsvd.store.webhooks import WebhookOutbox
     from fastsvd.webhooks import Deliverer
 
@@ -455,7 +455,7 @@ def keys() -> None:
 
 def _key_store(store: dict[str, Any]) -> tuple[Any, str]:
     """The key store the options name, and its database's name for messages."""
-    from fastsvd.api.services import Services
+    from fastsvd.services import Services
 
     settings = _settings(**store)
     return Services.from_settings(settings).keys, _store_name(settings)
@@ -553,7 +553,7 @@ def status(request_id: str, url: str, key: str | None, logs: bool, as_json: bool
 
     def call() -> Any:
         with cli_remote.connected(url, key) as client:
-            return client.status(cli_remote.T2V, request_id, with_logs=logs)
+            return client.status(cli_remote.ANY_ENDPOINT, request_id, with_logs=logs)
 
     current = _remote(call)
     if as_json:
@@ -581,7 +581,7 @@ def result(request_id: str, url: str, key: str | None, output: str | None, as_js
 
     def call() -> tuple[VideoOutput, Path | None]:
         with cli_remote.connected(url, key) as client:
-            got = client.result(cli_remote.T2V, request_id)
+            got = client.result(cli_remote.ANY_ENDPOINT, request_id)
             return got, cli_remote.save(client, got, output) if output else None
 
     got, path = _remote(call)
@@ -599,7 +599,7 @@ def cancel(request_id: str, url: str, key: str | None) -> None:
 
     def call() -> str:
         with cli_remote.connected(url, key) as client:
-            return client.cancel(cli_remote.T2V, request_id)
+            return client.cancel(cli_remote.ANY_ENDPOINT, request_id)
 
     outcome = _remote(call)
     click.echo(outcome.lower().replace("_", " "))
@@ -620,8 +620,8 @@ def watch(
 
     def call() -> tuple[VideoOutput, Path | None]:
         with cli_remote.connected(url, key) as client:
-            final = cli_remote.follow(client, cli_remote.T2V, request_id, quiet=quiet)
-            got = cli_remote.finish(client, cli_remote.T2V, request_id, final)
+            final = cli_remote.follow(client, cli_remote.ANY_ENDPOINT, request_id, quiet=quiet)
+            got = cli_remote.finish(client, cli_remote.ANY_ENDPOINT, request_id, final)
             return got, cli_remote.save(client, got, output) if output else None
 
     got, path = _remote(call)

@@ -6,7 +6,6 @@ it speaks to the server through ``fastsvd.client`` only.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,22 +15,26 @@ import httpx
 
 from fastsvd.cli_progress import StageProgress
 from fastsvd.client import ClientError, Completed, InProgress, Queued, Status, SyncClient
-from fastsvd.errors import InvalidInput
-from fastsvd.pipeline.hooks import Stage, StepEvent
+from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+from fastsvd.errors import FastSVDError, InvalidInput
+from fastsvd.progress import parse_first_frame_line, parse_step_line
 from fastsvd.schema import VideoOutput
 
-T2V = "fal-ai/fast-svd/text-to-video"
-I2V = "fal-ai/fast-svd"
-STEP_LINE = re.compile(r"^(\w+): step (\d+)/(\d+)$")
+# Request routes of any app find any request, so status, result and cancel use the first's.
+ANY_ENDPOINT = ENDPOINTS.ids()[0]
 
 
-class RemoteError(Exception):
+class RemoteError(FastSVDError):
     """A server-side failure, as one line; ``invalid`` when the input was refused."""
 
     def __init__(self, message: str, *, invalid: bool = False) -> None:
         super().__init__(message)
-        self.message = message
         self.invalid = invalid
+
+
+def endpoint_for(capability: str) -> str:
+    """The first registered endpoint with ``capability`` (the CLI's choice for its inputs)."""
+    return next(e.id for e in ENDPOINTS if e.capability == capability)
 
 
 @contextmanager
@@ -80,12 +83,12 @@ def follow(client: SyncClient, application: str, request_id: str, *, quiet: bool
 
 
 def report(progress: StageProgress, message: str) -> None:
-    match = STEP_LINE.match(message)
-    if match and match.group(1) in Stage.__members__:
-        stage = Stage(match.group(1))
-        progress.on_step(StepEvent(stage, int(match.group(2)), int(match.group(3))))
-    elif message.startswith("first_frame: image "):
-        progress.note(f"first frame: {message.removeprefix('first_frame: image ')}")
+    step = parse_step_line(message)
+    first_frame = parse_first_frame_line(message)
+    if step is not None:
+        progress.on_step(step)
+    elif first_frame is not None:
+        progress.note(f"first frame: {first_frame}")
     else:
         progress.note(message)
 
@@ -136,5 +139,5 @@ def request_of(
     """The endpoint and the body for these CLI inputs."""
     if image is not None:
         fields = {k: v for k, v in fields.items() if k != "negative_prompt"}
-        return I2V, {"image_url": image_url(client, image), **fields}
-    return T2V, {"prompt": prompt or "", **fields}
+        return endpoint_for(IMAGE_TO_VIDEO), {"image_url": image_url(client, image), **fields}
+    return endpoint_for(TEXT_TO_VIDEO), {"prompt": prompt or "", **fields}

@@ -1,18 +1,33 @@
-"""The errors fastsvd raises, one small tree.
+"""Every error a user or an operator of fastsvd can see: one tree, one table.
 
-    FastSVDError                  every error fastsvd raises on purpose
-    ├── InvalidInput              a request field is wrong (names the field)
-    ├── ModelNotAvailable         weights are missing and cannot be fetched
-    ├── GenerationCancelled       the cancel hook asked the pipeline to stop
-    └── GenerationFailed          the model ran and failed (out of memory, bad weights)
-        └── OutOfMemory           the accelerator ran out of memory
+    FastSVDError                  every error fastsvd raises on purpose (500 internal_error)
+    ├── InvalidInput              a request field is wrong; names the field       422
+    ├── Unauthorized              no valid API key                                401
+    ├── Forbidden                 a valid key whose scope does not allow this     403
+    ├── NotFound                  no such request, file or upload for the caller  404
+    ├── TooLarge                  a body over its size limit                      413
+    ├── RangeNotSatisfiable       a Range header outside the file                 416
+    ├── TooManyRequests           come back after ``retry_after_s``               429
+    │   ├── RateLimited           too many calls from one caller
+    │   └── QueueFull             the queue, or a key's share of it, is full
+    ├── StoreUnavailable          the job store cannot be reached right now       503
+    ├── ModelNotAvailable         weights are missing and cannot be fetched       500
+    ├── GenerationCancelled       the cancel hook asked the pipeline to stop      499
+    └── GenerationFailed          the model ran and failed                        500
+        └── OutOfMemory           the accelerator ran out of memory               503
 
-Each class carries the fal ``error_type`` it maps to; the HTTP edge maps classes to status codes
-in one table. Library errors (torch, diffusers, PyAV, OS) are translated where they cross into
-fastsvd, with ``raise ... from exc``.
+Each class carries the fal ``error_type`` it reports; ``HTTP_STATUS`` gives its HTTP status, and
+``http_status`` looks an error up along its class hierarchy (as Starlette's exception handlers
+do), so a subclass answers like its parent unless the table names it. The HTTP edge has one
+handler for the whole tree (``fastsvd.api.errors``), and a worker records a failed job's status
+from the same table. Library errors (torch, diffusers, PyAV, OS, the database driver) are
+translated where they cross into fastsvd, with ``raise ... from exc``: the store turns an
+unreachable database into ``StoreUnavailable`` at its boundary (``fastsvd.store.db``).
 """
 
 from __future__ import annotations
+
+import math
 
 
 class FastSVDError(Exception):
@@ -34,6 +49,67 @@ class InvalidInput(FastSVDError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
+
+
+class Unauthorized(FastSVDError):
+    """The request carries no valid key."""
+
+    error_type = "unauthorized"
+
+
+class Forbidden(FastSVDError):
+    """The key is valid but its scope does not allow this."""
+
+    error_type = "forbidden"
+
+
+class NotFound(FastSVDError):
+    """A request id, file or upload that does not exist for this caller."""
+
+    error_type = "not_found"
+
+
+class TooLarge(FastSVDError):
+    """A body over its size limit."""
+
+    error_type = "payload_too_large"
+
+
+class RangeNotSatisfiable(FastSVDError):
+    """A Range header outside the object; ``size`` is the object's, when known."""
+
+    error_type = "range_not_satisfiable"
+
+    def __init__(self, message: str, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class TooManyRequests(FastSVDError):
+    """Come back later: after ``retry_after_s`` seconds (whole, at least 1)."""
+
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+
+
+class RateLimited(TooManyRequests):
+    """Too many requests from one caller (a key, or an address with failing keys)."""
+
+
+class QueueFull(TooManyRequests):
+    """The queue (or this key's share of it) is at its cap."""
+
+    error_type = "queue_full"
+
+
+class StoreUnavailable(FastSVDError):
+    """The job store's database cannot be reached right now; retrying later may work."""
+
+    error_type = "store_unavailable"
+    retry_after_s = 2
 
 
 class ModelNotAvailable(FastSVDError):
@@ -58,3 +134,26 @@ class OutOfMemory(GenerationFailed):
     """The accelerator ran out of memory for this request."""
 
     error_type = "out_of_memory"
+
+
+HTTP_STATUS: dict[type[FastSVDError], int] = {
+    FastSVDError: 500,
+    InvalidInput: 422,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    TooLarge: 413,
+    RangeNotSatisfiable: 416,
+    TooManyRequests: 429,
+    StoreUnavailable: 503,
+    GenerationCancelled: 499,  # fal's status for a cancelled request's result
+    OutOfMemory: 503,  # the request may fit later, or on another worker
+}
+
+
+def http_status(exc: FastSVDError) -> int:
+    """The HTTP status of ``exc``: its class's entry, or its nearest ancestor's."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500

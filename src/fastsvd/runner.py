@@ -1,8 +1,10 @@
 """What a worker runs for a job: the model, or a stand-in named by ``FASTSVD_RUNNER``.
 
-A runner turns one validated fal input into MP4 bytes, calling the hooks on the way. The model
-runner loads the pipeline once (``load``) and resolves ``image_url`` into a picture; the import
-of torch happens here, in the worker process only.
+A runner turns one validated fal input into MP4 bytes, calling the hooks on the way. It says
+which capabilities it has (``fastsvd.endpoints``: an endpoint names the one it needs), and a
+worker claims only the endpoints those cover. The model runner loads the pipeline once (``load``)
+and resolves ``image_url`` into a picture; the import of torch happens here, in the worker
+process only.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from PIL import Image
+from pydantic import BaseModel
 
 from fastsvd import media
-from fastsvd.errors import InvalidInput
+from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+from fastsvd.errors import FastSVDError, InvalidInput
 from fastsvd.pipeline.hooks import Hooks
 from fastsvd.schema import ImageToVideoInput, TextToVideoInput
 from fastsvd.settings import Settings
@@ -25,15 +29,19 @@ ImageLoader = Callable[[str], Image.Image]
 class Runner(Protocol):
     """Turns a request into an MP4."""
 
+    capabilities: frozenset[str]  # what it can run (fastsvd.endpoints)
+
     def load(self) -> None:
         """Get ready (load models); called once before the first job."""
 
-    def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
-        """The MP4 for ``request``."""
+    def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
+        """The MP4 for ``request``, an input of an endpoint that needs ``capability``."""
 
 
 class ModelRunner:
     """The real pipeline."""
+
+    capabilities = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO})
 
     def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
         self.settings = settings
@@ -58,18 +66,20 @@ class ModelRunner:
             optimizations=optimize.parse(s.optimize),
         )
 
-    def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
+    def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         from fastsvd.pipeline.core import VideoPipeline
 
         pipeline = self._pipeline
         if not isinstance(pipeline, VideoPipeline):
             raise RuntimeError("ModelRunner.run before load")
-        if isinstance(request, TextToVideoInput):
+        if capability == TEXT_TO_VIDEO and isinstance(request, TextToVideoInput):
             video = pipeline.text_to_video(request, seed, hooks)
-        else:
+        elif capability == IMAGE_TO_VIDEO and isinstance(request, ImageToVideoInput):
             video = pipeline.image_to_video(
                 self.load_image(request.image_url), request, seed, hooks
             )
+        else:
+            raise FastSVDError(f"no {capability} for a {type(request).__name__}")
         return pipeline.to_mp4(video, hooks)
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from fastsvd.api.app import create_app
-from fastsvd.api.services import Services
 from fastsvd.errors import FastSVDError
+from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.keys import Scope
 

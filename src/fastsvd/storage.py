@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastsvd.errors import FastSVDError
+from fastsvd.errors import FastSVDError, RangeNotSatisfiable
 
 CHUNK_BYTES = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -77,10 +77,6 @@ class Download:
     status: int  # 200, or 206 for a satisfiable Range
     chunks: Iterator[bytes]
     headers: dict[str, str]  # content-length, content-range, accept-ranges, etag
-
-
-class RangeNotSatisfiable(Exception):
-    """A Range header outside the object (HTTP 416)."""
 
 
 class S3Storage:
@@ -153,7 +149,7 @@ class S3Storage:
             if status == 404:
                 return None
             if status == 416:
-                raise RangeNotSatisfiable(range_header) from exc
+                raise RangeNotSatisfiable(f"range {range_header} is outside the file") from exc
             raise
         headers = {
             "content-length": str(answer["ContentLength"]),

@@ -23,13 +23,13 @@ import threading
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+from fastsvd.retry import Backoff
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL
 
 log = logging.getLogger("fastsvd.wakeup")
 
 CANCEL_POLL_S = 1.0  # with pushed cancels: how often the flag is still read, as a safety net
 LISTEN_POLL_S = 0.5  # how often the listening thread looks up from its connection
-MAX_BACKOFF_S = 10.0
 
 
 class Listener(Protocol):
@@ -249,15 +249,15 @@ class _Hub:
     def _listen(self) -> None:
         import psycopg
 
-        delay = 0.1
+        backoff = Backoff()
         while not self.stop.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {WAKE_CHANNEL}")
                     conn.execute(f"LISTEN {CANCEL_CHANNEL}")
-                    if delay > 0.1:
+                    if backoff.retrying:
                         log.info("listening again for jobs and cancels")
-                    delay = 0.1
+                    backoff.reset()
                     for listener in self._each():
                         listener.wake()  # whatever was sent while away: look at the queue
                     self.connected.set()
@@ -266,9 +266,9 @@ class _Hub:
                             self._dispatch(note.channel, note.payload)
             except psycopg.Error as exc:
                 self.connected.clear()
+                delay = backoff.next()
                 log.warning("lost the database notifications (%s); retrying in %.1f s", exc, delay)
                 self.stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
 
 
 class Waker:
@@ -305,3 +305,6 @@ class NotifyWaker:
 
     def wake_all(self) -> None:
         """The notification went out with the submit's transaction."""
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -21,8 +21,8 @@ import httpx
 from fastsvd import __version__
 from fastsvd.errors import InvalidInput
 from fastsvd.netguard import Resolver, check_url, system_resolver
+from fastsvd.retry import until_available
 from fastsvd.settings import Settings
-from fastsvd.store.db import is_unavailable
 from fastsvd.store.webhooks import PendingWebhook, WebhookOutbox, body_of, dumps
 
 log = logging.getLogger("fastsvd.webhooks")
@@ -68,21 +68,16 @@ class Deliverer:
 
     def serve(self, stop: threading.Event) -> None:
         """Deliver until ``stop`` is set."""
-        delay = IDLE_POLL_S
+
+        def one_round() -> int:
+            due = self.outbox.claim_due(lease_s=self.settings.webhook_timeout_s * 3)
+            for pending in due:
+                self.deliver(pending)
+            return len(due)
+
         while not stop.is_set():
-            try:
-                due = self.outbox.claim_due(lease_s=self.settings.webhook_timeout_s * 3)
-                for pending in due:
-                    self.deliver(pending)
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    raise
-                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            delay = IDLE_POLL_S
-            if not due:
+            delivered = until_available(one_round, wait=stop.wait, give_up=stop.is_set)
+            if not delivered:
                 stop.wait(IDLE_POLL_S)
 
     def deliver(self, pending: PendingWebhook) -> bool:

@@ -27,39 +27,33 @@ from pydantic import ValidationError
 
 from fastsvd import constants as c
 from fastsvd import media
-from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput, OutOfMemory
+from fastsvd.endpoints import ENDPOINTS, Registry
+from fastsvd.errors import (
+    FastSVDError,
+    GenerationCancelled,
+    InvalidInput,
+    StoreUnavailable,
+    http_status,
+)
 from fastsvd.fetch import fetch
 from fastsvd.pipeline.hooks import Hooks, StepEvent
+from fastsvd.progress import first_frame_line, step_line
+from fastsvd.retry import until_available
 from fastsvd.runner import Runner
-from fastsvd.schema import (
-    File,
-    ImageToVideoInput,
-    TextToVideoInput,
-    VideoOutput,
-    field_errors,
-    resolve_seed,
-)
+from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
 from fastsvd.storage import Storage
-from fastsvd.store.db import is_unavailable
 from fastsvd.store.files import FileRecord, FileStore, new_file_id
 from fastsvd.store.jobs import CANCELLED, Claim, Failure, JobStore
 from fastsvd.store.workers import WorkerRegistry
 from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
 
 if TYPE_CHECKING:
-    from fastsvd.api.services import Services
+    from fastsvd.services import Services
 
 log = logging.getLogger("fastsvd.worker")
 
 T = TypeVar("T")
-MAX_BACKOFF_S = 10.0
-FIRST_FRAME_LOG_PREFIX = "first_frame: image "  # + the picture's URL, once it exists
 REAP_EVERY_S = 5.0  # how often a worker looks for jobs of dead workers (also: housekeeping)
-
-ENDPOINTS: dict[str, type[TextToVideoInput] | type[ImageToVideoInput]] = {
-    c.TEXT_TO_VIDEO_ENDPOINT: TextToVideoInput,
-    c.IMAGE_TO_VIDEO_ENDPOINT: ImageToVideoInput,
-}
 
 
 @dataclass
@@ -99,10 +93,22 @@ def worker_name() -> str:
 class Worker:
     """Runs jobs from the store through a ``Runner``."""
 
-    def __init__(self, services: WorkerServices, runner: Runner, name: str | None = None) -> None:
+    def __init__(
+        self,
+        services: WorkerServices,
+        runner: Runner,
+        name: str | None = None,
+        endpoints: Registry = ENDPOINTS,
+    ) -> None:
         self.s = services
         self.runner = runner
         self.name = name or worker_name()
+        # what this worker claims: the endpoints whose capability its runner has
+        self.endpoints = Registry(endpoints.with_capabilities(runner.capabilities))
+        if not len(self.endpoints):
+            raise FastSVDError(
+                f"the runner can run none of the endpoints ({', '.join(endpoints.ids())})"
+            )
         self.stopping = threading.Event()  # finish the current job, then exit
         self.abort = threading.Event()  # stop the current job at its next step
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
@@ -118,27 +124,26 @@ class Worker:
         ran = 0
         last_beat = last_reap = time.monotonic()
         reap_every_s = min(REAP_EVERY_S, self.s.lease_s / 2)
-        delay = 0.1
+        claimable = self.endpoints.ids()
+
+        def next_claim() -> Claim | None:
+            nonlocal last_beat, last_reap
+            if time.monotonic() - last_reap > reap_every_s:
+                self.s.jobs.reap()  # jobs of dead workers back to the queue
+                last_reap = time.monotonic()
+            claim = self.s.jobs.claim(self.name, self.s.lease_s, claimable)
+            if time.monotonic() - last_beat > self.s.lease_s / 3:
+                self.s.registry.beat(self.name, ready=True)
+                last_beat = time.monotonic()
+            return claim
+
         try:
             while not self.stopping.is_set():
-                try:
-                    if time.monotonic() - last_reap > reap_every_s:
-                        self.s.jobs.reap()  # jobs of dead workers back to the queue
-                        last_reap = time.monotonic()
-                    claim = self.s.jobs.claim(self.name, self.s.lease_s, list(ENDPOINTS))
-                    if time.monotonic() - last_beat > self.s.lease_s / 3:
-                        self.s.registry.beat(self.name, ready=True)
-                        last_beat = time.monotonic()
-                except Exception as exc:
-                    if not is_unavailable(exc):
-                        raise
-                    log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                    self.stopping.wait(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
-                    continue
-                delay = 0.1
+                claim = until_available(
+                    next_claim, wait=self.stopping.wait, give_up=self.stopping.is_set
+                )
                 if claim is None:
-                    if burst:
+                    if burst or self.stopping.is_set():
                         break
                     self.listener.wait(self.s.idle_poll_s)
                 else:
@@ -163,8 +168,9 @@ class Worker:
         started = time.perf_counter()
         log.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         try:
-            request = ENDPOINTS[job.endpoint].model_validate(job.input)
-            seed = resolve_seed(request.seed)
+            endpoint = self.endpoints[job.endpoint]
+            request = endpoint.input.model_validate(job.input)
+            seed = resolve_seed(getattr(request, "seed", None))
             self._best_effort(lambda: self.s.jobs.log(job.id, token, f"seed {seed}"))
 
             stage_seconds: dict[str, float] = {}
@@ -174,7 +180,7 @@ class Worker:
                 now = time.perf_counter()
                 stage_seconds[event.stage] = stage_seconds.get(event.stage, 0.0) + now - mark[0]
                 mark[0] = now
-                line = f"{event.stage}: step {event.step}/{event.total}"
+                line = step_line(event)
                 self._best_effort(lambda: self.s.jobs.log(job.id, token, line))
 
             # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
@@ -197,13 +203,13 @@ class Worker:
                     lambda: self._store_preview(job.key_id, job.id, image, job.base_url)
                 )
                 if url is not None:
-                    line = f"{FIRST_FRAME_LOG_PREFIX}{url}"
+                    line = first_frame_line(url)
                     self._best_effort(lambda: self.s.jobs.log(job.id, token, line))
 
             hooks = Hooks(
                 on_step=on_step, should_cancel=should_cancel, on_first_frame=on_first_frame
             )
-            mp4 = self.runner.run(request, seed, hooks)
+            mp4 = self.runner.run(endpoint.capability, request, seed, hooks)
             output = self._until_written(
                 lambda: self._store_output(job.key_id, job.id, mp4, seed), lost=lost
             )
@@ -245,9 +251,7 @@ class Worker:
         while not done.wait(self.s.lease_s / 3):
             try:
                 renewed = self.s.jobs.renew(job_id, token, self.s.lease_s)
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    raise
+            except StoreUnavailable:
                 if time.monotonic() >= held_until:
                     log.warning("job %s: database away past the lease; stopping", job_id)
                     lost.set()
@@ -261,33 +265,23 @@ class Worker:
     def _until_written(
         self, write: Callable[[], T], *, lost: threading.Event | None = None, deadline: float = 0
     ) -> T | None:
-        """``write()``, retried with backoff while the database is unavailable: until it works,
-        or None once the lease is lost (``lost``) or ``deadline`` seconds pass (0: never)."""
-        delay = 0.1
-        give_up = time.monotonic() + deadline if deadline else None
-        while True:
-            try:
-                return write()
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    raise
-                if (lost is not None and lost.is_set()) or (
-                    give_up is not None and time.monotonic() > give_up
-                ):
-                    log.warning("database unavailable (%s); giving up this write", exc)
-                    return None
-                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        """``write()``, retried while the job store is unavailable: until it works, or None
+        once the lease is lost (``lost``) or ``deadline`` seconds pass (0: never)."""
+        give_up_at = time.monotonic() + deadline if deadline else None
+
+        def give_up() -> bool:
+            return (lost is not None and lost.is_set()) or (
+                give_up_at is not None and time.monotonic() > give_up_at
+            )
+
+        return until_available(write, give_up=give_up)
 
     @staticmethod
     def _best_effort(read: Callable[[], T]) -> T | None:
-        """``read()``, or None while the database is unavailable (logs, cancel checks)."""
+        """``read()``, or None while the job store is unavailable (logs, cancel checks)."""
         try:
             return read()
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
+        except StoreUnavailable:
             return None
 
     def _store_file(
@@ -346,17 +340,14 @@ def image_loader(
 
 
 def failure_of(exc: BaseException) -> Failure:
-    """How an exception from a job is reported to the client."""
+    """How an exception from a job is reported to the client: its message, fal error type and
+    HTTP status, from the error tree's table."""
     if isinstance(exc, GenerationCancelled):
         return CANCELLED
-    if isinstance(exc, InvalidInput):
-        return Failure(exc.message, exc.error_type, 422)
     if isinstance(exc, ValidationError):
         field, message = field_errors(exc)[0]
-        return Failure(f"{field}: {message}", "validation_error", 422)
-    if isinstance(exc, OutOfMemory):
-        return Failure(exc.message, exc.error_type, 503)
+        exc = InvalidInput(field, message)
     if isinstance(exc, FastSVDError):
-        return Failure(exc.message, exc.error_type, 500)
+        return Failure(exc.message, exc.error_type, http_status(exc))
     log.exception("job failed", exc_info=exc)
     return Failure(f"internal error: {type(exc).__name__}", "internal_error", 500)

@@ -125,7 +125,7 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (96, 64)) -> bytes
 
 def test_image_to_video_with_a_dropped_upload(page: Page, tiny_server: Server) -> None:
     open_playground(page, tiny_server)
-    page.click("#tab-i2v")
+    page.click("#tab-fal-ai-fast-svd")
     expect(page.locator("#f-prompt")).to_have_count(0)  # image-to-video has no prompt
     # drag and drop a file onto the drop zone, as a person would from their desktop
     data = base64.b64encode(png((200, 30, 30))).decode()

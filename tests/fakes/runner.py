@@ -22,7 +22,9 @@ import time
 
 import numpy as np
 from PIL import Image, ImageStat
+from pydantic import BaseModel
 
+from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
 from fastsvd.errors import GenerationFailed
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
@@ -34,6 +36,8 @@ FIRST_FRAME_STEPS = 4
 
 
 class Runner:
+    capabilities = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO})
+
     def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
         self.load_image = load_image
         self.step_s = float(os.environ.get("FAKE_STEP_S", "0.02"))
@@ -41,7 +45,11 @@ class Runner:
     def load(self) -> None:
         time.sleep(float(os.environ.get("FAKE_LOAD_S", "0")))  # models take a while to load
 
-    def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
+    def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
+        assert isinstance(request, TextToVideoInput | ImageToVideoInput)
+        assert capability == (
+            TEXT_TO_VIDEO if isinstance(request, TextToVideoInput) else IMAGE_TO_VIDEO
+        )
         colour = (seed % 256, 100, 200)
         step_s = self.step_s
         if isinstance(request, TextToVideoInput):

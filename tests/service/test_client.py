@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from fastsvd.api.app import create_app
-from fastsvd.api.services import Services
 from fastsvd.client import (
     AsyncClient,
     ClientError,
@@ -25,6 +24,7 @@ from fastsvd.client import (
     SyncClient,
 )
 from fastsvd.schema import VideoOutput
+from fastsvd.services import Services
 from fastsvd.settings import Settings
 from tests.service.conftest import Server, start_server, stop_server
 
@@ -181,7 +181,7 @@ def test_the_async_client_in_process_against_the_api_application(server: Server)
     try:
         asyncio.run(scenario())
     finally:
-        services.db.dispose()
+        services.close()
 
 
 def test_the_async_client_on_loopback(server: Server) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
+from fastsvd.errors import QueueFull
 from fastsvd.store.db import Database
-from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore, QueueFull
+from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
 from tests.databases import KINDS, database_url

@@ -12,7 +12,8 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
-from fastsvd.api.limits import RateLimited, TokenBuckets
+from fastsvd.api.limits import TokenBuckets
+from fastsvd.errors import Forbidden, RateLimited, Unauthorized
 from fastsvd.store.keys import KeyInfo, Scope
 
 # Verified keys are remembered this long, so a client polling every 0.1 s costs no key lookup;
@@ -21,22 +22,6 @@ KEY_CACHE_S = 5.0
 KEY_CACHE_MAX = 10_000
 
 ANONYMOUS = KeyInfo("local", "auth off", Scope.admin, 0.0, None, "whsec_")
-
-
-class Unauthorized(Exception):
-    """The request carries no valid key."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class Forbidden(Exception):
-    """The key is valid but its scope does not allow this."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class RateLimits:

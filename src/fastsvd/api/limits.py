@@ -9,7 +9,6 @@ turned away without touching the store.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 
@@ -18,15 +17,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # A JSON body: a 20 MB data: URI is about 27 MB of base64, plus the other fields.
 JSON_BODY_MAX_BYTES = 28 * 1024 * 1024
 BUCKETS_MAX = 100_000  # callers remembered per process before idle ones are forgotten
-
-
-class RateLimited(Exception):
-    """Too many requests from one caller: retry after ``retry_after_s``."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after_s = max(1, math.ceil(retry_after_s))
 
 
 class TokenBuckets:

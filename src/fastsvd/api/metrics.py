@@ -13,7 +13,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from fastsvd.api.services import Services
+from fastsvd.services import Services
 from fastsvd.store.jobs import JobState
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from fastsvd.endpoints import app_path_of
 from fastsvd.schema import RequestSummary, absolute_output
 from fastsvd.store.jobs import Job, JobState, LogLine
 
-APP_PATH = "/fal-ai/fast-svd"
 STATUS_NAMES = {
     JobState.queued: "IN_QUEUE",
     JobState.running: "IN_PROGRESS",
@@ -16,9 +16,9 @@ STATUS_NAMES = {
 }
 
 
-def urls(base_url: str, job_id: str) -> dict[str, str]:
-    """The three URLs fal's clients use verbatim after a submit."""
-    root = f"{base_url}{APP_PATH}/requests/{job_id}"
+def urls(base_url: str, job: Job) -> dict[str, str]:
+    """The three URLs fal's clients use verbatim after a submit, under the job's app."""
+    root = f"{base_url}{app_path_of(job.endpoint)}/requests/{job.id}"
     return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
 
 
@@ -39,7 +39,7 @@ def status_body(
     """The status object fal's clients parse (``IN_QUEUE`` / ``IN_PROGRESS`` / ``COMPLETED``)."""
     body: dict[str, Any] = {
         "request_id": job.id,
-        **urls(base_url, job.id),
+        **urls(base_url, job),
         "status": STATUS_NAMES[job.state],
     }
     if job.state == JobState.queued:

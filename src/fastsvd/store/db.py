@@ -6,7 +6,9 @@ failing on a lock upgrade. Reads use plain deferred transactions and never block
 
 PostgreSQL (``postgresql://...``, through psycopg 3) runs at READ COMMITTED with a connection
 pool whose connections are checked before use, so a restarted server costs the callers one
-failed transaction each (``is_unavailable`` tells them apart), not a dead process. Notifications
+failed transaction each, not a dead process: ``read`` and ``write`` turn a database that cannot
+be reached into ``StoreUnavailable`` here, once, and callers retry on that alone
+(``fastsvd.retry``). Notifications
 (``notify``) go out with the transaction that sends them, on commit; SQLite has none, and its
 processes wake each other through ``fastsvd.wakeup`` instead.
 """
@@ -21,6 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import QueuePool
+
+from fastsvd.errors import StoreUnavailable
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_POOL_SIZE = 8
@@ -45,6 +49,17 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The store's boundary: a database that cannot be reached becomes ``StoreUnavailable``."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if not is_unavailable(exc):
+            raise
+        raise StoreUnavailable(f"the job store is unavailable: {exc.orig or exc}") from exc
 
 
 class Database:
@@ -73,13 +88,13 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction."""
-        with self.engine.connect() as conn, conn.begin():
+        with _translated(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction, committed on success; SQLite takes its write lock up front."""
-        with self.engine.connect() as conn:
+        with _translated(), self.engine.connect() as conn:
             conn.execution_options(fastsvd_immediate=True)
             with conn.begin():
                 yield conn

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from fastsvd.errors import QueueFull
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
 from fastsvd.store.tables import job_logs, jobs, stage_timings
 
@@ -52,15 +53,6 @@ class Failure:
     message: str
     error_type: str
     http_status: int
-
-
-class QueueFull(Exception):
-    """The queue (or this key's share of it) is at its cap: come back later (HTTP 429)."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after_s = retry_after_s
 
 
 QUEUE_FULL_RETRY_AFTER_S = 10

@@ -1,4 +1,5 @@
-"""Everything the API process talks to, built once from the settings."""
+"""Everything a fastsvd process talks to (the API, a worker, the CLI), built once from the
+settings."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from fastsvd.wakeup import Listener, NotifyWaker, PostgresListener, Waker, Wakeu
 
 @dataclass
 class Services:
-    """The stores and helpers shared by the API's routes."""
+    """The stores and helpers shared by the routes, the workers and the commands."""
 
     settings: Settings
     db: Database
@@ -58,6 +59,11 @@ class Services:
             registry=WorkerRegistry(db),
             waker=NotifyWaker() if db.is_postgres else Waker(settings.data_dir / "wake"),
         )
+
+    def close(self) -> None:
+        """Let go of the database connections and the wake-up socket."""
+        self.waker.close()
+        self.db.dispose()
 
     def open_listener(self, name: str) -> Listener:
         """A worker's end of the wake-ups and cancels, for this database."""

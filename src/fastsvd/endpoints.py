@@ -1,0 +1,122 @@
+"""fal's endpoints as data: one ``Endpoint`` value each, in one ordered registry.
+
+What an endpoint is lives here and nowhere else: its fal id (and so its paths), its input and
+output models, its summary, and the capability a runner must have to run it. The HTTP edge makes
+its queue and sync routes and its OpenAPI entries from the registry, a worker claims the ids its
+runner can run, the runner dispatches on the capability, and the CLI, the playground and the
+history list read it. A new endpoint is one entry here plus, if it needs new model code, its
+capability in the runner (docs/architecture.md, "Add an endpoint").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from fastsvd import constants as c
+from fastsvd.schema import ImageToVideoInput, TextToVideoInput, VideoOutput
+
+# Capabilities: what a runner can do. An endpoint names the one it needs.
+TEXT_TO_VIDEO = "text_to_video"  # prompt -> first frame -> video
+IMAGE_TO_VIDEO = "image_to_video"  # picture -> video
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One fal endpoint: ``owner/app[/path]``, what it takes and gives, and what runs it."""
+
+    id: str  # fal's endpoint id, e.g. "fal-ai/fast-svd/text-to-video"
+    input: type[BaseModel]
+    capability: str
+    summary: str  # a few words, for OpenAPI ("Submit <summary>", "Run <summary>")
+    title: str  # the playground's tab
+    output: type[BaseModel] = VideoOutput
+    image_field: str | None = None  # an input field holding a picture's URL, checked at submit
+
+    def __post_init__(self) -> None:
+        parts = self.id.split("/")
+        if len(parts) < 2 or not all(parts):
+            raise ValueError(f"endpoint id {self.id!r} is not owner/app[/path]")
+
+    @property
+    def app(self) -> str:
+        """``owner/app``: the part of the id that request URLs live under."""
+        return app_path_of(self.id)[1:]
+
+    @property
+    def path(self) -> str:
+        """The queue submit path, ``/owner/app[/path]``; the sync run is ``/run`` + this."""
+        return f"/{self.id}"
+
+    @property
+    def app_path(self) -> str:
+        """``/owner/app``: where ``requests/{id}`` (status, stream, result, cancel) live."""
+        return app_path_of(self.id)
+
+
+def app_path_of(endpoint_id: str) -> str:
+    """``/owner/app`` of an endpoint id (also of a stored job's, registered or not)."""
+    owner, app = endpoint_id.split("/")[:2]
+    return f"/{owner}/{app}"
+
+
+class Registry:
+    """Endpoints by id, in the order they were given (routes, OpenAPI and lists keep it)."""
+
+    def __init__(self, endpoints: Iterable[Endpoint]) -> None:
+        self._by_id: dict[str, Endpoint] = {}
+        for endpoint in endpoints:
+            if endpoint.id in self._by_id:
+                raise ValueError(f"endpoint {endpoint.id} is registered twice")
+            self._by_id[endpoint.id] = endpoint
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, endpoint_id: object) -> bool:
+        return endpoint_id in self._by_id
+
+    def __getitem__(self, endpoint_id: str) -> Endpoint:
+        return self._by_id[endpoint_id]
+
+    def ids(self) -> list[str]:
+        return list(self._by_id)
+
+    def apps(self) -> list[str]:
+        """The distinct ``owner/app`` prefixes, in order."""
+        return list(dict.fromkeys(e.app for e in self))
+
+    def with_capabilities(self, capabilities: Iterable[str]) -> list[Endpoint]:
+        """The endpoints a runner with ``capabilities`` can run."""
+        have = set(capabilities)
+        return [e for e in self if e.capability in have]
+
+    def plus(self, *endpoints: Endpoint) -> Registry:
+        """A copy with ``endpoints`` added (tests; embedding applications)."""
+        return Registry([*self, *endpoints])
+
+
+ENDPOINTS = Registry(
+    [
+        Endpoint(
+            id=c.TEXT_TO_VIDEO_ENDPOINT,
+            input=TextToVideoInput,
+            capability=TEXT_TO_VIDEO,
+            summary="text-to-video",
+            title="Text to video",
+        ),
+        Endpoint(
+            id=c.IMAGE_TO_VIDEO_ENDPOINT,
+            input=ImageToVideoInput,
+            capability=IMAGE_TO_VIDEO,
+            summary="image-to-video",
+            title="Image to video",
+            image_field="image_url",
+        ),
+    ]
+)
