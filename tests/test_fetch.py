@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fastsvd import netguard
+from fastsvd.net import guard as netguard
 from fastsvd.errors import InvalidInput
-from fastsvd.fetch import fetch
+from fastsvd.net.fetch import fetch
 
 
 class Site:

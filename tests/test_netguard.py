@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastsvd.errors import InvalidInput
-from fastsvd.netguard import check_url, is_public
+from fastsvd.net.guard import check_url, is_public
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from fastsvd.errors import FastSVDError, RangeNotSatisfiable
-from fastsvd.storage import LocalStorage, S3Storage, Storage, open_storage
+from fastsvd.storage import Storage, open_storage
+from fastsvd.storage.local import LocalStorage
+from fastsvd.storage.s3 import S3Storage
 from tests.objectstore import CREDENTIALS, ObjectStore, s3_server
 
 

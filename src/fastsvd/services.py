@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastsvd.settings import Settings
-from fastsvd.storage import S3Storage, Storage, open_storage
+from fastsvd.storage import Storage, open_storage
 from fastsvd.store.db import Database
 from fastsvd.store.files import FileStore
 from fastsvd.store.jobs import JobStore
@@ -39,8 +39,7 @@ class Services:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
         )
-        if isinstance(storage, S3Storage):
-            storage.check()  # a wrong bucket or credentials: say so at start, not per request
+        storage.check()  # a wrong bucket or credentials: say so at start, not per request
         db = Database(settings.db_url, pool_size=settings.db_pool_size)
         migrate(db)
         return cls(

@@ -20,7 +20,7 @@ import httpx
 
 from fastsvd import __version__
 from fastsvd.errors import InvalidInput
-from fastsvd.netguard import Resolver, check_url, system_resolver
+from fastsvd.net.guard import Resolver, check_url, system_resolver
 from fastsvd.retry import until_available
 from fastsvd.settings import Settings
 from fastsvd.store.webhooks import PendingWebhook, WebhookOutbox, body_of, dumps

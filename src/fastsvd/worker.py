@@ -35,7 +35,7 @@ from fastsvd.errors import (
     StoreUnavailable,
     http_status,
 )
-from fastsvd.fetch import fetch
+from fastsvd.net.fetch import fetch
 from fastsvd.pipeline.hooks import Hooks, StepEvent
 from fastsvd.progress import first_frame_line, step_line
 from fastsvd.retry import until_available

@@ -22,9 +22,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from fastsvd import netguard
+from fastsvd.net import guard as netguard
 from fastsvd.errors import InvalidInput
-from fastsvd.fetch import fetch
+from fastsvd.net.fetch import fetch
 from fastsvd.settings import Settings
 from fastsvd.store.db import Database
 from fastsvd.store.jobs import JobStore

@@ -20,11 +20,10 @@ from fastsvd.api.auth import credentials
 from fastsvd.api.body import StrictJSONRoute
 from fastsvd.api.deps import BaseURL, KeyDep, ServicesDep
 from fastsvd.errors import InvalidInput, NotFound, RangeNotSatisfiable, TooLarge
-from fastsvd.fetch import url_schemes
-from fastsvd.netguard import check_url
+from fastsvd.net.fetch import url_schemes
+from fastsvd.net.guard import check_url
 from fastsvd.schema import ErrorResponse
 from fastsvd.services import Services
-from fastsvd.storage import LocalStorage
 from fastsvd.store.files import new_file_id
 
 router = APIRouter(tags=["files"], route_class=StrictJSONRoute)
@@ -70,8 +69,8 @@ async def download(request: Request, file_id: str, file_name: str, s: ServicesDe
     record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
     if record is None or record.file_name != file_name or record.upload_token is not None:
         raise NotFound("File not found")
-    if isinstance(s.storage, LocalStorage):
-        path = s.storage.path(record.id)
+    path = s.storage.local_path(record.id)
+    if path is not None:
         if not path.is_file():
             raise NotFound("File not found")
         # Starlette answers Range requests (206) itself, so players can seek.

@@ -27,7 +27,7 @@ from fastsvd.api.files import check_image_url
 from fastsvd.api.status import status_body, summary, urls
 from fastsvd.endpoints import Endpoint, Registry
 from fastsvd.errors import NotFound
-from fastsvd.netguard import check_url
+from fastsvd.net.guard import check_url
 from fastsvd.schema import RequestHistory, absolute_output
 from fastsvd.services import Services
 from fastsvd.store.jobs import CancelOutcome, Job, JobState

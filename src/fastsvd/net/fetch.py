@@ -12,7 +12,7 @@ import httpx
 from fastsvd import __version__
 from fastsvd import constants as c
 from fastsvd.errors import InvalidInput
-from fastsvd.netguard import Resolver, check_url, system_resolver
+from fastsvd.net.guard import Resolver, check_url, system_resolver
 
 MAX_REDIRECTS = 5
 
