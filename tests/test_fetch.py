@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fastsvd.net import guard as netguard
 from fastsvd.errors import InvalidInput
+from fastsvd.net import guard as netguard
 from fastsvd.net.fetch import fetch
 
 

@@ -41,11 +41,15 @@ class Runner(Protocol):
 class ModelRunner:
     """The real pipeline."""
 
-    capabilities = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO})
-
-    def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        load_image: ImageLoader,
+        capabilities: frozenset[str] = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO}),
+    ) -> None:
         self.settings = settings
         self.load_image = load_image
+        self.capabilities = capabilities  # image-to-video alone needs no first-frame model
         self._pipeline: object | None = None
 
     def load(self) -> None:
@@ -63,6 +67,7 @@ class ModelRunner:
             choose(s.device, s.dtype),
             video_model=s.video_model,
             first_frame_model=s.first_frame_model,
+            with_first_frame=TEXT_TO_VIDEO in self.capabilities,
             optimizations=optimize.parse(s.optimize),
         )
 

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from fastsvd.net import guard as netguard
 from fastsvd.errors import InvalidInput
+from fastsvd.net import guard as netguard
 from fastsvd.net.fetch import fetch
 from fastsvd.settings import Settings
 from fastsvd.store.db import Database

@@ -1,19 +1,33 @@
-"""The CLI's side of a server: submit, follow with progress bars, fetch, cancel.
-
-Used by ``fastsvd submit | status | result | cancel | watch`` and ``fastsvd generate --server``;
-it speaks to the server through ``fastsvd.client`` only.
+"""Talking to a server: ``fastsvd submit | status | result | cancel | watch``, and what
+``fastsvd generate --server`` uses (submit, follow with progress bars, fetch, cancel). It speaks
+to the server through ``fastsvd.client`` only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 
-from fastsvd.cli_progress import StageProgress
+from fastsvd.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    T,
+    fail,
+    fields_of,
+    input_options,
+    main,
+    server_options,
+)
+from fastsvd.cli.progress import StageProgress
 from fastsvd.client import ClientError, Completed, InProgress, Queued, Status, SyncClient
 from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO, TEXT_TO_VIDEO
 from fastsvd.errors import FastSVDError, InvalidInput
@@ -141,3 +155,138 @@ def request_of(
         fields = {k: v for k, v in fields.items() if k != "negative_prompt"}
         return endpoint_for(IMAGE_TO_VIDEO), {"image_url": image_url(client, image), **fields}
     return endpoint_for(TEXT_TO_VIDEO), {"prompt": prompt or "", **fields}
+
+
+# --- the commands ----------------------------------------------------------------------
+
+
+def remote_call(call: Callable[[], T]) -> T:
+    """Run a server call; its failures become one line and an exit code."""
+    try:
+        return call()
+    except RemoteError as exc:
+        fail(exc.message, EXIT_INVALID if exc.invalid else EXIT_FAILED)
+    except InvalidInput as exc:
+        fail(exc.message, EXIT_INVALID)
+    except KeyboardInterrupt:
+        fail("interrupted (the request was cancelled)", EXIT_INTERRUPTED)
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@input_options
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the submit answer as JSON.")
+def submit(
+    prompt: str | None,
+    image: str | None,
+    url: str,
+    key: str | None,
+    as_json: bool,
+    **given: str | None,
+) -> None:
+    """Queue PROMPT (or --image) on a server; prints the request id."""
+    fields = fields_of(**given)
+
+    def call() -> str:
+        with connected(url, key) as client:
+            application, arguments = request_of(client, fields, prompt=prompt, image=image)
+            return client.submit(application, arguments).request_id
+
+    request_id = remote_call(call)
+    if as_json:
+        click.echo(json.dumps({"request_id": request_id}))
+    else:
+        click.echo(request_id)
+
+
+@main.command()
+@click.argument("request_id")
+@server_options
+@click.option("--logs", is_flag=True, help="Print the request's log lines too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(request_id: str, url: str, key: str | None, logs: bool, as_json: bool) -> None:
+    """Where REQUEST_ID stands: queued (and its position), running, or completed."""
+
+    def call() -> Any:
+        with connected(url, key) as client:
+            return client.status(ANY_ENDPOINT, request_id, with_logs=logs)
+
+    current = remote_call(call)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(current) | {"status": type(current).__name__}))
+        return
+    if isinstance(current, Queued):
+        click.echo(f"queued: {current.position} ahead")
+    elif isinstance(current, InProgress):
+        click.echo("in progress")
+    elif current.error is not None:
+        click.echo(f"completed with {current.error_type}: {current.error}")
+    else:
+        click.echo(f"completed in {current.metrics.get('inference_time', 0):.1f} s")
+    for line in getattr(current, "logs", None) or []:
+        click.echo(f"  {line.get('message')}")
+
+
+@main.command()
+@click.argument("request_id")
+@server_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Download the MP4 here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fal output object as JSON.")
+def result(request_id: str, url: str, key: str | None, output: str | None, as_json: bool) -> None:
+    """The output of a finished REQUEST_ID (with -o, the video downloaded)."""
+
+    def call() -> tuple[VideoOutput, Path | None]:
+        with connected(url, key) as client:
+            got = client.result(ANY_ENDPOINT, request_id)
+            return got, save(client, got, output) if output else None
+
+    got, path = remote_call(call)
+    if as_json or path is None:
+        click.echo(got.model_dump_json())
+    else:
+        click.echo(f"wrote {path}  seed={got.seed}")
+
+
+@main.command()
+@click.argument("request_id")
+@server_options
+def cancel(request_id: str, url: str, key: str | None) -> None:
+    """Cancel REQUEST_ID: a queued request never runs, a running one stops at its next step."""
+
+    def call() -> str:
+        with connected(url, key) as client:
+            return client.cancel(ANY_ENDPOINT, request_id)
+
+    outcome = remote_call(call)
+    click.echo(outcome.lower().replace("_", " "))
+    if outcome != "CANCELLATION_REQUESTED":
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("request_id")
+@server_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Download the MP4 here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fal output object as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def watch(
+    request_id: str, url: str, key: str | None, output: str | None, as_json: bool, quiet: bool
+) -> None:
+    """Follow REQUEST_ID with progress bars to its end, then download it (-o) or print it."""
+
+    def call() -> tuple[VideoOutput, Path | None]:
+        with connected(url, key) as client:
+            final = follow(client, ANY_ENDPOINT, request_id, quiet=quiet)
+            got = finish(client, ANY_ENDPOINT, request_id, final)
+            return got, save(client, got, output) if output else None
+
+    got, path = remote_call(call)
+    if as_json or path is None:
+        click.echo(got.model_dump_json())
+    else:
+        click.echo(f"wrote {path}  seed={got.seed}")
+
+
+if __name__ == "__main__":
+    main()

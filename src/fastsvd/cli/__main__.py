@@ -1,0 +1,3 @@
+from fastsvd.cli import main
+
+main()

@@ -1,0 +1,160 @@
+"""What every ``fastsvd`` command shares: the group, one-line errors and exit codes, the fal
+input fields as options, and the job store's options with their environment fallbacks.
+
+Errors are one line on stderr (``error: <field>: <message>``) with a non-zero exit code:
+2 for bad input, 1 for anything else, 130 when interrupted. No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from fastsvd import __version__
+from fastsvd import constants as c
+from fastsvd.schema import VIDEO_SIZE_PRESETS, DeepCache, TextToVideoInput, field_errors
+from fastsvd.settings import Settings
+
+T = TypeVar("T")
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _number(value: str) -> object:
+    """A number typed on the command line as one (the schema takes JSON numbers only)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _parse_size(value: str | None) -> object:
+    """``WIDTHxHEIGHT`` becomes an object; anything else goes to the schema as a preset name."""
+    if value is None:
+        return None
+    width, sep, height = value.lower().partition("x")
+    if sep and width.strip().isdigit() and height.strip().isdigit():
+        return {"width": int(width), "height": int(height)}
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastsvd")
+def main() -> None:
+    """fastsvd: self-hosted, fal-compatible text-to-video (SDXL first frame + SVD-XT)."""
+
+
+def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The fal input fields as options, shared by ``generate`` and ``submit``."""
+    options = [
+        click.option("--image", help="Animate this picture (a file or URL) instead of a prompt."),
+        click.option("--negative-prompt", help="What the first frame should not show."),
+        click.option(
+            "--motion-bucket-id",
+            help=f"More motion when higher; 1-255 (default {c.DEFAULT_MOTION_BUCKET_ID}).",
+        ),
+        click.option(
+            "--cond-aug",
+            help=f"Noise added to the first frame; 0-10 (default {c.DEFAULT_COND_AUG}).",
+        ),
+        click.option("--seed", help="Seed for both stages (default: random, printed at the end)."),
+        click.option(
+            "--steps",
+            help=f"Video denoising steps; 1-{c.STEPS_MAX} (default {c.DEFAULT_STEPS}).",
+        ),
+        click.option(
+            "--deep-cache",
+            help=f"Reuse deep U-Net features: {', '.join(d.value for d in DeepCache)} "
+            "(default none).",
+        ),
+        click.option("--fps", help=f"Frames per second; 1-{c.FPS_MAX} (default {c.DEFAULT_FPS})."),
+        click.option(
+            "--video-size",
+            help=f"WIDTHxHEIGHT (multiples of 64) or one of {', '.join(VIDEO_SIZE_PRESETS)}.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the server is and the key to use."""
+    command = click.option(
+        "--key", envvar="FASTSVD_KEY", help="API key, key_id:secret (or FASTSVD_KEY)."
+    )(command)
+    return click.option(
+        "--url",
+        envvar="FASTSVD_URL",
+        default="http://127.0.0.1:8000",
+        show_default=True,
+        help="The server (or FASTSVD_URL).",
+    )(command)
+
+
+def fields_of(**given: str | None) -> dict[str, Any]:
+    """The input fields given on the command line, checked and typed by the schema."""
+    fields: dict[str, Any] = {
+        k: _parse_size(v) if k == "video_size" else _number(v)
+        for k, v in given.items()
+        if v is not None
+    }
+    try:
+        checked = TextToVideoInput.model_validate({"prompt": "-", **fields})
+    except ValidationError as exc:
+        field, message = field_errors(exc)[0]
+        fail(f"{field}: {message}", EXIT_INVALID)
+    return checked.model_dump(mode="json", include=set(fields))
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env().with_overrides(**overrides)
+    except ValueError as exc:
+        fail(f"settings: {exc}", EXIT_INVALID)
+
+
+def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the job store is: the same two options on every command that opens it.
+
+    The command gets one ``store`` argument, the settings they override; unset options fall
+    back to ``FASTSVD_DATA_DIR`` and ``FASTSVD_DATABASE_URL`` (read by ``Settings.from_env``).
+    """
+
+    @functools.wraps(command)
+    def with_store(*args: Any, data_dir: str | None, database_url: str | None, **kw: Any) -> Any:
+        store = {"data_dir": Path(data_dir) if data_dir else None, "database_url": database_url}
+        return command(*args, store=store, **kw)
+
+    with_store = click.option(
+        "--database-url",
+        metavar="URL",
+        help="The job store: postgresql://user:pass@host/db or sqlite:///path "
+        "(or FASTSVD_DATABASE_URL; default: SQLite in the data folder).",
+    )(with_store)
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        help="Database and files (or FASTSVD_DATA_DIR; default ./data).",
+    )(with_store)
+
+
+def store_name(settings: Settings) -> str:
+    """The job store's database as a user can recognise it, without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.db_url).render_as_string(hide_password=True)

@@ -1,0 +1,170 @@
+"""Running and managing a server: ``serve``, ``worker``, ``webhooks`` and ``keys``; each opens
+the job store named by the same options (``common.store_options``)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import click
+
+from fastsvd.cli.common import EXIT_INVALID, fail, load_settings, main, store_name, store_options
+from fastsvd.errors import FastSVDError, ModelNotAvailable
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 8000).")
+@click.option("--workers", type=int, help="Worker processes (default: one per GPU, or one).")
+@click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
+@store_options
+@click.option("--no-auth", is_flag=True, help="No API keys (only on a loopback address).")
+def serve(
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    preset: str | None,
+    store: dict[str, Any],
+    no_auth: bool,
+) -> None:
+    """Run the fal-compatible API and its workers."""
+    from fastsvd.logs import configure
+    from fastsvd.serve import serve as run_service
+
+    configure()
+    settings = load_settings(
+        host=host,
+        port=port,
+        workers=workers,
+        preset=preset,
+        auth=False if no_auth else None,
+        **store,
+    )
+    try:
+        code = run_service(settings)
+    except FastSVDError as exc:
+        fail(exc.message)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
+@store_options
+def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
+    """Run one worker: load the model, then run queued jobs one at a time."""
+    from fastsvd.logs import configure
+    from fastsvd.runner import make_runner
+    from fastsvd.serve import EXIT_MODEL_NOT_AVAILABLE
+    from fastsvd.services import Services
+    from fastsvd.worker import Worker, WorkerServices, image_loader
+
+    configure()
+    settings = load_settings(preset=preset, **store)
+    services = Services.from_settings(settings)
+    loader = image_loader(
+        services.files, services.storage, allow_private=settings.allow_private_urls
+    )
+    runner = make_runner(settings, loader)
+    worker = Worker(WorkerServices.from_services(services), runner)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # SIGTERM (and a first Ctrl-C): finish the current job, then exit. A second Ctrl-C
+        # stops the job at its next step and hands it back to the queue.
+        if signum == signal.SIGINT and worker.stopping.is_set():
+            worker.abort.set()
+        worker.stopping.set()
+        worker.listener.wake()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.serve(burst=burst)
+    except ModelNotAvailable as exc:
+        fail(exc.message, EXIT_MODEL_NOT_AVAILABLE)
+    except FastSVDError as exc:
+        fail(exc.message)
+
+
+@main.command()
+@store_options
+def webhooks(store: dict[str, Any]) -> None:
+    """Deliver webhooks of finished requests (fastsvd serve runs this for you)."""
+    import threading
+
+    from fastsvd.logs import configure
+    from fastsvd.services import Services
+    from fastsvd.store.webhooks import WebhookOutbox
+    from fastsvd.webhooks import Deliverer
+
+    configure()
+    settings = load_settings(**store)
+    services = Services.from_settings(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
+    Deliverer(WebhookOutbox(services.db), settings).serve(stop)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+def _key_store(store: dict[str, Any]) -> tuple[Any, str]:
+    """The key store the options name, and its database's name for messages."""
+    from fastsvd.services import Services
+
+    settings = load_settings(**store)
+    return Services.from_settings(settings).keys, store_name(settings)
+
+
+@keys.command("create")
+@click.option("--name", default="", help="A label for the key.")
+@click.option("--admin", is_flag=True, help="An admin key (can manage keys).")
+@store_options
+def keys_create(name: str, admin: bool, store: dict[str, Any]) -> None:
+    """Make a key and print it (only now: just its hash is stored)."""
+    from fastsvd.store.keys import Scope
+
+    keys, where = _key_store(store)
+    key, info = keys.create(name, Scope.admin if admin else Scope.user)
+    click.echo(key)
+    # stderr, so that `KEY=$(fastsvd keys create)` still captures the key alone
+    click.echo(f"created {info.scope} key {info.key_id} in {where}", err=True)
+
+
+@keys.command("list")
+@store_options
+def keys_list(store: dict[str, Any]) -> None:
+    """Every key: id, scope, name, state (never the secret)."""
+    keys, _where = _key_store(store)
+    for info in keys.list():
+        state = "revoked" if info.revoked_at else "live"
+        click.echo(f"{info.key_id}  {info.scope:5s}  {state:7s}  {info.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@store_options
+def keys_revoke(key_id: str, store: dict[str, Any]) -> None:
+    """Revoke KEY_ID at once."""
+    keys, where = _key_store(store)
+    if not keys.revoke(key_id):
+        fail(f"key_id: no live key {key_id} in {where}", EXIT_INVALID)
+    click.echo(f"revoked {key_id} in {where}")
+
+
+@keys.command("webhook-secret")
+@click.argument("key_id")
+@store_options
+def keys_webhook_secret(key_id: str, store: dict[str, Any]) -> None:
+    """The secret that signs KEY_ID's webhooks (Standard Webhooks, HMAC-SHA256)."""
+    keys, where = _key_store(store)
+    for info in keys.list():
+        if info.key_id == key_id:
+            click.echo(info.webhook_secret)
+            return
+    fail(f"key_id: no key {key_id} in {where}", EXIT_INVALID)
