@@ -1,8 +1,9 @@
 """``fastsvd serve``: the API in this process, workers as child processes, housekeeping threads.
 
-The supervisor restarts a worker that dies (its job goes back to the queue when its lease
-expires) and stops everything if a worker cannot load its models. On SIGTERM or Ctrl-C it stops
-taking requests, asks the workers to finish their current job, and exits.
+The supervisor restarts a worker that dies (its job goes back to the queue as soon as a worker
+on this host finds its process gone, or else when its lease expires) and stops everything if a
+worker cannot load its models. On SIGTERM or Ctrl-C it stops taking requests, asks the workers
+to finish their current job, and exits.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def housekeeping(services: Services, stop: threading.Event) -> None:
     """Requeue jobs of dead workers and delete expired files, every few seconds."""
     while not stop.wait(HOUSEKEEPING_INTERVAL_S):
         try:
-            services.jobs.reap()
+            if services.jobs.requeue_dead_holders() + services.jobs.reap():
+                services.waker.wake_all()  # one machine: no NOTIFY tells the idle workers
             for file_id in services.files.take_expired():
                 services.storage.delete(file_id)
         except Exception:  # a failed round is retried at the next one

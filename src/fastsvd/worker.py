@@ -3,7 +3,9 @@
 Each job runs under a lease that a heartbeat thread renews; if the lease is lost (the worker
 stalled, the job was handed on) the job's hooks ask the pipeline to stop and nothing more is
 written. Cancels are checked before every step. A worker that dies mid-job leaves its lease to
-expire, and the store gives the job to another worker (or ends it after ``max_attempts``).
+expire, and the store gives the job to another worker (or ends it after ``max_attempts``); a
+worker on the same host hands it on sooner, when it starts or in its reaping rounds, once it can
+tell that the holder's process is gone (``JobStore.requeue_dead_holders``).
 
 When the database goes away (a restart, a fail-over) the worker keeps what it has: an idle one
 retries with backoff, a running job keeps running while its lease may still hold, and its result
@@ -116,6 +118,10 @@ class Worker:
     def serve(self, *, burst: bool = False) -> int:
         """Load the model, then run jobs until ``stopping`` (or, with ``burst``, the queue is
         empty). Returns how many jobs it ran."""
+        # Jobs of this host's dead workers (a crash, a kill -9 of the whole service) are queued
+        # again now, not when their lease expires; before registering, so that a dead worker
+        # whose pid this process reuses (and so its name) is judged by its own start time.
+        self._requeue_abandoned()
         self.s.registry.register(self.name)
         self.runner.load()
         self.s.registry.beat(self.name, ready=True)
@@ -129,7 +135,7 @@ class Worker:
         def next_claim() -> Claim | None:
             nonlocal last_beat, last_reap
             if time.monotonic() - last_reap > reap_every_s:
-                self.s.jobs.reap()  # jobs of dead workers back to the queue
+                self._requeue_abandoned()
                 last_reap = time.monotonic()
             claim = self.s.jobs.claim(self.name, self.s.lease_s, claimable)
             if time.monotonic() - last_beat > self.s.lease_s / 3:
@@ -145,7 +151,10 @@ class Worker:
                 if claim is None:
                     if burst or self.stopping.is_set():
                         break
-                    self.listener.wait(self.s.idle_poll_s)
+                    # Idle until woken, the safety-net poll, or the next reaping round, whichever
+                    # is first: nobody wakes us for a job whose lease just expired.
+                    until_reap_s = last_reap + reap_every_s - time.monotonic()
+                    self.listener.wait(max(0.0, min(self.s.idle_poll_s, until_reap_s)))
                 else:
                     self.run(claim)
                     ran += 1
@@ -153,6 +162,12 @@ class Worker:
             self.listener.close()
             self._until_written(lambda: self.s.registry.leave(self.name), deadline=5.0)
         return ran
+
+    def _requeue_abandoned(self) -> None:
+        """Jobs of dead workers back to the queue: expired leases, and holders on this host
+        that are known to be gone."""
+        self.s.jobs.requeue_dead_holders()
+        self.s.jobs.reap()
 
     def run(self, claim: Claim) -> None:
         """Run one claimed job to a final state (unless its lease is lost)."""

@@ -1,4 +1,11 @@
-"""A real fastsvd server process on loopback, for the service tests."""
+"""A real fastsvd server process on loopback, for the service tests.
+
+Tests wait for the event they are about (a state in the store, a status, a log line, a
+webhook) with ``wait_for``, under a ceiling (``CEILING_S``) generous enough for a slow, shared
+machine: it bounds a hang, it is not a performance budget. Where a test is about speed it
+asserts the order of events (the job restarted before its old lease could have expired), not
+seconds of wall clock.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 import fastsvd
 from fastsvd.serve import FIRST_KEY_FILE
@@ -30,7 +38,29 @@ from tests.objectstore import ObjectStore, free_port, s3_server
 ROOT = Path(__file__).resolve().parents[2]
 # The servers run the fastsvd these tests import (a checkout's src/, or whatever PYTHONPATH
 # names), not whichever copy happens to be installed; ROOT makes tests.fakes importable.
-PYTHONPATH = os.pathsep.join([str(Path(fastsvd.__file__).resolve().parents[1]), str(ROOT)])
+PYTHONPATH = os.pathsep.join(
+    p
+    for p in (
+        str(Path(fastsvd.__file__).resolve().parents[1]),
+        os.environ.get("PYTHONPATH"),
+        str(ROOT),
+    )
+    if p
+)
+CEILING_S = 120.0  # the longest any single wait may take before the test fails
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout_s: float = CEILING_S) -> None:
+    """Poll ``predicate`` until it is true; fail, naming ``what``, after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def log_time(line: str) -> float:
+    """The UNIX time of a text-format log line ("2026-01-31 12:00:00,123 INFO ...")."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 @dataclass
@@ -59,6 +89,56 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_lines(self, containing: str) -> list[str]:
+        return [line for line in self.log().splitlines() if containing in line]
+
+    def stop_between_writes(self, pid: int, request_id: str) -> None:
+        """SIGSTOP ``pid`` at a moment it holds no lock that others need to take over
+        ``request_id``.
+
+        A process frozen inside a write transaction keeps its locks until it continues: on
+        SQLite the database's one write lock (every writer waits), on PostgreSQL the job's row
+        (the reaper skips it). No store can take those from a live process, so a zombie test
+        that happens to stop its worker mid-write (a few ms of every step) tests nothing but
+        that; it stops the worker again until the locks are free.
+        """
+        for _ in range(200):
+            os.kill(pid, signal.SIGSTOP)
+            if not self._locked_by_a_stopped_process(request_id):
+                return
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        raise AssertionError(f"worker {pid} never stopped outside a write")
+
+    def _locked_by_a_stopped_process(self, request_id: str, wait_s: float = 2.0) -> bool:
+        """Whether the lock a takeover of ``request_id`` needs stays taken for ``wait_s``
+        (live processes hold it for milliseconds)."""
+        if self.database_url.startswith("sqlite"):
+            import sqlite3
+
+            path = self.database_url.removeprefix("sqlite:///")
+            conn = sqlite3.connect(path, timeout=wait_s, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError:
+                return True
+            finally:
+                conn.close()
+        db = Database(self.database_url)
+        try:
+            with db.write() as conn:
+                conn.execute(text(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'"))
+                conn.execute(select(jobs.c.id).where(jobs.c.id == request_id).with_for_update())
+            return False
+        except Exception as exc:
+            if "lock timeout" in str(exc):
+                return True
+            raise
+        finally:
+            db.dispose()
 
     def job(self, request_id: str) -> Job:
         """The job as the store holds it (attempts, lease, timings)."""
@@ -121,7 +201,7 @@ def start_server(tmp: Path, **env: str) -> Server:
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + CEILING_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited:\n{log_path.read_text()}")
@@ -178,11 +258,8 @@ class Receiver:
         self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
         self.thread.start()
 
-    def wait(self, count: int, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.received) < count:
-            assert time.monotonic() < deadline, f"only {len(self.received)} webhooks arrived"
-            time.sleep(0.05)
+    def wait(self, count: int, timeout_s: float = CEILING_S) -> None:
+        wait_for(lambda: len(self.received) >= count, f"{count} webhooks", timeout_s)
 
     def close(self) -> None:
         self.http.shutdown()
@@ -249,7 +326,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) ->
         stop_server(running)
 
 
-def wait_done(client: httpx.Client, status_url: str, timeout_s: float = 60) -> dict[str, object]:
+def wait_done(
+    client: httpx.Client, status_url: str, timeout_s: float = CEILING_S
+) -> dict[str, object]:
     """Poll a status URL until COMPLETED; returns the final status body."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.objectstore import free_port
-from tests.service.conftest import ROOT, Server, start_server, stop_server
+from tests.service.conftest import PYTHONPATH, ROOT, Server, start_server, stop_server
 
 SMALL = ["--video-size", "64x64", "--steps", "3"]
 
@@ -32,7 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def fastsvd(
     server: Server | None, *args: str, cwd: Path | None = None, key: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     if server is not None:
         env |= {"FASTSVD_URL": server.url, "FASTSVD_KEY": key or server.key}
     return subprocess.run(

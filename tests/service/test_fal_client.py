@@ -7,7 +7,6 @@ the server is the documented way to use it with a self-hosted endpoint (see the 
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.conftest import Server
+from tests.service.conftest import Server, wait_for
 
 T2V = "fal-ai/fast-svd/text-to-video"
 I2V = "fal-ai/fast-svd"
@@ -82,10 +81,9 @@ def test_subscribe_with_logs_and_queue_updates(fal: fal_client.SyncClient) -> No
 
 def test_submit_status_and_result(fal: fal_client.SyncClient) -> None:
     handle = fal.submit(T2V, {"prompt": "a rocket", **SMALL})
-    deadline = time.monotonic() + 30
-    while not isinstance(status := handle.status(with_logs=True), fal_client.Completed):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: isinstance(handle.status(), fal_client.Completed), "the request to complete")
+    status = handle.status(with_logs=True)
+    assert isinstance(status, fal_client.Completed)
     assert status.metrics["inference_time"] > 0
     assert [log["message"] for log in status.logs or []][-1] == "video: step 3/3"
     assert handle.get()["video"]["file_size"] > 0
@@ -97,10 +95,7 @@ def test_submit_status_and_result(fal: fal_client.SyncClient) -> None:
 
 def test_cancel_a_running_request(fal: fal_client.SyncClient) -> None:
     handle = fal.submit(T2V, {"prompt": "slow", **SMALL, "steps": 30})
-    deadline = time.monotonic() + 20
-    while not isinstance(handle.status(), fal_client.InProgress):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: isinstance(handle.status(), fal_client.InProgress), "the request to start")
     handle.cancel()
     with pytest.raises(fal_client.FalClientHTTPError) as caught:
         handle.get()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import httpx
 from PIL import Image
 
 from fastsvd.schema import QueueStatus, SubmitResponse
-from tests.service.conftest import Server, wait_done
+from tests.service.conftest import Server, wait_done, wait_for
 
 T2V = "/fal-ai/fast-svd/text-to-video"
 REQUESTS = "/fal-ai/fast-svd/requests"
@@ -90,7 +89,10 @@ def test_logs_param_spellings(server: Server) -> None:
 def test_queue_positions_and_priority(server: Server) -> None:
     with server.client() as client:
         blocker = submit(client, "slow one", steps=4)
-        time.sleep(0.5)  # let the worker take it
+        wait_for(  # the worker took it: the jobs below queue behind nothing else
+            lambda: client.get(str(blocker["status_url"])).json()["status"] == "IN_PROGRESS",
+            "the first job to start",
+        )
         first = submit(client)
         low = client.post(
             T2V, json={"prompt": "x", **SMALL}, headers={"X-Fal-Queue-Priority": "low"}
@@ -112,17 +114,17 @@ def test_cancel_queued_running_finished_and_unknown(server: Server) -> None:
     with server.client() as client:
         running = submit(client, "slow", steps=20)
         queued = submit(client)
-        deadline = time.monotonic() + 20
-        while client.get(str(running["status_url"])).json()["status"] != "IN_PROGRESS":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(
+            lambda: client.get(str(running["status_url"])).json()["status"] == "IN_PROGRESS",
+            "the job to start",
+        )
 
         answer = client.put(str(queued["cancel_url"]))
         assert (answer.status_code, answer.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
         answer = client.put(str(running["cancel_url"]))
         assert answer.status_code == 202
 
-        stopped = wait_done(client, str(running["status_url"]), timeout_s=5)
+        stopped = wait_done(client, str(running["status_url"]))
         assert stopped["error_type"] == "cancelled"
         steps_run = [m for m in stopped["logs"] if "step" in m["message"]]  # type: ignore[union-attr]
         assert len(steps_run) < 20  # stopped within a step, not run to the end

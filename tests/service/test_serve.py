@@ -16,7 +16,7 @@ from fastsvd.cli import main
 from fastsvd.serve import FIRST_KEY_FILE, child_env
 from fastsvd.settings import Settings
 from tests.databases import postgres_database
-from tests.service.conftest import ROOT, start_server, stop_server, wait_done
+from tests.service.conftest import ROOT, start_server, stop_server, wait_done, wait_for
 
 T2V = "/fal-ai/fast-svd/text-to-video"
 
@@ -144,14 +144,11 @@ def test_files_are_deleted_after_the_retention_period(tmp_path: Path) -> None:
             url = client.get(sub["response_url"]).json()["video"]["url"]
             assert httpx.get(url).status_code == 200
             assert any(p.is_file() for p in (server.data_dir / "files").rglob("*"))
-            deadline = time.monotonic() + 20
-            while httpx.get(url).status_code != 404:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-            deadline = time.monotonic() + 10  # housekeeping removes the bytes too
-            while any(p.is_file() for p in (server.data_dir / "files").rglob("*")):
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            wait_for(lambda: httpx.get(url).status_code == 404, "the file to expire")
+            wait_for(  # housekeeping removes the bytes too
+                lambda: not any(p.is_file() for p in (server.data_dir / "files").rglob("*")),
+                "the expired bytes to be deleted",
+            )
     finally:
         stop_server(server)
 
@@ -162,10 +159,7 @@ def test_ready_only_once_a_worker_has_loaded_its_model(tmp_path: Path) -> None:
         early = httpx.get(f"{server.url}/ready")
         assert early.status_code == 503
         assert early.json() == {"status": "starting", "workers_ready": 0}
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{server.url}/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_for(lambda: httpx.get(f"{server.url}/ready").status_code == 200, "/ready")
     finally:
         stop_server(server)
 
@@ -178,7 +172,7 @@ def test_json_logs_carry_the_request_id(tmp_path: Path) -> None:
         with server.client() as client:
             sub = client.post(T2V, json={"prompt": "a", "steps": 1}).json()
             wait_done(client, sub["status_url"])
-        time.sleep(0.3)
+        wait_for(lambda: '"job completed"' in server.log(), "the completion's log line")
         entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
         mine = [e for e in entries if e.get("request_id") == sub["request_id"]]
         assert [e["msg"] for e in mine] == ["job started", "job completed"]

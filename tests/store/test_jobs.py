@@ -4,7 +4,6 @@ idempotency, migrations."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,6 @@ from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
 from tests.databases import KINDS, database_url
 
 T2V = "text-to-video"
-
-
-@pytest.fixture(params=KINDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with database_url(request.param, tmp_path) as url:
-        database = Database(url)
-        migrate(database)
-        try:
-            yield database
-        finally:
-            database.dispose()
 
 
 @pytest.fixture
@@ -51,13 +39,17 @@ def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
     with db.write() as conn:
         conn.execute(text("DROP INDEX ix_jobs_start_deadline"))  # added by migration 2
         conn.execute(text("DROP INDEX ix_jobs_key_created"))  # added by migration 3
+        conn.execute(text("ALTER TABLE workers DROP COLUMN host_id"))  # migration 4
+        conn.execute(text("ALTER TABLE workers DROP COLUMN start_ticks"))
         conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
     job_id = submit(JobStore(db))  # data written before the upgrade survives it
     assert current_version(db) == 1
-    assert migrate(db) == len(MIGRATIONS) == 3
+    assert migrate(db) == len(MIGRATIONS) == 4
     with db.read() as conn:
         indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
+        columns = {c["name"] for c in inspect(conn).get_columns("workers")}
     assert {"ix_jobs_start_deadline", "ix_jobs_key_created"} <= indexes
+    assert {"host_id", "start_ticks"} <= columns
     assert JobStore(db).get(job_id) is not None
 
 

@@ -7,6 +7,11 @@ Life cycle (``JobState``)::
     running --result / failure-->   completed
     running --cancel seen-->        completed   (error: cancelled)
     running --lease expired-->      queued      (attempts left)  or  completed (runner_disconnected)
+    running --holder known dead-->  queued      (attempts left)  or  completed (runner_disconnected)
+
+A holder is known dead when it ran on the judging worker's host and its process is gone
+(``requeue_dead_holders``); a holder elsewhere, or of unknown identity, keeps the job until its
+lease expires. Either way the attempt was counted when the job was claimed.
 
 A claim bumps the job's ``lease_token``; every later write from that worker names the token, so a
 worker whose lease was taken (it stalled, the job was handed on) cannot write a late result.
@@ -22,12 +27,25 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
+from fastsvd import processes
 from fastsvd.errors import QueueFull
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
-from fastsvd.store.tables import job_logs, jobs, stage_timings
+from fastsvd.store.tables import job_logs, jobs, stage_timings, workers
 
 
 class JobState(enum.StrEnum):
@@ -479,33 +497,77 @@ class JobStore:
         now = time.time() if now is None else now
         expired = and_(jobs.c.state == JobState.running.value, jobs.c.lease_expires_at < now)
         with self.db.write() as conn:
-            # Locked in order, skipping rows another reaper holds: reapers never deadlock.
+            return self._requeue_or_give_up(conn, expired, now)
+
+    def requeue_dead_holders(self, now: float | None = None) -> int:
+        """Jobs whose worker ran on this host and is gone (its pid free, or another process):
+        back to the queue now, or ended after max attempts, as if their lease had expired.
+
+        Only this host's workers are judged (``fastsvd.processes``): one elsewhere, or one whose
+        identity is unknown, might be alive, and keeps its jobs until their lease expires. The
+        dead workers' rows are deleted. Workers starting together requeue a job once: the
+        registry rows and the jobs are locked (SQLite: the write lock), and a job is only taken
+        from the holder it was judged for. Returns how many jobs were requeued or ended.
+        """
+        here = processes.host_id()
+        if here is None:
+            return 0
+        now = time.time() if now is None else now
+        with self.db.write() as conn:
             rows = conn.execute(
-                select(jobs.c.id, jobs.c.attempts)
-                .where(expired)
-                .order_by(jobs.c.seq)
+                select(workers.c.name, workers.c.pid, workers.c.start_ticks)
+                .where(workers.c.host_id == here, workers.c.start_ticks.is_not(None))
+                .order_by(workers.c.name)
                 .with_for_update(skip_locked=True)
             ).all()
-            requeued = False
-            for row in rows:
-                if row.attempts >= self.max_attempts:
-                    failure = Failure(
-                        f"The worker running this request stopped {row.attempts} times; giving up",
-                        "runner_disconnected",
-                        500,
+            dead = [
+                row
+                for row in rows
+                if processes.is_gone(processes.ProcessIdentity(here, row.pid, row.start_ticks))
+            ]
+            if not dead:
+                return 0
+            names = [row.name for row in dead]
+            held = and_(jobs.c.state == JobState.running.value, jobs.c.lease_owner.in_(names))
+            done = self._requeue_or_give_up(conn, held, now)
+            for row in dead:
+                conn.execute(
+                    delete(workers).where(
+                        workers.c.name == row.name,
+                        workers.c.pid == row.pid,
+                        workers.c.start_ticks == row.start_ticks,
                     )
-                    self._finish(conn, row.id, None, failure=failure, now=now)
-                else:
-                    conn.execute(
-                        update(jobs)
-                        .where(jobs.c.id == row.id, expired)
-                        .values(
-                            state=JobState.queued.value, lease_owner=None, lease_expires_at=None
-                        )
-                    )
-                    requeued = True
-            if requeued:
-                self.db.notify(conn, WAKE_CHANNEL)
+                )
+            return done
+
+    def _requeue_or_give_up(self, conn: Connection, lost: Any, now: float) -> int:
+        """The running jobs matching ``lost`` (their holder stopped): back to the queue, or
+        ended as ``runner_disconnected`` once they used their attempts (counted at claim)."""
+        # Locked in order, skipping rows another reaper holds: reapers never deadlock.
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.attempts)
+            .where(lost)
+            .order_by(jobs.c.seq)
+            .with_for_update(skip_locked=True)
+        ).all()
+        requeued = False
+        for row in rows:
+            if row.attempts >= self.max_attempts:
+                failure = Failure(
+                    f"The worker running this request stopped {row.attempts} times; giving up",
+                    "runner_disconnected",
+                    500,
+                )
+                self._finish(conn, row.id, None, failure=failure, now=now)
+            else:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == row.id, lost)
+                    .values(state=JobState.queued.value, lease_owner=None, lease_expires_at=None)
+                )
+                requeued = True
+        if requeued:
+            self.db.notify(conn, WAKE_CHANNEL)
         return len(rows)
 
     # --- helpers --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, func, insert, inspect, select
+from sqlalchemy import Connection, func, insert, inspect, select, text
 
 from fastsvd.store import tables
 from fastsvd.store.db import Database
@@ -41,10 +41,20 @@ def _v3_key_created_index(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _v4_worker_identity(conn: Connection) -> None:
+    """Record each worker's host and process start, so the dead can be told from the stalled."""
+    have = {column["name"] for column in inspect(conn).get_columns(tables.workers.name)}
+    for name in ("host_id", "start_ticks"):
+        if name not in have:  # a database made by _v1_initial of today has them already
+            kind = tables.workers.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {tables.workers.name} ADD COLUMN {name} {kind}"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_start_deadline_index,
     _v3_key_created_index,
+    _v4_worker_identity,
 ]
 
 

@@ -7,6 +7,7 @@ JSON columns hold wire objects as text, never pickles.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -126,6 +127,9 @@ workers = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("started_at", Float, nullable=False),
+    # (migration 4) who the process is, for telling that it is gone (fastsvd.processes)
+    Column("host_id", String(200)),  # boot id and pid namespace; None: unknown
+    Column("start_ticks", BigInteger),  # /proc/<pid>/stat starttime; None: unknown
     Column("ready_at", Float),  # models loaded
     Column("seen_at", Float, nullable=False),  # last heartbeat
 )

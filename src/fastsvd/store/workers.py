@@ -1,13 +1,17 @@
-"""Worker registry: who is alive, and whether any has its models loaded (``/ready``)."""
+"""Worker registry: who is alive, and whether any has its models loaded (``/ready``).
+
+Each row names its process (host id, pid, start time; see ``fastsvd.processes``), so that a
+worker on the same host can tell that a holder of jobs is gone (``JobStore.requeue_dead_holders``).
+"""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
 from sqlalchemy import delete, func, insert, select, update
 
+from fastsvd.processes import ProcessIdentity, this_process
 from fastsvd.store.db import Database
 from fastsvd.store.tables import workers
 
@@ -18,8 +22,9 @@ class WorkerRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def register(self, name: str) -> None:
-        """A worker starts (models not loaded yet)."""
+    def register(self, name: str, who: ProcessIdentity | None = None) -> None:
+        """A worker starts (models not loaded yet); ``who``: its process (default: this one)."""
+        who = this_process() if who is None else who
         now = time.time()
         with self.db.write() as conn:
             conn.execute(delete(workers).where(workers.c.name == name))
@@ -27,7 +32,9 @@ class WorkerRegistry:
                 insert(workers).values(
                     name=name,
                     host=socket.gethostname(),
-                    pid=os.getpid(),
+                    pid=who.pid,
+                    host_id=who.host_id,
+                    start_ticks=who.start_ticks,
                     started_at=now,
                     seen_at=now,
                 )
