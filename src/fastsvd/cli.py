@@ -328,6 +328,16 @@ def _settings(**overrides: object) -> Settings:
 @click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Database and files.")
 @click.option("--no-auth", is_flag=True, help="No API keys (only on a loopback address).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate (chain): serve https (with --tls-key; or FASTSVD_TLS_CERT).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    help="PEM private key of --tls-cert (or FASTSVD_TLS_KEY).",
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -335,6 +345,8 @@ def serve(
     preset: str | None,
     data_dir: str | None,
     no_auth: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the fal-compatible API and its workers."""
     from fastsvd.logs import configure
@@ -348,6 +360,8 @@ def serve(
         preset=preset,
         data_dir=Path(data_dir) if data_dir else None,
         auth=False if no_auth else None,
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
     )
     try:
         code = run_service(settings)

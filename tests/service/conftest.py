@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,6 +28,12 @@ from tests.databases import database_url
 from tests.objectstore import ObjectStore, free_port, s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def python_path() -> str:
+    """PYTHONPATH for a child process: the tests, then whatever this process was given (a
+    checkout's src/ ahead of an editable install elsewhere)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @dataclass
@@ -88,8 +95,11 @@ class Server:
 
 def start_server(tmp: Path, **env: str) -> Server:
     """Start ``fastsvd serve``; wait for /ready (or /health when it runs no worker, or
-    when ``_PROBE`` says so)."""
+    when ``_PROBE`` says so). With ``FASTSVD_TLS_CERT`` it speaks https, and ``_CA_FILE``
+    names the CA that the probe trusts."""
     probe = env.pop("_PROBE", "/health" if env.get("FASTSVD_WORKERS") == "0" else "/ready")
+    ca_file = env.pop("_CA_FILE", None)
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "server.log"
@@ -103,7 +113,7 @@ def start_server(tmp: Path, **env: str) -> Server:
         "FASTSVD_REQUESTS_PER_S": "0",
         "FASTSVD_SUBMITS_PER_MINUTE": "0",
         "FASTSVD_AUTH_FAILURES_PER_S": "0",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": python_path(),
         **env,
     }
     with log_path.open("w") as log_file:
@@ -116,13 +126,14 @@ def start_server(tmp: Path, **env: str) -> Server:
             text=True,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if environment.get("FASTSVD_TLS_CERT") else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited:\n{log_path.read_text()}")
         try:
-            if httpx.get(f"{url}{probe}", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=1, verify=verify).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
