@@ -45,6 +45,7 @@ from fastsvd.api.auth import (
 )
 from fastsvd.api.limits import JSON_BODY_MAX_BYTES, BodyLimit, RateLimited
 from fastsvd.api.metrics import render as render_metrics
+from fastsvd.api.proxy import FalProxy
 from fastsvd.api.services import Services
 from fastsvd.api.status import APP_PATH, status_body, summary, urls
 from fastsvd.errors import InvalidInput
@@ -223,6 +224,7 @@ def create_app(services: Services) -> FastAPI:
         max_bytes=JSON_BODY_MAX_BYTES,
         own_limit=("/files/upload", "/storage/upload/"),
     )
+    app.add_middleware(FalProxy)  # outermost: the body limit sees the route it names
     s = services
 
     async def submit(
