@@ -11,6 +11,9 @@
     │   ├── RateLimited           too many calls from one caller
     │   └── QueueFull             the queue, or a key's share of it, is full
     ├── StoreUnavailable          the job store cannot be reached right now       503
+    ├── ProxyRefused              a proxied call fastsvd does not serve           403
+    │   ├── BadProxyTarget        no x-fal-target-url, or not a URL               400
+    │   └── ProxyMethodNotAllowed a method the proxy route does not take          405
     ├── ModelNotAvailable         weights are missing and cannot be fetched       500
     ├── GenerationCancelled       the cancel hook asked the pipeline to stop      499
     └── GenerationFailed          the model ran and failed                        500
@@ -112,6 +115,20 @@ class StoreUnavailable(FastSVDError):
     retry_after_s = 2
 
 
+class ProxyRefused(FastSVDError):
+    """A call through fal's proxy route to a URL fastsvd does not serve (it never forwards)."""
+
+    error_type = "proxy_refused"
+
+
+class BadProxyTarget(ProxyRefused):
+    """No ``x-fal-target-url``, several, or one that is not a well-formed URL."""
+
+
+class ProxyMethodNotAllowed(ProxyRefused):
+    """A method other than those the proxy route takes."""
+
+
 class ModelNotAvailable(FastSVDError):
     """Model weights are missing locally and cannot be downloaded."""
 
@@ -146,6 +163,9 @@ HTTP_STATUS: dict[type[FastSVDError], int] = {
     RangeNotSatisfiable: 416,
     TooManyRequests: 429,
     StoreUnavailable: 503,
+    ProxyRefused: 403,
+    BadProxyTarget: 400,
+    ProxyMethodNotAllowed: 405,
     GenerationCancelled: 499,  # fal's status for a cancelled request's result
     OutOfMemory: 503,  # the request may fit later, or on another worker
 }

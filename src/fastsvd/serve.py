@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -182,8 +183,30 @@ def create_first_key(services: Services) -> None:
     )
 
 
+def check_tls(settings: Settings) -> bool:
+    """Whether the API serves https itself; raises ``FastSVDError`` for a half or unreadable
+    TLS configuration, before anything starts."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        return False
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise FastSVDError(
+            "TLS needs both a certificate and its key: --tls-cert and --tls-key "
+            "(FASTSVD_TLS_CERT and FASTSVD_TLS_KEY), or neither"
+        )
+    try:  # the same loading uvicorn does, so a bad file is one clear line, not a traceback
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise FastSVDError(
+            f"cannot load the TLS certificate {settings.tls_cert} with key "
+            f"{settings.tls_key}: {exc}"
+        ) from exc
+    return True
+
+
 def serve(settings: Settings) -> int:
     """Run the service until stopped; returns the process exit code."""
+    tls = check_tls(settings)
     if not settings.auth and not is_loopback(settings.host):
         raise FastSVDError(
             f"auth can only be turned off on a loopback address, not on {settings.host}"
@@ -197,11 +220,12 @@ def serve(settings: Settings) -> int:
     supervisor.start()
     stop = threading.Event()
     threading.Thread(target=housekeeping, args=(services, stop), daemon=True).start()
+    origin = f"{'https' if tls else 'http'}://{settings.host}:{settings.port}"
     print(
-        f"fastsvd on http://{settings.host}:{settings.port} "
+        f"fastsvd on {origin} "
         f"({count} worker{'s' if count != 1 else ''}, preset {settings.preset}, "
         f"data in {settings.data_dir.resolve()})\n"
-        f"playground: http://{settings.host}:{settings.port}/",
+        f"playground: {origin}/",
         flush=True,
     )
     config = uvicorn.Config(
@@ -211,6 +235,9 @@ def serve(settings: Settings) -> int:
         log_level="warning",
         proxy_headers=True,
         timeout_graceful_shutdown=10,
+        # uvicorn's own TLS; the scheme of the URLs in responses follows (https)
+        ssl_certfile=settings.tls_cert if tls else None,
+        ssl_keyfile=settings.tls_key if tls else None,
     )
     # uvicorn re-raises the signal that stopped it once it has shut down; with these no-op
     # handlers in place that returns here, so the workers are drained below instead of orphaned.

@@ -36,6 +36,9 @@ class Settings:
     db_pool_size: int = 5  # FASTSVD_DB_POOL_SIZE: PostgreSQL connections per process (x2 peak)
     host: str = "127.0.0.1"  # FASTSVD_HOST
     port: int = 8000  # FASTSVD_PORT
+    # FASTSVD_TLS_CERT, FASTSVD_TLS_KEY: PEM files; both set, the API speaks https itself
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     auth: bool = True  # FASTSVD_AUTH=0 turns it off; allowed on loopback only
     workers: int | None = None  # FASTSVD_WORKERS (default: one per GPU, one on a CPU)
     lease_s: float = 30.0  # FASTSVD_LEASE_S: a worker silent this long loses its job
@@ -77,6 +80,7 @@ class Settings:
             return float(value) if value is not None else default
 
         workers = get("workers")
+        tls_cert, tls_key = get("tls_cert"), get("tls_key")
         auth = get("auth")
         return cls(
             preset=get("preset") or DEFAULT_PRESET,
@@ -94,6 +98,8 @@ class Settings:
             db_pool_size=int(number("db_pool_size", defaults.db_pool_size)),
             host=get("host") or defaults.host,
             port=int(number("port", defaults.port)),
+            tls_cert=Path(tls_cert) if tls_cert is not None else None,
+            tls_key=Path(tls_key) if tls_key is not None else None,
             auth=auth is None or auth.lower() not in ("0", "false", "no", "off"),
             workers=int(workers) if workers is not None else None,
             lease_s=number("lease_s", defaults.lease_s),

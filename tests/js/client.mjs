@@ -1,17 +1,24 @@
 // Runs fal's official JS client against a fastsvd server and prints what it saw as JSON.
 // Usage: FASTSVD_URL=http://127.0.0.1:PORT FASTSVD_KEY=id:secret node client.mjs <scenario>
+// With FASTSVD_MODE=proxy the client is configured with proxyUrl alone (fal's server-proxy mode);
+// otherwise a request middleware rewrites fal's hosts.
 import { createFalClient } from "@fal-ai/client";
 
 const base = process.env.FASTSVD_URL;
-const fal = createFalClient({
-  credentials: process.env.FASTSVD_KEY,
-  requestMiddleware: async (req) => {
-    const url = new URL(req.url);
-    // fal.run (synchronous runs) -> /run; queue.fal.run and rest.fal.ai -> the server root
-    const prefix = url.hostname === "fal.run" ? "/run" : "";
-    return { ...req, url: base + prefix + url.pathname + url.search };
-  },
-});
+const credentials = process.env.FASTSVD_KEY;
+const fal =
+  process.env.FASTSVD_MODE === "proxy"
+    ? // a string proxyUrl applies in browsers only; "always" makes Node.js use it too
+      createFalClient({ credentials, proxyUrl: { url: `${base}/api/fal/proxy`, when: "always" } })
+    : createFalClient({
+        credentials,
+        requestMiddleware: async (req) => {
+          const url = new URL(req.url);
+          // fal.run (synchronous runs) -> /run; queue.fal.run and rest.fal.ai -> the server root
+          const prefix = url.hostname === "fal.run" ? "/run" : "";
+          return { ...req, url: base + prefix + url.pathname + url.search };
+        },
+      });
 const T2V = "fal-ai/fast-svd/text-to-video";
 const I2V = "fal-ai/fast-svd";
 const SMALL = { video_size: { width: 64, height: 64 }, steps: 3 };

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -172,8 +173,11 @@ class Server:
 
 def start_server(tmp: Path, **env: str) -> Server:
     """Start ``fastsvd serve``; wait for /ready (or /health when it runs no worker, or
-    when ``_PROBE`` says so)."""
+    when ``_PROBE`` says so). With ``FASTSVD_TLS_CERT`` it speaks https, and ``_CA_FILE``
+    names the CA that the probe trusts."""
     probe = env.pop("_PROBE", "/health" if env.get("FASTSVD_WORKERS") == "0" else "/ready")
+    ca_file = env.pop("_CA_FILE", None)
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "server.log"
@@ -200,13 +204,14 @@ def start_server(tmp: Path, **env: str) -> Server:
             text=True,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if environment.get("FASTSVD_TLS_CERT") else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + CEILING_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited:\n{log_path.read_text()}")
         try:
-            if httpx.get(f"{url}{probe}", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=1, verify=verify).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

@@ -1,4 +1,5 @@
-"""The official JS client, ``@fal-ai/client`` from npm, run with Node.js against a real server."""
+"""The official JS client, ``@fal-ai/client`` from npm, run with Node.js against a real server:
+pointed at it by a request middleware, and by ``proxyUrl`` alone (fal's server-proxy mode)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ def node_client() -> Path:
     return JS
 
 
-def run_js(node_client: Path, server: Server, scenario: str) -> Any:
+def run_js(node_client: Path, server: Server, scenario: str, mode: str = "middleware") -> Any:
+    """Run one scenario of client.mjs; ``mode`` "proxy" configures the client with proxyUrl."""
+    env = {"FASTSVD_URL": server.url, "FASTSVD_KEY": server.key, "FASTSVD_MODE": mode}
     out = subprocess.run(
         ["node", "client.mjs", scenario],
         cwd=node_client,
-        env={**os.environ, "FASTSVD_URL": server.url, "FASTSVD_KEY": server.key},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -76,8 +79,9 @@ def test_cancel(node_client: Path, server: Server) -> None:
     assert got["error"]["status"] == 499
 
 
-def test_storage_upload_then_image_to_video(node_client: Path, server: Server) -> None:
-    got = run_js(node_client, server, "upload")
+@pytest.mark.parametrize("mode", ["middleware", "proxy"])
+def test_storage_upload_then_image_to_video(node_client: Path, server: Server, mode: str) -> None:
+    got = run_js(node_client, server, "upload", mode)
     assert got["url"].startswith(f"{server.url}/files/")
     video = httpx.get(got["result"]["data"]["video"]["url"]).content
     with av.open(io.BytesIO(video)) as container:
@@ -92,3 +96,23 @@ def test_run_and_validation_errors(node_client: Path, server: Server) -> None:
     assert invalid["status"] == 422
     assert invalid["name"] == "ValidationError"
     assert invalid["fieldErrors"][0]["loc"] == ["body", "fps"]
+
+
+# --- proxyUrl: every call goes to /api/fal/proxy with its fal URL in x-fal-target-url ------------
+
+
+def test_proxy_subscribe_polling_and_streaming(node_client: Path, server: Server) -> None:
+    polled = run_js(node_client, server, "subscribe", "proxy")
+    assert polled["result"]["data"]["seed"] == 4
+    assert polled["result"]["requestId"]
+    assert polled["last"]["logs"][0]["message"] == "seed 4"
+    streamed = run_js(node_client, server, "stream", "proxy")
+    assert streamed["result"]["data"]["video"]["url"].startswith(server.url)
+    assert streamed["statuses"]
+
+
+def test_proxy_cancel_and_synchronous_run(node_client: Path, server: Server) -> None:
+    cancelled = run_js(node_client, server, "cancel", "proxy")
+    assert cancelled["status"]["error_type"] == "cancelled"
+    assert cancelled["error"]["status"] == 499
+    assert run_js(node_client, server, "run", "proxy")["data"]["seed"] == 8

@@ -4,6 +4,7 @@
     files.py       downloads and fal's two upload protocols
     admin.py       API keys (admin scope)
     operations.py  health, ready, metrics, and the playground page
+    proxy.py       fal's server-proxy route (/api/fal/proxy), mapped onto the routes above
     errors.py      the one mapping of fastsvd's error tree onto HTTP answers
     deps.py        services, the caller's key and request headers, as FastAPI dependencies
 
@@ -21,6 +22,7 @@ from fastsvd import __version__
 from fastsvd.api import admin, errors, files, operations, queue
 from fastsvd.api.auth import RateLimits
 from fastsvd.api.limits import JSON_BODY_MAX_BYTES, BodyLimit
+from fastsvd.api.proxy import FalProxy
 from fastsvd.endpoints import ENDPOINTS, Registry
 from fastsvd.services import Services
 
@@ -41,6 +43,9 @@ def create_app(services: Services, endpoints: Registry = ENDPOINTS) -> FastAPI:
     app.add_middleware(
         BodyLimit, max_bytes=JSON_BODY_MAX_BYTES, own_limit=("/files/upload", "/storage/upload/")
     )
+    # outermost: fal's proxy route re-enters the app at the route it names (api/proxy.py), so
+    # the body limit sees that route
+    app.add_middleware(FalProxy, endpoints=endpoints)
     # each router reads JSON bodies strictly (StrictJSONRoute, api/body.py)
     for router in (
         queue.router(endpoints),

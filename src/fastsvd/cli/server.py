@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -21,6 +22,16 @@ from fastsvd.errors import FastSVDError, ModelNotAvailable
 @click.option("--preset", help="Models: svd-xt-1.1 (default), svd-xt, or tiny.")
 @store_options
 @click.option("--no-auth", is_flag=True, help="No API keys (only on a loopback address).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate (chain): serve https (with --tls-key; or FASTSVD_TLS_CERT).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    help="PEM private key of --tls-cert (or FASTSVD_TLS_KEY).",
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -28,6 +39,8 @@ def serve(
     preset: str | None,
     store: dict[str, Any],
     no_auth: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the fal-compatible API and its workers."""
     from fastsvd.logs import configure
@@ -40,6 +53,8 @@ def serve(
         workers=workers,
         preset=preset,
         auth=False if no_auth else None,
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
         **store,
     )
     try:
