@@ -171,101 +171,47 @@ class Worker:
 
     def run(self, claim: Claim) -> None:
         """Run one claimed job to a final state (unless its lease is lost)."""
-        job, token = claim.job, claim.token
-        lost = threading.Event()
-        done = threading.Event()
-        heartbeat = threading.Thread(
-            target=self._heartbeat, args=(job.id, token, lost, done), daemon=True
-        )
+        ctx = JobContext(self, claim)
+        heartbeat = threading.Thread(target=self._heartbeat, args=(ctx,), daemon=True)
         heartbeat.start()
-        self.listener.watch(job.id)
+        self.listener.watch(ctx.job.id)
         self.listener.pass_on()  # there may be more queued: another idle worker looks
-        started = time.perf_counter()
+        job = ctx.job
         log.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         try:
             endpoint = self.endpoints[job.endpoint]
             request = endpoint.input.model_validate(job.input)
             seed = resolve_seed(getattr(request, "seed", None))
-            self._best_effort(lambda: self.s.jobs.log(job.id, token, f"seed {seed}"))
-
-            stage_seconds: dict[str, float] = {}
-            mark = [time.perf_counter()]
-
-            def on_step(event: StepEvent) -> None:
-                now = time.perf_counter()
-                stage_seconds[event.stage] = stage_seconds.get(event.stage, 0.0) + now - mark[0]
-                mark[0] = now
-                line = step_line(event)
-                self._best_effort(lambda: self.s.jobs.log(job.id, token, line))
-
-            # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
-            # read now and then, in case a notification was missed. Without them, every step.
-            poll_s = CANCEL_POLL_S if self.listener.pushes_cancels else 0.0
-            next_poll = [0.0]
-
-            def should_cancel() -> bool:
-                if lost.is_set() or self.abort.is_set() or self.listener.cancelled(job.id):
-                    return True
-                now = time.monotonic()
-                if now < next_poll[0]:
-                    return False
-                next_poll[0] = now + poll_s
-                return self._best_effort(lambda: self.s.jobs.cancel_requested(job.id)) is True
-
-            def on_first_frame(image: Image.Image) -> None:
-                # Shown to whoever watches the logs while the video is still being made.
-                url = self._best_effort(
-                    lambda: self._store_preview(job.key_id, job.id, image, job.base_url)
-                )
-                if url is not None:
-                    line = first_frame_line(url)
-                    self._best_effort(lambda: self.s.jobs.log(job.id, token, line))
-
-            hooks = Hooks(
-                on_step=on_step, should_cancel=should_cancel, on_first_frame=on_first_frame
-            )
-            mp4 = self.runner.run(endpoint.capability, request, seed, hooks)
-            output = self._until_written(
-                lambda: self._store_output(job.key_id, job.id, mp4, seed), lost=lost
-            )
-            elapsed = time.perf_counter() - started
-            written = output is not None and self._until_written(
-                lambda: self.s.jobs.complete(job.id, token, output, elapsed, stage_seconds),
-                lost=lost,
-            )
-            if written:
-                log.info("job completed", extra={"request_id": job.id, "seconds": elapsed})
+            ctx.log(f"seed {seed}")
+            mp4 = self.runner.run(endpoint.capability, request, seed, ctx.hooks())
+            if ctx.complete(mp4, seed):
+                log.info("job completed", extra={"request_id": job.id, "seconds": ctx.elapsed_s})
             else:
                 log.warning("job %s: lease lost before the result; result dropped", job.id)
         except Exception as exc:
-            if lost.is_set():
+            if ctx.lost.is_set():
                 log.warning("job %s: lease lost; stopped without writing", job.id)
             elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
-                # shutting down: another worker takes it
-                self._until_written(lambda: self.s.jobs.release(job.id, token), lost=lost)
+                ctx.release()  # shutting down: another worker takes it
             else:
                 failure = failure_of(exc)
-                elapsed = time.perf_counter() - started
-                self._until_written(
-                    lambda: self.s.jobs.fail(job.id, token, failure, elapsed), lost=lost
-                )
+                ctx.fail(failure)
                 log.info(
                     "job failed", extra={"request_id": job.id, "error_type": failure.error_type}
                 )
         finally:
-            done.set()
+            ctx.done.set()
             heartbeat.join()
             self.listener.watch(None)
 
-    def _heartbeat(
-        self, job_id: str, token: int, lost: threading.Event, done: threading.Event
-    ) -> None:
+    def _heartbeat(self, ctx: JobContext) -> None:
         # The lease is ours until ``held_until``; while the database is away we keep running,
         # but once the lease may have expired someone else may hold the job: stop.
+        job_id, lost = ctx.job.id, ctx.lost
         held_until = time.monotonic() + self.s.lease_s
-        while not done.wait(self.s.lease_s / 3):
+        while not ctx.done.wait(self.s.lease_s / 3):
             try:
-                renewed = self.s.jobs.renew(job_id, token, self.s.lease_s)
+                renewed = self.s.jobs.renew(job_id, ctx.token, self.s.lease_s)
             except StoreUnavailable:
                 if time.monotonic() >= held_until:
                     log.warning("job %s: database away past the lease; stopping", job_id)
@@ -333,6 +279,95 @@ class Worker:
             file_size=record.size,
         )
         return VideoOutput(video=file, seed=seed).model_dump(mode="json")
+
+
+class JobContext:
+    """One claimed job while it runs: its lease, its log, its cancel checks, its first frame,
+    its stage timings and its final write. Every write is fenced by the claim's token."""
+
+    def __init__(self, worker: Worker, claim: Claim) -> None:
+        self.worker = worker
+        self.s = worker.s
+        self.job = claim.job
+        self.token = claim.token
+        self.lost = threading.Event()  # the lease is gone: stop, write nothing
+        self.done = threading.Event()  # the job has ended here (the heartbeat stops)
+        self.started = time.perf_counter()
+        self.stage_seconds: dict[str, float] = {}
+        self._mark = self.started
+        # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
+        # read now and then, in case a notification was missed. Without them, every step.
+        self._poll_s = CANCEL_POLL_S if worker.listener.pushes_cancels else 0.0
+        self._next_poll = 0.0
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def hooks(self) -> Hooks:
+        """The hooks the runner calls; stage timings count from now."""
+        self._mark = time.perf_counter()
+        return Hooks(
+            on_step=self.on_step, should_cancel=self.should_cancel, on_first_frame=self.on_frame
+        )
+
+    def log(self, line: str) -> None:
+        """A line of the request's log (skipped while the job store is away)."""
+        self.worker._best_effort(lambda: self.s.jobs.log(self.job.id, self.token, line))
+
+    def on_step(self, event: StepEvent) -> None:
+        now = time.perf_counter()
+        stage = str(event.stage)
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - self._mark
+        self._mark = now
+        self.log(step_line(event))
+
+    def should_cancel(self) -> bool:
+        w = self.worker
+        if self.lost.is_set() or w.abort.is_set() or w.listener.cancelled(self.job.id):
+            return True
+        now = time.monotonic()
+        if now < self._next_poll:
+            return False
+        self._next_poll = now + self._poll_s
+        return w._best_effort(lambda: self.s.jobs.cancel_requested(self.job.id)) is True
+
+    def on_frame(self, image: Image.Image) -> None:
+        # Shown to whoever watches the logs while the video is still being made.
+        url = self.worker._best_effort(
+            lambda: self.worker._store_preview(
+                self.job.key_id, self.job.id, image, self.job.base_url
+            )
+        )
+        if url is not None:
+            self.log(first_frame_line(url))
+
+    def complete(self, mp4: bytes, seed: int) -> bool:
+        """Store the video and record the result; False when the lease was lost first."""
+        w, job = self.worker, self.job
+        output = w._until_written(
+            lambda: w._store_output(job.key_id, job.id, mp4, seed), lost=self.lost
+        )
+        if output is None:
+            return False
+        elapsed = self.elapsed_s
+        written = w._until_written(
+            lambda: self.s.jobs.complete(job.id, self.token, output, elapsed, self.stage_seconds),
+            lost=self.lost,
+        )
+        return bool(written)
+
+    def fail(self, failure: Failure) -> None:
+        elapsed = self.elapsed_s
+        self.worker._until_written(
+            lambda: self.s.jobs.fail(self.job.id, self.token, failure, elapsed), lost=self.lost
+        )
+
+    def release(self) -> None:
+        """Hand the job back to the queue (this worker is shutting down)."""
+        self.worker._until_written(
+            lambda: self.s.jobs.release(self.job.id, self.token), lost=self.lost
+        )
 
 
 def image_loader(
