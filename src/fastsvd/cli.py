@@ -278,6 +278,7 @@ def _run_local(
 
     from fastsvd import media
     from fastsvd.cli_progress import StageProgress
+    from fastsvd.pipeline import compile
     from fastsvd.pipeline.core import load_pipeline
     from fastsvd.pipeline.device import choose
     from fastsvd.pipeline.hooks import Hooks
@@ -295,6 +296,7 @@ def _run_local(
             video_model=settings.video_model,
             first_frame_model=settings.first_frame_model,
             with_first_frame=isinstance(request, TextToVideoInput),
+            compile=compile.parse(settings.compile, placement.device),  # on the request itself
         )
         hooks = Hooks(on_step=progress.on_step, should_cancel=cancelled.is_set)
         if isinstance(request, TextToVideoInput):

@@ -44,18 +44,25 @@ class ModelRunner:
         from fastsvd.pipeline.quiet import quiet_libraries
 
         quiet_libraries()
-        from fastsvd.pipeline import optimize
+        from fastsvd.pipeline import compile, optimize
         from fastsvd.pipeline.core import load_pipeline
         from fastsvd.pipeline.device import choose
         from fastsvd.pipeline.presets import PRESETS
 
         s = self.settings
+        placement = choose(s.device, s.dtype)
+        options = compile.parse(s.compile, placement.device)
+        if options is not None:  # compiled kernels survive restarts in the data folder
+            compile.use_cache_dir(s.data_dir / "compile-cache")
+        # compiled and warmed up here, so the worker reports ready only after warm-up
         self._pipeline = load_pipeline(
             PRESETS[s.preset],
-            choose(s.device, s.dtype),
+            placement,
             video_model=s.video_model,
             first_frame_model=s.first_frame_model,
             optimizations=optimize.parse(s.optimize),
+            compile=options,
+            warm_up=options is not None,
         )
 
     def run(self, request: TextToVideoInput | ImageToVideoInput, seed: int, hooks: Hooks) -> bytes:
