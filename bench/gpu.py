@@ -184,7 +184,7 @@ def main() -> None:
     )
     parser.add_argument("--all", action="store_true", help="every figure: bench/gpu_suite.py")
     parser.add_argument("--out", help="--all: folder for gpu.json and gpu.md (default: $OUT)")
-    parser.add_argument("--budget-s", type=float, default=540.0, help="--all: stop after this")
+    parser.add_argument("--budget-s", type=float, default=500.0, help="--all: stop after this")
     parser.add_argument("--compile-backend", default="inductor", help="--all: eager on a CPU")
     parser.add_argument("--cache-dir", help="--all: inductor's cache (default: a new temp dir)")
     parser.add_argument("--ready-probe", action="store_true", help=argparse.SUPPRESS)
