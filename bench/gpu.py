@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gpu.py                      # on a GPU: the default request
     .venv/bin/python bench/gpu.py --models tiny        # anywhere: the same code, tiny models
+    .venv/bin/python bench/gpu.py --all --out DIR      # every figure, JSON + markdown (gpu_suite)
 
 The models are built from their real configs with random weights (``pipeline/full_size.py``):
 the SDXL base first-frame model and SVD-XT (U-Net, temporal VAE, CLIP image encoder), at the
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # no install needed
 
 from fastsvd.pipeline.quiet import quiet_libraries
 
@@ -49,7 +50,7 @@ from fastsvd.pipeline.device import Placement, choose  # noqa: E402
 from fastsvd.pipeline.encode import encode_mp4  # noqa: E402
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent  # noqa: E402
 from fastsvd.pipeline.presets import SVD_XT_1_1, TINY  # noqa: E402
-from fastsvd.schema import TextToVideoInput  # noqa: E402
+from fastsvd.schema import ImageSize, TextToVideoInput  # noqa: E402
 
 STAGES = ("first_frame", "video", "decode", "export")
 
@@ -149,6 +150,11 @@ def unet_flops(pipe: VideoPipeline, req: TextToVideoInput) -> int:
     return int(counter.get_total_flops())
 
 
+def request_size(args: argparse.Namespace) -> ImageSize:
+    width, height = (int(v) for v in args.size.split("x"))
+    return ImageSize(width=width, height=height)
+
+
 def median_times(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -176,7 +182,18 @@ def main() -> None:
     parser.add_argument(
         "--optimize", default="", help="fastsvd side only: e.g. channels_last (FASTSVD_OPTIMIZE)"
     )
+    parser.add_argument("--all", action="store_true", help="every figure: bench/gpu_suite.py")
+    parser.add_argument("--out", help="--all: folder for gpu.json and gpu.md (default: $OUT)")
+    parser.add_argument("--budget-s", type=float, default=500.0, help="--all: stop after this")
+    parser.add_argument("--compile-backend", default="inductor", help="--all: eager on a CPU")
+    parser.add_argument("--cache-dir", help="--all: inductor's cache (default: a new temp dir)")
+    parser.add_argument("--ready-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.all or args.ready_probe:
+        import gpu_suite
+
+        (gpu_suite.ready_probe if args.ready_probe else gpu_suite.run_all)(args)
+        return
 
     placement = choose(args.device, args.dtype)
     device = placement.device

@@ -46,29 +46,39 @@ class ModelRunner:
         settings: Settings,
         load_image: ImageLoader,
         capabilities: frozenset[str] = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO}),
+        *,
+        warm_up: bool = True,
     ) -> None:
         self.settings = settings
         self.load_image = load_image
         self.capabilities = capabilities  # image-to-video alone needs no first-frame model
+        self.warm_up = warm_up  # compile in load (a worker), or on the first request (generate)
         self._pipeline: object | None = None
 
     def load(self) -> None:
         from fastsvd.pipeline.quiet import quiet_libraries
 
         quiet_libraries()
-        from fastsvd.pipeline import optimize
+        from fastsvd.pipeline import compile, optimize
         from fastsvd.pipeline.core import load_pipeline
         from fastsvd.pipeline.device import choose
         from fastsvd.pipeline.presets import PRESETS
 
         s = self.settings
+        placement = choose(s.device, s.dtype)
+        options = compile.parse(s.compile, placement.device)
+        if options is not None:  # compiled kernels survive restarts in the data folder
+            compile.use_cache_dir(s.data_dir / "compile-cache")
+        # compiled and warmed up here, so a worker reports ready only after warm-up
         self._pipeline = load_pipeline(
             PRESETS[s.preset],
-            choose(s.device, s.dtype),
+            placement,
             video_model=s.video_model,
             first_frame_model=s.first_frame_model,
             with_first_frame=TEXT_TO_VIDEO in self.capabilities,
             optimizations=optimize.parse(s.optimize),
+            compile=options,
+            warm_up=self.warm_up and options is not None,
         )
 
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:

@@ -25,6 +25,8 @@ class Settings:
     # FASTSVD_RUNNER: "module:attribute" of a runner factory replacing the model (tests, demos)
     runner: str | None = None
     optimize: str | None = None  # FASTSVD_OPTIMIZE: e.g. channels_last (pipeline/optimize.py)
+    # FASTSVD_COMPILE: 0, 1 or regional (pipeline/compile.py; default: on for CUDA only)
+    compile: str | None = None
 
     # --- service
     data_dir: Path = field(default_factory=lambda: Path("data"))  # FASTSVD_DATA_DIR
@@ -90,6 +92,7 @@ class Settings:
             first_frame_model=get("first_frame_model"),
             runner=get("runner"),
             optimize=get("optimize"),
+            compile=get("compile"),
             data_dir=Path(get("data_dir") or defaults.data_dir),
             database_url=get("database_url"),
             storage_url=get("storage_url"),

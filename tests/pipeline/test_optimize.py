@@ -9,15 +9,20 @@ import torch
 
 from fastsvd.errors import FastSVDError
 from fastsvd.pipeline import optimize, stock
-from fastsvd.pipeline.core import VideoPipeline, load_pipeline
+from fastsvd.pipeline.core import (
+    DECODE_BYTES_PER_PIXEL_BYTE,
+    VideoPipeline,
+    decode_chunk_for,
+    load_pipeline,
+)
 from fastsvd.pipeline.device import choose
 from fastsvd.pipeline.presets import TINY
-from fastsvd.schema import TextToVideoInput
+from fastsvd.schema import ImageSize, TextToVideoInput
 
 TOLERANCE = 1  # levels of 255: float reordering may flip a rounding, nothing more
 
 
-@pytest.mark.parametrize("names", [("channels_last",)])
+@pytest.mark.parametrize("names", [("channels_last",), ("fuse_qkv",), ("low_memory",)])
 def test_lossless_optimizations_match_the_stock_pipelines(
     tiny_pipeline: VideoPipeline, names: tuple[str, ...]
 ) -> None:
@@ -25,7 +30,11 @@ def test_lossless_optimizations_match_the_stock_pipelines(
         {"prompt": "a rocket", "video_size": {"width": 64, "height": 64}, "steps": 3}
     )
     optimized = load_pipeline(TINY, choose("cpu", "fp32"), optimizations=names)
-    assert optimized.video.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    if "channels_last" in names:
+        assert optimized.video.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    if "fuse_qkv" in names:
+        processors = optimized.video.unet.attn_processors.values()
+        assert {type(p).__name__ for p in processors} == {"FusedAttnProcessor2_0"}
     ours = optimized.text_to_video(req, seed=5).frames
     _first_frame, baseline = stock.text_to_video(tiny_pipeline, req, seed=5)
     difference = np.abs(ours.astype(int) - baseline.astype(int))
@@ -37,3 +46,11 @@ def test_unknown_optimizations_are_refused_by_name() -> None:
     assert optimize.parse(None) == ()
     with pytest.raises(FastSVDError, match=r"'turbo'.*FASTSVD_OPTIMIZE"):
         optimize.parse("channels_last,turbo")
+
+
+def test_low_memory_decode_chunk_follows_free_memory() -> None:
+    size = ImageSize(width=1024, height=576)
+    per_frame = 1024 * 576 * 2 * DECODE_BYTES_PER_PIXEL_BYTE
+    assert decode_chunk_for(100 * per_frame, size, 2) == 25
+    assert decode_chunk_for(4 * per_frame, size, 2) == 3  # a quarter kept free
+    assert decode_chunk_for(0, size, 2) == 1

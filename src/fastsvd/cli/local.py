@@ -162,7 +162,10 @@ def _run_local(
     seed = resolve_seed(request.seed)
     capability = TEXT_TO_VIDEO if isinstance(request, TextToVideoInput) else IMAGE_TO_VIDEO
     # the worker's runner, for this one request: the same models, optimizations and encoding
-    runner = ModelRunner(settings, data_uri_only, capabilities=frozenset({capability}))
+    # (compiled, with FASTSVD_COMPILE=1, on the request itself: no separate warm-up)
+    runner = ModelRunner(
+        settings, data_uri_only, capabilities=frozenset({capability}), warm_up=False
+    )
     with StageProgress(enabled=not quiet) as progress, _cancel_on_interrupt() as cancelled:
         progress.note(f"loading {settings.preset} on {choose(settings.device, settings.dtype)}")
         runner.load()

@@ -18,8 +18,9 @@ check it bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
@@ -48,6 +49,8 @@ LEVELS: dict[DeepCache, CacheSchedule | None] = {
     DeepCache.medium: CacheSchedule(interval=3, branch=1),  # ~2.0x
     DeepCache.high: CacheSchedule(interval=3, branch=0),  # ~2.6x
 }
+# The cuts the levels use: a pipeline's one full graph keeps the deep feature of each
+BRANCHES: tuple[int, ...] = tuple(sorted({s.branch for s in LEVELS.values() if s is not None}))
 
 
 @dataclass
@@ -108,7 +111,6 @@ class _UpUnit:
         ctx: _Context,
     ) -> torch.Tensor:
         # hidden, skip: [batch * frames, channels, height, width], concatenated on channels
-        # hidden, skip: [batch * frames, channels, height, width], concatenated on channels
         hidden = _layer(self.resnet, self.attention, torch.cat([hidden, skip], dim=1), ctx)
         if self.upsampler is not None:
             size = None
@@ -137,56 +139,113 @@ def _units(unet: UNetSpatioTemporalConditionModel) -> tuple[list[_DownUnit], lis
     return down, up
 
 
-class CachedUNet:
-    """Runs an SVD U-Net step by step under a ``CacheSchedule``.
+class UNetGraphs:
+    """The U-Net as a few stable functions, each one graph under ``torch.compile``.
 
-    Call it with the U-Net's arguments plus the 0-based step index; it keeps the deep feature of
-    the last full step. One instance serves one video: make a new one per request.
+    ``full`` runs the whole U-Net and also returns the deep feature of every branch in
+    ``branches`` (the hidden state entering the up path at that cut); ``shallow[b]`` runs only
+    the shallow part for branch ``b`` from such a feature. None of them takes the step index, and
+    the timestep is a tensor, so a compiled graph never specialises on either: the steps of a
+    request, and requests of one size, replay the same graphs. One instance serves a pipeline for
+    its lifetime (it holds no per-request state).
     """
 
-    def __init__(self, unet: UNetSpatioTemporalConditionModel, schedule: CacheSchedule) -> None:
+    def __init__(
+        self, unet: UNetSpatioTemporalConditionModel, branches: Sequence[int] = (0, 1)
+    ) -> None:
         self.unet = unet
-        self.schedule = schedule
         self._down, self._up = _units(unet)
-        if self.num_skips != len(self._up):
+        if 1 + len(self._down) != len(self._up):
             raise ValueError("U-Net down and up paths do not pair up; not an SVD U-Net")
-        if not 0 <= schedule.branch < self.num_skips - 1:
-            raise ValueError(f"branch must be in 0..{self.num_skips - 2}, got {schedule.branch}")
-        self._cached: torch.Tensor | None = None
+        for branch in branches:
+            if not 0 <= branch < self.num_skips - 1:
+                raise ValueError(f"branch must be in 0..{self.num_skips - 2}, got {branch}")
+        self.branches = tuple(branches)
+        self.full: FullForward = self._full
+        self.compiled = False
+        self.shallow: dict[int, ShallowForward] = {b: _Shallow(self, b) for b in self.branches}
 
     @property
     def num_skips(self) -> int:
         """How many skip connections the U-Net has (12 for SVD-XT): conv_in's and the units'."""
         return 1 + len(self._down)
 
-    def __call__(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        added_time_ids: torch.Tensor,
-        step: int,
-    ) -> torch.Tensor:
-        full = self._cached is None or self.schedule.is_full_step(step)
-        return self.forward(sample, timestep, encoder_hidden_states, added_time_ids, full=full)
+    def compile(self, compile_fn: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        """Replace ``full`` and every ``shallow`` forward by ``compile_fn`` of it."""
+        self.full = compile_fn(self._full)
+        self.shallow = {b: compile_fn(_Shallow(self, b)) for b in self.branches}
+        self.compiled = True
 
-    def forward(
+    def _cut(self, branch: int) -> int:
+        return len(self._up) - 1 - branch  # the first up unit a retrieval step runs
+
+    def _full(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         added_time_ids: torch.Tensor,
-        *,
-        full: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The whole U-Net: its output, and the deep feature of each of ``branches``."""
+        unet = self.unet
+        hidden, ctx, batch_size, num_frames = self._prepare(
+            sample, timestep, encoder_hidden_states, added_time_ids
+        )
+        skips = [hidden]
+        for unit in self._down:
+            hidden = unit(hidden, ctx)
+            skips.append(hidden)
+        hidden = unet.mid_block(
+            hidden_states=hidden,
+            temb=ctx.temb,
+            encoder_hidden_states=ctx.encoder_hidden_states,
+            image_only_indicator=ctx.image_only_indicator,
+        )
+        cuts = {self._cut(b): b for b in self.branches}
+        deep: dict[int, torch.Tensor] = {}
+        for i in range(len(self._up)):
+            if i in cuts:
+                deep[cuts[i]] = hidden
+            hidden = self._up_unit(i, hidden, skips, ctx)
+        out = self._finish(hidden, batch_size, num_frames)
+        return out, tuple(deep[b] for b in self.branches)
+
+    def _shallow(
+        self,
+        branch: int,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+        deep: torch.Tensor,
     ) -> torch.Tensor:
-        """One U-Net evaluation: the whole network if ``full``, else from the cached feature."""
+        """A retrieval step: down units ``0..branch``, then the up path from ``deep``."""
+        hidden, ctx, batch_size, num_frames = self._prepare(
+            sample, timestep, encoder_hidden_states, added_time_ids
+        )
+        skips = [hidden]
+        for unit in self._down[:branch]:
+            hidden = unit(hidden, ctx)
+            skips.append(hidden)
+        hidden = deep
+        for i in range(self._cut(branch), len(self._up)):
+            hidden = self._up_unit(i, hidden, skips, ctx)
+        return self._finish(hidden, batch_size, num_frames)
+
+    def _prepare(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+    ) -> tuple[torch.Tensor, _Context, int, int]:
+        """Embeddings and ``conv_in``, exactly as the U-Net's own forward makes them."""
         unet = self.unet
         # sample: [batch, frames, channels, height, width]
         batch_size, num_frames = sample.shape[:2]
         up_factor = 2**unet.num_upsamplers
         forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
 
-        # 1. time and added-time embeddings, exactly as the U-Net's own forward makes them
         timesteps = timestep if timestep.ndim else timestep[None]
         timesteps = timesteps.to(sample.device).expand(batch_size)
         t_emb = unet.time_proj(timesteps).to(dtype=sample.dtype)
@@ -209,38 +268,12 @@ class CachedUNet:
             ),
             forward_upsample_size=forward_upsample_size,
         )
+        return unet.conv_in(hidden), ctx, batch_size, num_frames
 
-        # 2. down path: all of it on a full step, units 0..branch on a retrieval step
-        hidden = unet.conv_in(hidden)
-        skips = [hidden]
-        depth = len(self._down) if full else self.schedule.branch  # units after conv_in
-        for unit in self._down[:depth]:
-            hidden = unit(hidden, ctx)
-            skips.append(hidden)
-
-        # 3. the deep part: mid block and deep up units, or the cached feature instead
-        cut = len(self._up) - 1 - self.schedule.branch  # first up unit a retrieval step runs
-        if full:
-            hidden = unet.mid_block(
-                hidden_states=hidden,
-                temb=ctx.temb,
-                encoder_hidden_states=ctx.encoder_hidden_states,
-                image_only_indicator=ctx.image_only_indicator,
-            )
-            for i in range(cut):
-                hidden = self._up_unit(i, hidden, skips, ctx)
-            self._cached = hidden
-        else:
-            if self._cached is None:
-                raise RuntimeError("a retrieval step needs a full step before it")
-            hidden = self._cached
-
-        # 4. shallow up path
-        for i in range(cut, len(self._up)):
-            hidden = self._up_unit(i, hidden, skips, ctx)
-
-        # 5. post-process, back to [batch, frames, channels, height, width]
+    def _finish(self, hidden: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
+        unet = self.unet
         hidden = unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden)))
+        # [batch * frames, ...] -> [batch, frames, channels, height, width]
         return hidden.reshape(batch_size, num_frames, *hidden.shape[1:])
 
     def _up_unit(
@@ -249,3 +282,86 @@ class CachedUNet:
         skip_index = len(self._up) - 1 - i  # up unit i consumes skip n-1-i
         next_skip = skips[skip_index - 1] if skip_index > 0 else None
         return self._up[i](hidden, skips[skip_index], next_skip, ctx)
+
+
+class _Shallow:
+    """``UNetGraphs._shallow`` bound to one branch, so each branch compiles to its own graph."""
+
+    def __init__(self, graphs: UNetGraphs, branch: int) -> None:
+        self.graphs = graphs
+        self.branch = branch
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+        deep: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.graphs._shallow(
+            self.branch, sample, timestep, encoder_hidden_states, added_time_ids, deep
+        )
+
+
+FullForward = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
+ShallowForward = Callable[..., torch.Tensor]
+
+
+class CachedUNet:
+    """Runs an SVD U-Net step by step under a ``CacheSchedule`` (or none: every step full).
+
+    Call it with the U-Net's arguments plus the 0-based step index; it keeps the deep feature of
+    the last full step. One instance serves one video: make a new one per request, over the
+    pipeline's long-lived ``UNetGraphs`` (compiled or not).
+    """
+
+    def __init__(
+        self,
+        unet: UNetSpatioTemporalConditionModel,
+        schedule: CacheSchedule | None,
+        graphs: UNetGraphs | None = None,
+    ) -> None:
+        self.schedule = schedule
+        branches = (schedule.branch,) if schedule is not None else ()
+        self.graphs = graphs or UNetGraphs(unet, branches)
+        if schedule is not None and schedule.branch not in self.graphs.shallow:
+            raise ValueError(f"these U-Net graphs have no branch {schedule.branch}")
+        self._cached: torch.Tensor | None = None
+
+    @property
+    def num_skips(self) -> int:
+        """How many skip connections the U-Net has (12 for SVD-XT)."""
+        return self.graphs.num_skips
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+        step: int,
+    ) -> torch.Tensor:
+        full = self.schedule is None or self._cached is None or self.schedule.is_full_step(step)
+        return self.forward(sample, timestep, encoder_hidden_states, added_time_ids, full=full)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+        *,
+        full: bool,
+    ) -> torch.Tensor:
+        """One U-Net evaluation: the whole network if ``full``, else from the cached feature."""
+        if full:
+            out, deep = self.graphs.full(sample, timestep, encoder_hidden_states, added_time_ids)
+            if self.schedule is not None:
+                self._cached = deep[self.graphs.branches.index(self.schedule.branch)]
+            return out
+        if self.schedule is None or self._cached is None:
+            raise RuntimeError("a retrieval step needs a full step before it")
+        return self.graphs.shallow[self.schedule.branch](
+            sample, timestep, encoder_hidden_states, added_time_ids, self._cached
+        )

@@ -6,6 +6,14 @@ measured on a GPU (``bench/gpu.py --optimize ...``; see docs/performance.md).
 
 - ``channels_last``: the U-Nets' and VAEs' 2-D convolution weights in NHWC layout, which cuDNN's
   convolutions prefer on tensor cores.
+- ``fuse_qkv``: each self-attention's query, key and value projections as one matrix product
+  (key and value for cross-attention), diffusers' ``FusedAttnProcessor2_0``; both U-Nets.
+- ``low_memory``: for 24 GB cards: the first-frame model stays on the CPU except during stage 1,
+  and the decode chunk is picked from free GPU memory (``core.decode_chunk_for``). Costs the
+  host-to-device copy of SDXL (~7 GB) per request; lossless unless the chunk shrinks.
+- ``fp8`` (lossy, CUDA with compute capability >= 8.9 only): torchao's float8 dynamic
+  quantisation (activations and weights, per row) of the video U-Net's linear layers. Its
+  deviation from bf16 is measured by ``bench/gpu.py --all``, not promised.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import torch
 
 from fastsvd.errors import FastSVDError
 
-KNOWN = ("channels_last",)
+KNOWN = ("channels_last", "fuse_qkv", "low_memory", "fp8")
+LOSSY = ("fp8",)
 
 
 def parse(value: str | None) -> tuple[str, ...]:
@@ -42,6 +51,10 @@ def apply(pipes: Iterable[Any], names: Iterable[str]) -> None:
                 module = getattr(pipe, part, None)
                 if module is not None:
                     _channels_last(module)
+        if "fuse_qkv" in names:
+            _fuse_qkv(pipe.unet)
+        if "fp8" in names and hasattr(pipe, "image_encoder"):  # the video pipeline's U-Net
+            _fp8(pipe.unet)
 
 
 def _channels_last(module: torch.nn.Module) -> None:
@@ -49,3 +62,29 @@ def _channels_last(module: torch.nn.Module) -> None:
     for conv in module.modules():
         if isinstance(conv, torch.nn.Conv2d):
             conv.to(memory_format=torch.channels_last)
+
+
+def _fuse_qkv(unet: torch.nn.Module) -> None:
+    from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
+
+    for attention in unet.modules():
+        if isinstance(attention, Attention):
+            attention.fuse_projections(fuse=True)
+    unet.set_attn_processor(FusedAttnProcessor2_0())
+
+
+def _fp8(unet: torch.nn.Module) -> None:
+    device = next(unet.parameters()).device
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise FastSVDError(
+            "fp8 needs a CUDA GPU of compute capability 8.9 or newer (FASTSVD_OPTIMIZE)"
+        )
+    try:
+        from torchao.quantization import (  # type: ignore[import-not-found]
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+            quantize_,
+        )
+    except ImportError as exc:
+        raise FastSVDError("fp8 needs torchao installed (pip install torchao)") from exc
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))

@@ -20,7 +20,7 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from fastsvd.pipeline.deepcache import CachedUNet, CacheSchedule
+from fastsvd.pipeline.deepcache import CachedUNet, CacheSchedule, UNetGraphs
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 
 
@@ -47,8 +47,10 @@ def animate(
     image: Image.Image,
     settings: VideoSettings,
     hooks: Hooks,
+    graphs: UNetGraphs | None = None,
 ) -> np.ndarray:
-    """Animate ``image``, already ``width`` x ``height``.
+    """Animate ``image``, already ``width`` x ``height``, through the U-Net's ``graphs`` (the
+    pipeline's long-lived, possibly compiled forwards; by default eager ones of ``pipe.unet``).
 
     Returns the frames as float32 [F, H, W, 3] in [0, 1].
     """
@@ -105,8 +107,8 @@ def animate(
     guidance = torch.linspace(s.min_guidance_scale, s.max_guidance_scale, s.num_frames)
     guidance = _append_dims(guidance.unsqueeze(0).to(device, latents.dtype), latents.ndim)
 
-    # 6. denoising loop
-    cached = CachedUNet(pipe.unet, s.cache) if s.cache is not None else None
+    # 6. denoising loop; the timestep stays a device tensor, so nothing here syncs with the host
+    unet = CachedUNet(pipe.unet, s.cache, graphs)
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         hooks.check_cancel(Stage.video, i + 1)
@@ -114,7 +116,8 @@ def animate(
         model_input = pipe.scheduler.scale_model_input(model_input, t)
         # [cfg, F, 4 + 4, h, w]: noisy latents beside the conditioning latents
         model_input = torch.cat([model_input, image_latents], dim=2)
-        if cached is None:
+        if s.cache is None and not (graphs is not None and graphs.compiled):
+            # eager without DeepCache: the U-Net's own forward, as the stock pipeline calls it
             noise_pred = pipe.unet(
                 model_input,
                 t,
@@ -123,7 +126,7 @@ def animate(
                 return_dict=False,
             )[0]
         else:
-            noise_pred = cached(model_input, t, image_embeddings, added_time_ids, step=i)
+            noise_pred = unet(model_input, t, image_embeddings, added_time_ids, step=i)
         if do_cfg:
             noise_uncond, noise_cond = noise_pred.chunk(2)
             noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)

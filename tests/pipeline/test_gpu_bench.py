@@ -1,0 +1,54 @@
+"""The prepared GPU run (``bench/gpu.py --all``) end to end on the CPU with the tiny models, so
+it cannot rot: it finishes, and its JSON has every field the GPU run fills."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_suite  # noqa: E402
+
+
+def keys(value: object, prefix: str = "") -> set[str]:
+    """Every key path in a JSON value, lists' items left out."""
+    if not isinstance(value, dict):
+        return set()
+    found = set()
+    for key, item in value.items():
+        found.add(prefix + key)
+        found |= keys(item, prefix + key + ".")
+    return found
+
+
+@pytest.mark.slow
+def test_the_device_command_runs_on_the_cpu_and_fills_every_field(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--all", "--models", "tiny",
+               "--size", "64x64", "--steps", "2", "--repeats", "1", "--first-frame-steps", "2",
+               "--compile-backend", "eager", "--out", str(tmp_path),
+               "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "gpu.json").read_text())
+    assert keys(record) == keys(gpu_suite.empty_record()) | {f"meta.{k}" for k in record["meta"]}
+    assert not record["skipped"]
+    measured = {**record["configs"], **record["levels"]}
+    # fp8 needs a CUDA GPU; everything else ran, and the lossless configurations stayed lossless
+    assert {n for n, e in measured.items() if e["status"] != "measured"} == {"fastsvd_compiled_fp8"}
+    assert "CUDA" in record["configs"]["fastsvd_compiled_fp8"]["reason"]
+    for name in ("fastsvd_eager", "fastsvd_compiled", "stock_compiled"):
+        assert measured[name]["deviation_from_stock"]["max"] <= 1, name
+    assert all(e["status"] == "measured" for e in record["decode_chunks"].values())
+    compiled = record["compile"]
+    assert compiled["graph_breaks"] == 0
+    assert compiled["recompiles_after_warm_up"] == 0
+    assert compiled["start_to_ready_s"] > 0
+    assert "| fastsvd_compiled |" in (tmp_path / "gpu.md").read_text()
