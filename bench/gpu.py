@@ -183,6 +183,12 @@ def main() -> None:
         "--optimize", default="", help="fastsvd side only: e.g. channels_last (FASTSVD_OPTIMIZE)"
     )
     parser.add_argument("--all", action="store_true", help="every figure: bench/gpu_suite.py")
+    parser.add_argument(
+        "--optimizations",
+        default="channels_last,fuse_qkv,low_memory,fp8",
+        help="--all: which optimizations to measure on the compiled pipeline (the CPU dry run "
+        "leaves out those whose compiled re-trace only costs time there)",
+    )
     parser.add_argument("--out", help="--all: folder for gpu.json and gpu.md (default: $OUT)")
     parser.add_argument("--budget-s", type=float, default=500.0, help="--all: stop after this")
     parser.add_argument("--compile-backend", default="inductor", help="--all: eager on a CPU")

@@ -334,8 +334,13 @@ def run_all(args: argparse.Namespace) -> None:
             measure(configs["stock_compiled"], lambda: gpu.run_stock(pipe, req, seed),
                     args.repeats, device, reference, flops, warm_up=False)  # fmt: skip
         # 7. optimizations on the compiled fastsvd pipeline (each changes the models in place)
+        wanted = set(args.optimizations.split(","))
         for name in ("channels_last", "fuse_qkv", "low_memory", "fp8"):
             key = f"fastsvd_compiled_{name}"
+            if name not in wanted:
+                configs[key]["status"] = "not_requested"
+                configs[key]["reason"] = "left out by --optimizations"
+                continue
             if not budget.allows(key, 60):
                 continue
             try:

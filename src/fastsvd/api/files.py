@@ -5,6 +5,7 @@ one-shot upload, and the JS client's initiate-then-PUT), plus the submit-time ch
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 import urllib.parse
 from typing import Annotated, Any
@@ -24,7 +25,8 @@ from fastsvd.net.fetch import url_schemes
 from fastsvd.net.guard import check_url
 from fastsvd.schema import ErrorResponse
 from fastsvd.services import Services
-from fastsvd.store.files import new_file_id
+from fastsvd.store.files import FileRecord, new_file_id
+from fastsvd.store.keys import KeyInfo
 
 router = APIRouter(tags=["files"], route_class=StrictJSONRoute)
 
@@ -111,6 +113,24 @@ def _clean_name(name: str | None, content_type: str) -> str:
     return name
 
 
+async def _add_upload(
+    s: Services, key: KeyInfo, name: str, content_type: str, **details: Any
+) -> FileRecord:
+    """The record of an uploaded file, kept as long as the outputs are."""
+    record: FileRecord = await run_in_threadpool(
+        functools.partial(
+            s.files.add,
+            key_id=key.key_id,
+            kind="upload",
+            file_name=name,
+            content_type=content_type,
+            retention_s=s.settings.retention_s,
+            **details,
+        )
+    )
+    return record
+
+
 @router.post("/storage/auth/token", summary="Upload token (fal-client)", responses=responses.KEYED)
 async def upload_token(request: Request, key: KeyDep, base: BaseURL) -> JSONResponse:
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
@@ -135,16 +155,7 @@ async def upload(request: Request, s: ServicesDep, key: KeyDep, base: BaseURL) -
     name = _clean_name(request.headers.get("x-fal-file-name"), content_type)
     file_id = new_file_id()
     await run_in_threadpool(s.storage.put, file_id, data, content_type)
-    record = await run_in_threadpool(
-        s.files.add,
-        key_id=key.key_id,
-        kind="upload",
-        file_name=name,
-        content_type=content_type,
-        size=len(data),
-        retention_s=s.settings.retention_s,
-        file_id=file_id,
-    )
+    record = await _add_upload(s, key, name, content_type, size=len(data), file_id=file_id)
     url = base + record.path
     return JSONResponse({"access_url": url, "content_type": content_type, "file_name": name})
 
@@ -160,16 +171,7 @@ async def upload_initiate(
     content_type = str(body.get("content_type") or "application/octet-stream")[:255]
     name = _clean_name(str(body.get("file_name") or ""), content_type)
     token = secrets.token_hex(16)
-    record = await run_in_threadpool(
-        s.files.add,
-        key_id=key.key_id,
-        kind="upload",
-        file_name=name,
-        content_type=content_type,
-        size=0,
-        retention_s=s.settings.retention_s,
-        upload_token=token,
-    )
+    record = await _add_upload(s, key, name, content_type, size=0, upload_token=token)
     return JSONResponse(
         {
             "upload_url": f"{base}/storage/upload/{record.id}?token={token}",

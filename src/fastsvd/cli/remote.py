@@ -241,11 +241,7 @@ def result(request_id: str, url: str, key: str | None, output: str | None, as_js
             got = client.result(ANY_ENDPOINT, request_id)
             return got, save(client, got, output) if output else None
 
-    got, path = remote_call(call)
-    if as_json or path is None:
-        click.echo(got.model_dump_json())
-    else:
-        click.echo(f"wrote {path}  seed={got.seed}")
+    show(*remote_call(call), as_json=as_json)
 
 
 @main.command()
@@ -281,12 +277,17 @@ def watch(
             got = finish(client, ANY_ENDPOINT, request_id, final)
             return got, save(client, got, output) if output else None
 
-    got, path = remote_call(call)
-    if as_json or path is None:
-        click.echo(got.model_dump_json())
-    else:
-        click.echo(f"wrote {path}  seed={got.seed}")
+    show(*remote_call(call), as_json=as_json)
 
 
 if __name__ == "__main__":
     main()
+
+
+def show(got: VideoOutput, path: Path | None, *, as_json: bool) -> None:
+    """A fetched output: where the video was written, or (with --json, or not downloaded) the
+    fal output object."""
+    if as_json or path is None:
+        click.echo(got.model_dump_json())
+    else:
+        click.echo(f"wrote {path}  seed={got.seed}")
