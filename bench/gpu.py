@@ -49,8 +49,10 @@ from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
 from fastsvd.pipeline.device import Placement, choose  # noqa: E402
 from fastsvd.pipeline.encode import encode_mp4  # noqa: E402
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent  # noqa: E402
+from fastsvd.pipeline.params import GenerationParams  # noqa: E402
 from fastsvd.pipeline.presets import SVD_XT_1_1, TINY  # noqa: E402
-from fastsvd.schema import ImageSize, TextToVideoInput  # noqa: E402
+from fastsvd.runner import params_of  # noqa: E402
+from fastsvd.schema import TextToVideoInput  # noqa: E402
 
 STAGES = ("first_frame", "video", "decode", "export")
 
@@ -79,41 +81,39 @@ def build(models: str, placement: Placement) -> VideoPipeline:
     return VideoPipeline(SVD_XT_1_1, placement, video, first_frame)
 
 
-def run_stock(
-    pipe: VideoPipeline, req: TextToVideoInput, seed: int
-) -> tuple[np.ndarray, dict[str, float]]:
+def run_stock(pipe: VideoPipeline, params: GenerationParams) -> tuple[np.ndarray, dict[str, float]]:
     """The stock pipelines, as a diffusers user would call them; stages timed at their ends."""
     device = pipe.placement.device
     times: dict[str, float] = {}
     sync(device)
     start = time.perf_counter()
-    image = stock.first_frame(pipe, req, seed)
+    image = stock.first_frame(pipe, params)
     times["first_frame"] = time.perf_counter() - start
     marks: dict[str, float] = {}
 
     def on_step_end(_p: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if i == req.steps - 1:
+        if i == params.steps - 1:
             sync(device)
             marks["denoised"] = time.perf_counter()
         return kwargs
 
     video_start = time.perf_counter()
     frames = pipe.video(
-        image, **stock.video_arguments(pipe, req, seed), callback_on_step_end=on_step_end
+        image, **stock.video_arguments(pipe, params), callback_on_step_end=on_step_end
     ).frames[0]
     done = time.perf_counter()
     times["video"] = marks["denoised"] - video_start
     times["decode"] = done - marks["denoised"]
     pixels = stock.to_pixels(frames)
     start = time.perf_counter()
-    encode_mp4(pixels, req.fps)
+    encode_mp4(pixels, params.fps)
     times["export"] = time.perf_counter() - start
     times["total"] = time.perf_counter() - (video_start - times["first_frame"])
     return pixels, times
 
 
 def run_fastsvd(
-    pipe: VideoPipeline, req: TextToVideoInput, seed: int
+    pipe: VideoPipeline, params: GenerationParams
 ) -> tuple[np.ndarray, dict[str, float]]:
     """fastsvd's pipeline; a device sync closes each stage so its timing is whole."""
     device = pipe.placement.device
@@ -124,7 +124,7 @@ def run_fastsvd(
 
     sync(device)
     start = time.perf_counter()
-    video = pipe.text_to_video(req, seed, Hooks(on_step=on_step))
+    video = pipe.generate(params, Hooks(on_step=on_step))
     pipe.to_mp4(video)
     total = time.perf_counter() - start
     times = {stage: video.timings_s.get(Stage(stage), 0.0) for stage in STAGES}
@@ -132,15 +132,14 @@ def run_fastsvd(
     return video.frames, times
 
 
-def unet_flops(pipe: VideoPipeline, req: TextToVideoInput) -> int:
+def unet_flops(pipe: VideoPipeline, params: GenerationParams) -> int:
     """FLOPs of one denoising step of the video U-Net (both guidance halves), counted."""
     unet = pipe.video.unet
     device, dtype = pipe.placement.device, pipe.placement.dtype
-    size = req.video_size
     factor = pipe.video.vae_scale_factor
     latents = torch.zeros(
         2, pipe.preset.num_frames, unet.config.in_channels,
-        size.height // factor, size.width // factor, device=device, dtype=dtype,
+        params.height // factor, params.width // factor, device=device, dtype=dtype,
     )  # fmt: skip
     context = torch.zeros(2, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
     time_ids = torch.zeros(2, 3, device=device, dtype=dtype)
@@ -150,9 +149,10 @@ def unet_flops(pipe: VideoPipeline, req: TextToVideoInput) -> int:
     return int(counter.get_total_flops())
 
 
-def request_size(args: argparse.Namespace) -> ImageSize:
+def request_size(args: argparse.Namespace) -> tuple[int, int]:
+    """``--size`` as (width, height)."""
     width, height = (int(v) for v in args.size.split("x"))
-    return ImageSize(width=width, height=height)
+    return width, height
 
 
 def median_times(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -216,23 +216,22 @@ def main() -> None:
         optimize.apply((pipe.video, pipe.first_frame), names)
     base = {"prompt": "A rocket flying that is about to take off", "steps": args.steps}
     base["video_size"] = {"width": width, "height": height}  # type: ignore[assignment]
-    req = TextToVideoInput.model_validate({**base, "deep_cache": "none"})
-    seed = 42
+    params = params_of(TextToVideoInput.model_validate({**base, "deep_cache": "none"}), seed=42)
 
     # warm-up: kernels chosen, caches filled, for both sides
-    run_stock(stock_pipe, req, seed)
-    run_fastsvd(pipe, req, seed)
+    run_stock(stock_pipe, params)
+    run_fastsvd(pipe, params)
     stock_runs, fast_runs = [], []
     stock_peak = fast_peak = 0.0
     for _ in range(args.repeats):
-        frames_stock, times, peak = timed(lambda: run_stock(stock_pipe, req, seed), device)
+        frames_stock, times, peak = timed(lambda: run_stock(stock_pipe, params), device)
         stock_runs.append(times)
         stock_peak = max(stock_peak, peak)
-        frames_fast, times, peak = timed(lambda: run_fastsvd(pipe, req, seed), device)
+        frames_fast, times, peak = timed(lambda: run_fastsvd(pipe, params), device)
         fast_runs.append(times)
         fast_peak = max(fast_peak, peak)
     stock, fast = median_times(stock_runs), median_times(fast_runs)
-    flops = unet_flops(pipe, req) * args.steps
+    flops = unet_flops(pipe, params) * args.steps
 
     print(
         f"\n{args.models} models, {width}x{height}, {pipe.preset.num_frames} frames, "
@@ -258,9 +257,9 @@ def main() -> None:
     reference: np.ndarray | None = None
     none_total = 0.0
     for level in args.levels.split(","):
-        level_req = TextToVideoInput.model_validate({**base, "deep_cache": level})
-        run_fastsvd(pipe, level_req, seed)  # warm-up
-        runs = [run_fastsvd(pipe, level_req, seed) for _ in range(args.repeats)]
+        level_params = dataclasses.replace(params, deep_cache=level)
+        run_fastsvd(pipe, level_params)  # warm-up
+        runs = [run_fastsvd(pipe, level_params) for _ in range(args.repeats)]
         frames = runs[-1][0]
         times = median_times([t for _f, t in runs])
         if reference is None:

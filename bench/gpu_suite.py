@@ -48,7 +48,9 @@ from fastsvd.pipeline import compile as compiling
 from fastsvd.pipeline import optimize
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, StepEvent
+from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.video import decode
+from fastsvd.runner import params_of
 from fastsvd.schema import TextToVideoInput
 
 LEVELS = ("none", "minimum", "medium", "high")
@@ -166,15 +168,14 @@ def measure(
     return frames
 
 
-def decode_chunks(pipe: VideoPipeline, req: TextToVideoInput, record: dict[str, Any]) -> None:
+def decode_chunks(pipe: VideoPipeline, params: GenerationParams, record: dict[str, Any]) -> None:
     """The decode alone, on the same latents, per chunk size."""
     video = pipe.video
     device, dtype = pipe.placement.device, pipe.placement.dtype
-    size = req.video_size
     factor = video.vae_scale_factor
     g = torch.Generator("cpu").manual_seed(0)
     latents = torch.randn(
-        1, pipe.preset.num_frames, 4, size.height // factor, size.width // factor, generator=g
+        1, pipe.preset.num_frames, 4, params.height // factor, params.width // factor, generator=g
     ).to(device, dtype)
     reference = None
     for n in CHUNKS:
@@ -197,7 +198,7 @@ def decode_chunks(pipe: VideoPipeline, req: TextToVideoInput, record: dict[str, 
         entry["status"] = "measured"
 
 
-def count_syncs(pipe: VideoPipeline, req: TextToVideoInput, seed: int) -> int | None:
+def count_syncs(pipe: VideoPipeline, params: GenerationParams) -> int | None:
     """Host synchronisations inside steps 2..N of the denoising loop (CUDA only)."""
     if pipe.placement.device.type != "cuda":
         return None
@@ -209,7 +210,7 @@ def count_syncs(pipe: VideoPipeline, req: TextToVideoInput, seed: int) -> int | 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            pipe.text_to_video(req, seed, Hooks(on_step=on_step))
+            pipe.generate(params, Hooks(on_step=on_step))
         finally:
             torch.cuda.set_sync_debug_mode(0)
     return sum("synchroniz" in str(w.message) for w in caught)
@@ -260,12 +261,11 @@ def run_all(args: argparse.Namespace) -> None:
         pipe.preset = dataclasses.replace(pipe.preset, first_frame_steps=args.first_frame_steps)
     size = gpu.request_size(args)
     base = {"prompt": "A rocket flying that is about to take off", "steps": args.steps,
-            "video_size": {"width": size.width, "height": size.height}}  # fmt: skip
-    req = TextToVideoInput.model_validate({**base, "deep_cache": "none"})
-    seed = 42
-    flops = gpu.unet_flops(pipe, req) * args.steps
+            "video_size": {"width": size[0], "height": size[1]}}  # fmt: skip
+    params = params_of(TextToVideoInput.model_validate({**base, "deep_cache": "none"}), seed=42)
+    flops = gpu.unet_flops(pipe, params) * args.steps
     record["meta"] = {
-        "models": args.models, "size": f"{size.width}x{size.height}", "steps": args.steps,
+        "models": args.models, "size": f"{size[0]}x{size[1]}", "steps": args.steps,
         "frames": pipe.preset.num_frames, "first_frame_steps": pipe.preset.first_frame_steps,
         "device": str(device), "dtype": str(placement.dtype), "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -276,15 +276,15 @@ def run_all(args: argparse.Namespace) -> None:
     configs = record["configs"]
 
     def fast() -> tuple[np.ndarray, dict[str, float]]:
-        return gpu.run_fastsvd(pipe, req, seed)
+        return gpu.run_fastsvd(pipe, params)
 
     try:
         # 1. decode chunks, eager (each chunk size would be a graph of its own)
         if budget.allows("decode_chunks"):
-            decode_chunks(pipe, req, record)
+            decode_chunks(pipe, params, record)
         # 2. eager, both sides
         reference = measure(
-            configs["stock_eager"], lambda: gpu.run_stock(pipe, req, seed),
+            configs["stock_eager"], lambda: gpu.run_stock(pipe, params),
             args.repeats, device, None, flops,
         )  # fmt: skip
         configs["stock_eager"]["deviation_from_stock"] = deviation(reference, reference)
@@ -300,7 +300,7 @@ def run_all(args: argparse.Namespace) -> None:
             measure(configs["fastsvd_compiled"], fast, args.repeats, device, reference, flops,
                     warm_up=False)  # fmt: skip
             record["sync"]["mode"] = "torch.cuda.set_sync_debug_mode('warn'), steps 2..N"
-            record["sync"]["host_syncs_in_denoising_loop"] = count_syncs(pipe, req, seed)
+            record["sync"]["host_syncs_in_denoising_loop"] = count_syncs(pipe, params)
             record["compile"]["graphs"] = graphs
             record["compile"]["graph_breaks"] = sum(counters["graph_break"].values())
             record["compile"]["recompiles_after_warm_up"] = counter.frame_count - graphs
@@ -308,9 +308,9 @@ def run_all(args: argparse.Namespace) -> None:
         for level in LEVELS:
             if not budget.allows(f"level {level}", 10):
                 continue
-            level_req = TextToVideoInput.model_validate({**base, "deep_cache": level})
+            level_params = dataclasses.replace(params, deep_cache=level)
             measure(
-                record["levels"][level], lambda r=level_req: gpu.run_fastsvd(pipe, r, seed),
+                record["levels"][level], lambda p=level_params: gpu.run_fastsvd(pipe, p),
                 args.repeats, device, reference, flops if level == "none" else 0,
             )  # fmt: skip
         # 5. a restart with the persisted cache
@@ -329,9 +329,9 @@ def run_all(args: argparse.Namespace) -> None:
             options.module(pipe.video.unet)
             if pipe.first_frame is not None:
                 options.module(pipe.first_frame.unet)  # already, for fastsvd: same modules
-            gpu.run_stock(pipe, req, seed)
+            gpu.run_stock(pipe, params)
             record["compile"]["stock_compile_s"] = round(time.perf_counter() - started, 2)
-            measure(configs["stock_compiled"], lambda: gpu.run_stock(pipe, req, seed),
+            measure(configs["stock_compiled"], lambda: gpu.run_stock(pipe, params),
                     args.repeats, device, reference, flops, warm_up=False)  # fmt: skip
         # 7. optimizations on the compiled fastsvd pipeline (each changes the models in place)
         wanted = set(args.optimizations.split(","))

@@ -14,6 +14,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,18 +29,20 @@ from fastsvd.pipeline import stock  # noqa: E402
 from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
 from fastsvd.pipeline.hooks import Hooks, StepEvent  # noqa: E402
+from fastsvd.pipeline.params import GenerationParams  # noqa: E402
 from fastsvd.pipeline.presets import TINY  # noqa: E402
+from fastsvd.runner import params_of  # noqa: E402
 from fastsvd.schema import TextToVideoInput  # noqa: E402
 
 
-def baseline(pipeline: VideoPipeline, req: TextToVideoInput, seed: int) -> np.ndarray:
-    return stock.text_to_video(pipeline, req, seed)[1]
+def baseline(pipeline: VideoPipeline, params: GenerationParams) -> np.ndarray:
+    return stock.generate(pipeline, params)[1]
 
 
-def ours(pipeline: VideoPipeline, req: TextToVideoInput, seed: int) -> np.ndarray:
+def ours(pipeline: VideoPipeline, params: GenerationParams) -> np.ndarray:
     steps: list[StepEvent] = []
     hooks = Hooks(on_step=steps.append, should_cancel=lambda: False)
-    return pipeline.text_to_video(req, seed, hooks).frames
+    return pipeline.generate(params, hooks).frames
 
 
 def main() -> None:
@@ -56,15 +59,16 @@ def main() -> None:
         video_size={"width": width, "height": height},  # type: ignore[arg-type]
         steps=args.steps,
     )
+    params = params_of(req, seed=0)
     with torch.inference_mode():
-        if not np.array_equal(ours(pipeline, req, 0), baseline(pipeline, req, 0)):
+        if not np.array_equal(ours(pipeline, params), baseline(pipeline, params)):
             raise SystemExit("fastsvd and the stock pipelines made different frames")
     times: dict[str, list[float]] = {"stock": [], "fastsvd": []}
     for i in range(args.repeats):
         for name, fn in (("stock", baseline), ("fastsvd", ours)):
             started = time.perf_counter()
             with torch.inference_mode():
-                fn(pipeline, req, i)
+                fn(pipeline, replace(params, seed=i))
             times[name].append(time.perf_counter() - started)
 
     threads = torch.get_num_threads()

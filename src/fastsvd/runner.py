@@ -2,9 +2,9 @@
 
 A runner turns one validated fal input into MP4 bytes, calling the hooks on the way. It says
 which capabilities it has (``fastsvd.endpoints``: an endpoint names the one it needs), and a
-worker claims only the endpoints those cover. The model runner loads the pipeline once (``load``)
-and resolves ``image_url`` into a picture; the import of torch happens here, in the worker
-process only.
+worker claims only the endpoints those cover. The model runner loads the pipeline once (``load``),
+resolves ``image_url`` into a picture and maps the fal input onto the pipeline's own
+``GenerationParams`` (``params_of``); the import of torch happens here, in the worker process only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from fastsvd import media
 from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
 from fastsvd.errors import FastSVDError, InvalidInput
 from fastsvd.pipeline.hooks import Hooks
-from fastsvd.schema import ImageToVideoInput, TextToVideoInput
+from fastsvd.pipeline.params import GenerationParams
+from fastsvd.schema import ImageToVideoInput, TextToVideoInput, closest_preset
 from fastsvd.settings import Settings
 
 ImageLoader = Callable[[str], Image.Image]
@@ -88,14 +89,42 @@ class ModelRunner:
         if not isinstance(pipeline, VideoPipeline):
             raise RuntimeError("ModelRunner.run before load")
         if capability == TEXT_TO_VIDEO and isinstance(request, TextToVideoInput):
-            video = pipeline.text_to_video(request, seed, hooks)
+            params = params_of(request, seed)
         elif capability == IMAGE_TO_VIDEO and isinstance(request, ImageToVideoInput):
-            video = pipeline.image_to_video(
-                self.load_image(request.image_url), request, seed, hooks
-            )
+            params = params_of(request, seed, self.load_image(request.image_url))
         else:
             raise FastSVDError(f"no {capability} for a {type(request).__name__}")
+        video = pipeline.generate(params, hooks)
         return pipeline.to_mp4(video, hooks)
+
+
+def params_of(
+    request: TextToVideoInput | ImageToVideoInput, seed: int, image: Image.Image | None = None
+) -> GenerationParams:
+    """The pipeline's parameters for a fal input: a text-to-video prompt, or ``image`` (the
+    picture at ``image_url``) sized as ``video_size`` says, else as the closest preset."""
+    if isinstance(request, TextToVideoInput):
+        size = request.video_size
+        prompt: str | None = request.prompt
+        negative_prompt = request.negative_prompt
+    elif image is None:
+        raise FastSVDError("image-to-video needs the picture at image_url")
+    else:
+        size = request.video_size or closest_preset(*image.size)
+        prompt, negative_prompt = None, ""
+    return GenerationParams(
+        width=size.width,
+        height=size.height,
+        steps=request.steps,
+        fps=request.fps,
+        motion_bucket_id=request.motion_bucket_id,
+        noise_aug_strength=request.cond_aug,
+        seed=seed,
+        deep_cache=str(request.deep_cache),
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        image=image if prompt is None else None,
+    )
 
 
 def make_runner(settings: Settings, load_image: ImageLoader) -> Runner:

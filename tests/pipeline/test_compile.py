@@ -25,6 +25,7 @@ from fastsvd.pipeline.compile import CompileOptions
 from fastsvd.pipeline.core import VideoPipeline, load_pipeline
 from fastsvd.pipeline.device import choose
 from fastsvd.pipeline.presets import TINY
+from fastsvd.runner import params_of
 from fastsvd.schema import DeepCache, ImageSize, TextToVideoInput
 
 SIZE = ImageSize(width=64, height=64)
@@ -71,7 +72,7 @@ def compiled() -> tuple[VideoPipeline, CompileCounterWithBackend]:
     options = CompileOptions(backend=counter, first_frame=False, decoders=False)
     pipe = load_pipeline(TINY, choose("cpu", "fp32"), compile=options)
     counters.clear()
-    pipe.warm_up(SIZE)
+    pipe.warm_up((SIZE.width, SIZE.height))
     return pipe, counter
 
 
@@ -95,11 +96,15 @@ def test_compiled_equals_eager_and_no_request_recompiles(
 ) -> None:
     pipe, counter = compiled
     with torch._dynamo.config.patch(error_on_recompile=True):
-        ours = pipe.text_to_video(request(level), seed=3).frames  # steps 0..3: full and shallow
-        pipe.text_to_video(request(level, steps=5), seed=4)  # another request of the same size
+        ours = pipe.generate(
+            params_of(request(level), seed=3)
+        ).frames  # steps 0..3: full and shallow
+        pipe.generate(
+            params_of(request(level, steps=5), seed=4)
+        )  # another request of the same size
     assert counter.frame_count == 3
     assert not counters["graph_break"]
-    eager = tiny_pipeline.text_to_video(request(level), seed=3).frames
+    eager = tiny_pipeline.generate(params_of(request(level), seed=3)).frames
     difference = np.abs(ours.astype(int) - eager.astype(int))
     assert difference.max() <= TOLERANCE, difference.max()
 

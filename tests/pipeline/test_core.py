@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,10 @@ from torch import nn
 
 from fastsvd.errors import GenerationCancelled
 from fastsvd.pipeline import stock
-from fastsvd.pipeline.core import VideoPipeline
+from fastsvd.pipeline.core import WARM_UP_SIZE, VideoPipeline
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
+from fastsvd.pipeline.params import GenerationParams
+from fastsvd.runner import params_of
 from fastsvd.schema import ImageToVideoInput, TextToVideoInput
 
 SIZE = {"width": 64, "height": 64}
@@ -43,9 +46,9 @@ def recorded_calls(module: nn.Module) -> Iterator[list[dict[str, Any]]]:
 
 
 def test_same_seed_same_video_other_seed_other_video(tiny_pipeline: VideoPipeline) -> None:
-    a = tiny_pipeline.text_to_video(request(), seed=11)
-    b = tiny_pipeline.text_to_video(request(), seed=11)
-    c = tiny_pipeline.text_to_video(request(), seed=12)
+    a = tiny_pipeline.generate(params_of(request(), seed=11))
+    b = tiny_pipeline.generate(params_of(request(), seed=11))
+    c = tiny_pipeline.generate(params_of(request(), seed=12))
     assert a.frames.shape == (25, 64, 64, 3)
     assert a.frames.dtype == np.uint8
     assert np.array_equal(a.frames, b.frames)
@@ -58,8 +61,8 @@ def test_added_time_ids_carry_fps_motion_bucket_and_cond_aug(
     tiny_pipeline: VideoPipeline,
 ) -> None:
     with recorded_calls(tiny_pipeline.video.unet) as calls:
-        tiny_pipeline.text_to_video(
-            request(fps=7, motion_bucket_id=200, cond_aug=0.5, steps=3), seed=1
+        tiny_pipeline.generate(
+            params_of(request(fps=7, motion_bucket_id=200, cond_aug=0.5, steps=3), seed=1)
         )
     assert len(calls) == 3  # steps: one U-Net call per Euler step
     for call in calls:
@@ -72,7 +75,7 @@ def test_cond_aug_noises_the_conditioning_frame(tiny_pipeline: VideoPipeline) ->
     conditioning = []
     for cond_aug in (0.0, 0.5):
         with recorded_calls(tiny_pipeline.video.unet) as calls:
-            tiny_pipeline.text_to_video(request(cond_aug=cond_aug, steps=1), seed=3)
+            tiny_pipeline.generate(params_of(request(cond_aug=cond_aug, steps=1), seed=3))
         # sample: [cfg, frames, 4 noisy + 4 conditioning channels, h, w]
         conditioning.append(calls[0]["args"][0][1, :, 4:])
     assert not torch.equal(conditioning[0], conditioning[1])
@@ -80,8 +83,8 @@ def test_cond_aug_noises_the_conditioning_frame(tiny_pipeline: VideoPipeline) ->
 
 def test_steps_and_size_reach_the_models(tiny_pipeline: VideoPipeline) -> None:
     with recorded_calls(tiny_pipeline.video.unet) as calls:
-        video = tiny_pipeline.text_to_video(
-            request(steps=4, video_size={"width": 128, "height": 64}), seed=2
+        video = tiny_pipeline.generate(
+            params_of(request(steps=4, video_size={"width": 128, "height": 64}), seed=2)
         )
     assert len(calls) == 4
     assert calls[0]["args"][0].shape == (2, 25, 8, 64 // 8, 128 // 8)
@@ -95,8 +98,8 @@ def test_steps_and_size_reach_the_models(tiny_pipeline: VideoPipeline) -> None:
     ids=["negative_prompt", "prompt"],
 )
 def test_text_changes_the_first_frame(tiny_pipeline: VideoPipeline, change: dict[str, str]) -> None:
-    base = tiny_pipeline.text_to_video(request(steps=1), seed=5)
-    changed = tiny_pipeline.text_to_video(request(steps=1, **change), seed=5)
+    base = tiny_pipeline.generate(params_of(request(steps=1), seed=5))
+    changed = tiny_pipeline.generate(params_of(request(steps=1, **change), seed=5))
     assert not np.array_equal(np.asarray(base.first_frame), np.asarray(changed.first_frame))
 
 
@@ -104,9 +107,9 @@ def test_deep_cache_none_equals_the_stock_diffusers_pipelines(
     tiny_pipeline: VideoPipeline,
 ) -> None:
     req = request(steps=3, fps=8, motion_bucket_id=90, cond_aug=0.1)
-    ours = tiny_pipeline.text_to_video(req, seed=21)
+    ours = tiny_pipeline.generate(params_of(req, seed=21))
 
-    image, baseline = stock.text_to_video(tiny_pipeline, req, seed=21)
+    image, baseline = stock.generate(tiny_pipeline, params_of(req, seed=21))
 
     assert np.array_equal(np.asarray(ours.first_frame), np.asarray(image))
     assert np.array_equal(ours.frames, baseline)
@@ -115,7 +118,7 @@ def test_deep_cache_none_equals_the_stock_diffusers_pipelines(
 def test_progress_hook_sees_every_step_of_every_stage(tiny_pipeline: VideoPipeline) -> None:
     events: list[StepEvent] = []
     hooks = Hooks(on_step=events.append)
-    video = tiny_pipeline.text_to_video(request(steps=3), seed=1, hooks=hooks)
+    video = tiny_pipeline.generate(params_of(request(steps=3), seed=1), hooks=hooks)
     tiny_pipeline.to_mp4(video, hooks)
     first = tiny_pipeline.preset.first_frame_steps
     expected = (
@@ -146,8 +149,9 @@ def test_cancel_stops_within_one_step(
     unet = tiny_pipeline.first_frame.unet if stage == Stage.first_frame else None
     unet = unet or tiny_pipeline.video.unet
     with recorded_calls(unet) as calls, pytest.raises(GenerationCancelled):
-        tiny_pipeline.text_to_video(
-            request(steps=5), seed=1, hooks=Hooks(on_step=on_step, should_cancel=should_cancel)
+        tiny_pipeline.generate(
+            params_of(request(steps=5), seed=1),
+            hooks=Hooks(on_step=on_step, should_cancel=should_cancel),
         )
     # the U-Net ran exactly the steps before the cancel, not one more
     assert len(calls) == after_steps
@@ -155,7 +159,7 @@ def test_cancel_stops_within_one_step(
 
 
 def test_cancel_during_export(tiny_pipeline: VideoPipeline) -> None:
-    video = tiny_pipeline.text_to_video(request(steps=1), seed=1)
+    video = tiny_pipeline.generate(params_of(request(steps=1), seed=1))
     exported: list[StepEvent] = []
     hooks = Hooks(on_step=exported.append, should_cancel=lambda: len(exported) >= 4)
     with pytest.raises(GenerationCancelled):
@@ -169,7 +173,7 @@ def test_image_to_video_animates_the_given_picture(tiny_pipeline: VideoPipeline)
     picture.paste((20, 20, 220), (150, 0, 300, 100))
     req = ImageToVideoInput(image_url="data:,", steps=2, video_size={"width": 128, "height": 64})
     with recorded_calls(tiny_pipeline.first_frame.unet) as t2i_calls:
-        video = tiny_pipeline.image_to_video(picture, req, seed=4)
+        video = tiny_pipeline.generate(params_of(req, 4, picture))
     assert t2i_calls == []  # no first frame drawn
     assert video.frames.shape == (25, 64, 128, 3)
     first = np.asarray(video.first_frame)
@@ -185,10 +189,29 @@ def test_image_to_video_without_size_uses_the_closest_preset_aspect(
     req = ImageToVideoInput(image_url="data:,", steps=1)
     seen: list[Image.Image] = []
     with pytest.raises(GenerationCancelled):  # stop before the (large) video is made
-        tiny_pipeline.image_to_video(
-            picture,
-            req,
-            seed=4,
+        tiny_pipeline.generate(
+            params_of(req, 4, picture),
             hooks=Hooks(on_first_frame=seen.append, should_cancel=lambda: True),
         )
     assert seen[0].size == (576, 1024)  # portrait_16_9
+
+
+def test_params_take_a_prompt_or_an_image_exactly_one() -> None:
+    fields: dict[str, Any] = {
+        "width": 64, "height": 64, "steps": 1, "fps": 6, "motion_bucket_id": 127,
+        "noise_aug_strength": 0.02, "seed": 0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="exactly one"):
+        GenerationParams(**fields)
+    with pytest.raises(ValueError, match="exactly one"):
+        GenerationParams(**fields, prompt="a rocket", image=Image.new("RGB", (64, 64)))
+
+
+def test_unknown_deep_cache_level_is_refused(tiny_pipeline: VideoPipeline) -> None:
+    with pytest.raises(ValueError, match="'fastest'"):
+        tiny_pipeline.generate(replace(params_of(request(), seed=1), deep_cache="fastest"))
+
+
+def test_warm_up_compiles_at_fals_default_size() -> None:
+    size = TextToVideoInput(prompt="a rocket").video_size
+    assert (size.width, size.height) == WARM_UP_SIZE

@@ -14,6 +14,7 @@ from torch import nn
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.deepcache import LEVELS, CachedUNet, CacheSchedule
 from fastsvd.pipeline.hooks import Hooks, StepEvent
+from fastsvd.runner import params_of
 from fastsvd.schema import DeepCache, TextToVideoInput
 
 
@@ -112,7 +113,7 @@ def test_level_skips_deep_blocks_on_the_expected_steps(
         deep_cache=level,
     )
     with counted(modules, step) as counts:
-        tiny_pipeline.text_to_video(req, seed=0, hooks=Hooks(on_step=on_step))
+        tiny_pipeline.generate(params_of(req, seed=0), hooks=Hooks(on_step=on_step))
 
     full_steps = [i for i in range(steps) if i % schedule.interval == 0]
     always, deep = CUT[schedule.branch]
@@ -127,8 +128,12 @@ def test_level_skips_deep_blocks_on_the_expected_steps(
 def test_levels_change_the_video_and_none_is_the_default(tiny_pipeline: VideoPipeline) -> None:
     base = TextToVideoInput(prompt="a rocket", video_size={"width": 64, "height": 64}, steps=4)
     assert base.deep_cache == DeepCache.none
-    none = tiny_pipeline.text_to_video(base, seed=8).frames
-    high = tiny_pipeline.text_to_video(
-        base.model_copy(update={"deep_cache": DeepCache.high}), seed=8
+    none = tiny_pipeline.generate(params_of(base, seed=8)).frames
+    high = tiny_pipeline.generate(
+        params_of(base.model_copy(update={"deep_cache": DeepCache.high}), seed=8)
     ).frames
     assert not np.array_equal(none, high)
+
+
+def test_levels_are_named_as_fals_deep_cache_values() -> None:
+    assert list(LEVELS) == [str(level) for level in DeepCache]

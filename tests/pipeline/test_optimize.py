@@ -17,7 +17,8 @@ from fastsvd.pipeline.core import (
 )
 from fastsvd.pipeline.device import choose
 from fastsvd.pipeline.presets import TINY
-from fastsvd.schema import ImageSize, TextToVideoInput
+from fastsvd.runner import params_of
+from fastsvd.schema import TextToVideoInput
 
 TOLERANCE = 1  # levels of 255: float reordering may flip a rounding, nothing more
 
@@ -35,8 +36,8 @@ def test_lossless_optimizations_match_the_stock_pipelines(
     if "fuse_qkv" in names:
         processors = optimized.video.unet.attn_processors.values()
         assert {type(p).__name__ for p in processors} == {"FusedAttnProcessor2_0"}
-    ours = optimized.text_to_video(req, seed=5).frames
-    _first_frame, baseline = stock.text_to_video(tiny_pipeline, req, seed=5)
+    ours = optimized.generate(params_of(req, seed=5)).frames
+    _first_frame, baseline = stock.generate(tiny_pipeline, params_of(req, seed=5))
     difference = np.abs(ours.astype(int) - baseline.astype(int))
     assert difference.max() <= TOLERANCE, difference.max()
 
@@ -49,8 +50,7 @@ def test_unknown_optimizations_are_refused_by_name() -> None:
 
 
 def test_low_memory_decode_chunk_follows_free_memory() -> None:
-    size = ImageSize(width=1024, height=576)
     per_frame = 1024 * 576 * 2 * DECODE_BYTES_PER_PIXEL_BYTE
-    assert decode_chunk_for(100 * per_frame, size, 2) == 25
-    assert decode_chunk_for(4 * per_frame, size, 2) == 3  # a quarter kept free
-    assert decode_chunk_for(0, size, 2) == 1
+    assert decode_chunk_for(100 * per_frame, 1024, 576, 2) == 25
+    assert decode_chunk_for(4 * per_frame, 1024, 576, 2) == 3  # a quarter kept free
+    assert decode_chunk_for(0, 1024, 576, 2) == 1

@@ -1,7 +1,8 @@
 """The generation pipeline: text -> first frame -> video frames -> MP4, and image -> video.
 
-``VideoPipeline`` holds the loaded models of one preset. It knows nothing of HTTP or queues: it
-takes the fal input object, a seed and ``Hooks``, and returns frames; ``to_mp4`` encodes them.
+``VideoPipeline`` holds the loaded models of one preset. It knows nothing of HTTP, queues or the
+fal inputs: ``generate`` takes ``GenerationParams`` and ``Hooks`` and returns frames, with the
+seconds each stage took; ``to_mp4`` encodes them.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline, StableVideoDiffusionPipeline
 from PIL import Image
 
+from fastsvd import constants as c
 from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationFailed, OutOfMemory
 from fastsvd.pipeline import deepcache, optimize, tiny
@@ -25,15 +27,12 @@ from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StepEvent
 from fastsvd.pipeline.loading import load_pretrained
+from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ModelPreset
 from fastsvd.pipeline.video import VideoSettings, animate
-from fastsvd.schema import (
-    DeepCache,
-    ImageSize,
-    ImageToVideoInput,
-    TextToVideoInput,
-    closest_preset,
-)
+
+# fal's default video_size (landscape_16_9), where ``warm_up`` compiles
+WARM_UP_SIZE = (1024, 576)
 
 
 @dataclass
@@ -93,98 +92,93 @@ class VideoPipeline:
                 options.module(first.vae.decoder)
         self.compiled = options
 
-    def warm_up(self, size: ImageSize | None = None) -> float:
-        """Run a two-step request at ``size`` (default: fal's default) for every graph a request
-        can use: the first frame, the full U-Net step, each DeepCache cut, the decode. Returns
-        the seconds it took (on a compiled pipeline: the compile time)."""
+    def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE) -> float:
+        """Run a two-step request at ``size`` (width, height; default: fal's default) for every
+        graph a request can use: the first frame, the full U-Net step, each DeepCache cut, the
+        decode. Returns the seconds it took (on a compiled pipeline: the compile time)."""
         started = time.perf_counter()
-        base = TextToVideoInput.model_validate({"prompt": "warm-up", "steps": 2})
-        size = size or base.video_size
-        request = base.model_copy(update={"video_size": size})
+        width, height = size
+        params = GenerationParams(
+            width=width,
+            height=height,
+            steps=2,
+            fps=c.DEFAULT_FPS,
+            motion_bucket_id=c.DEFAULT_MOTION_BUCKET_ID,
+            noise_aug_strength=c.DEFAULT_COND_AUG,
+            seed=0,
+            prompt="warm-up",
+            negative_prompt=c.DEFAULT_NEGATIVE_PROMPT,
+        )
         if self.first_frame is not None:
-            image = self.text_to_video(request, seed=0).first_frame
+            image = self.generate(params).first_frame
         else:
-            image = Image.new("RGB", (size.width, size.height), (127, 127, 127))
-            self._animate(image, size, request, 0, NO_HOOKS)
+            image = Image.new("RGB", size, (127, 127, 127))
+            self.generate(replace(params, prompt=None, image=image))
         # minimum's schedule covers cut 1 (medium's too), high's cut 0: full step, then shallow
-        for level in (DeepCache.minimum, DeepCache.high):
-            self._animate(
-                image, size, request.model_copy(update={"deep_cache": level}), 0, NO_HOOKS
-            )
+        for level in ("minimum", "high"):
+            self.generate(replace(params, prompt=None, image=image, deep_cache=level))
         return time.perf_counter() - started
 
-    def text_to_video(self, request: TextToVideoInput, seed: int, hooks: Hooks = NO_HOOKS) -> Video:
-        """Draw the first frame from the prompt, then animate it."""
+    def generate(self, params: GenerationParams, hooks: Hooks = NO_HOOKS) -> Video:
+        """The video ``params`` ask for: the first frame drawn from ``params.prompt`` or fitted
+        from ``params.image``, passed to ``hooks.on_first_frame``, then animated.
+
+        The video's ``timings_s`` holds the seconds of each stage that ran.
+        """
+        if params.deep_cache not in deepcache.LEVELS:
+            raise ValueError(f"no deep_cache level {params.deep_cache!r}")
+        clock = _StageClock(hooks)
+        if params.prompt is not None:
+            image = self._draw_first_frame(params.prompt, params, clock.hooks)
+            clock.lap(Stage.first_frame)  # the tail after its last step: VAE decode, offload
+        elif params.image is not None:
+            image = media.fit(params.image, params.width, params.height)
+        else:  # GenerationParams refuses this; the branch is for the type checker
+            raise ValueError("GenerationParams takes a prompt or an image")
+        hooks.on_first_frame(image)
+        clock.restart()  # what the caller does with the first frame is no stage's time
+        settings = VideoSettings(
+            width=params.width,
+            height=params.height,
+            num_frames=self.preset.num_frames,
+            steps=params.steps,
+            fps=params.fps,
+            motion_bucket_id=params.motion_bucket_id,
+            noise_aug_strength=params.noise_aug_strength,
+            seed=params.seed,
+            min_guidance_scale=self.preset.min_guidance_scale,
+            max_guidance_scale=self.preset.max_guidance_scale,
+            decode_chunk_size=self._decode_chunk_size(params.width, params.height),
+            cache=deepcache.LEVELS[params.deep_cache],
+        )
+        with _translated_errors(), torch.inference_mode():
+            frames = animate(self.video, image, settings, clock.hooks, self.graphs)
+        # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
+        pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
+        return Video(
+            frames=pixels,
+            first_frame=image,
+            seed=params.seed,
+            fps=params.fps,
+            timings_s=clock.timings_s,
+        )
+
+    def _draw_first_frame(self, prompt: str, params: GenerationParams, hooks: Hooks) -> Image.Image:
+        """Stage 1: ``prompt`` rendered at the video's size."""
         if self.first_frame is None:
             raise FastSVDError(f"preset {self.preset.name} was loaded without a first-frame model")
-        size = request.video_size
         with _translated_errors(), torch.inference_mode(), self._first_frame_on_device():
-            started = time.perf_counter()
-            image = draw_first_frame(
+            return draw_first_frame(
                 self.first_frame,
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                width=size.width,
-                height=size.height,
-                seed=seed,
+                prompt=prompt,
+                negative_prompt=params.negative_prompt,
+                width=params.width,
+                height=params.height,
+                seed=params.seed,
                 steps=self.preset.first_frame_steps,
                 guidance_scale=self.preset.first_frame_guidance,
                 hooks=hooks,
             )
-            first_frame_s = time.perf_counter() - started
-        hooks.on_first_frame(image)
-        video = self._animate(image, size, request, seed, hooks)
-        video.timings_s = {Stage.first_frame: first_frame_s, **video.timings_s}
-        return video
-
-    def image_to_video(
-        self, image: Image.Image, request: ImageToVideoInput, seed: int, hooks: Hooks = NO_HOOKS
-    ) -> Video:
-        """Animate ``image``, fitted to ``request.video_size`` (or the closest preset)."""
-        size = request.video_size or closest_preset(*image.size)
-        image = media.fit(image, size.width, size.height)
-        hooks.on_first_frame(image)
-        return self._animate(image, size, request, seed, hooks)
-
-    def _animate(
-        self,
-        image: Image.Image,
-        size: ImageSize,
-        request: TextToVideoInput | ImageToVideoInput,
-        seed: int,
-        hooks: Hooks,
-    ) -> Video:
-        timings: dict[Stage, float] = {}
-
-        def timed_hooks_step(event: StepEvent) -> None:
-            now = time.perf_counter()
-            timings[event.stage] = timings.get(event.stage, 0.0) + now - marks[0]
-            marks[0] = now
-            hooks.on_step(event)
-
-        settings = VideoSettings(
-            width=size.width,
-            height=size.height,
-            num_frames=self.preset.num_frames,
-            steps=request.steps,
-            fps=request.fps,
-            motion_bucket_id=request.motion_bucket_id,
-            noise_aug_strength=request.cond_aug,
-            seed=seed,
-            min_guidance_scale=self.preset.min_guidance_scale,
-            max_guidance_scale=self.preset.max_guidance_scale,
-            decode_chunk_size=self._decode_chunk_size(size),
-            cache=deepcache.LEVELS[request.deep_cache],
-        )
-        marks = [time.perf_counter()]
-        inner = Hooks(on_step=timed_hooks_step, should_cancel=hooks.should_cancel)
-        with _translated_errors(), torch.inference_mode():
-            frames = animate(self.video, image, settings, inner, self.graphs)
-        # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
-        pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
-        return Video(
-            frames=pixels, first_frame=image, seed=seed, fps=request.fps, timings_s=timings
-        )
 
     @contextlib.contextmanager
     def _first_frame_on_device(self) -> Iterator[None]:
@@ -200,25 +194,52 @@ class VideoPipeline:
             if self.placement.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _decode_chunk_size(self, size: ImageSize) -> int:
+    def _decode_chunk_size(self, width: int, height: int) -> int:
         preset = self.preset.decode_chunk_size
         if not self.low_memory or self.placement.device.type != "cuda":
             return preset
         free_bytes, _total = torch.cuda.mem_get_info(self.placement.device)
-        return min(preset, decode_chunk_for(free_bytes, size, self.placement.dtype.itemsize))
+        dtype_bytes = self.placement.dtype.itemsize
+        return min(preset, decode_chunk_for(free_bytes, width, height, dtype_bytes))
 
     def to_mp4(self, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
         """Encode ``video`` as H.264 MP4 at its fps, one ``export`` step per frame."""
         total = len(video.frames)
-        started = time.perf_counter()
+        clock = _StageClock(hooks)
         data = encode_mp4(
             video.frames,
             video.fps,
             before_frame=lambda i: hooks.check_cancel(Stage.export, i + 1),
-            after_frame=lambda i: hooks.on_step(StepEvent(Stage.export, i + 1, total)),
+            after_frame=lambda i: clock.hooks.on_step(StepEvent(Stage.export, i + 1, total)),
         )
-        video.timings_s[Stage.export] = time.perf_counter() - started
+        clock.lap(Stage.export)  # the tail after the last frame: the MP4's index
+        video.timings_s.update(clock.timings_s)
         return data
+
+
+class _StageClock:
+    """Seconds per stage, measured from the step events: the time from the previous mark to a
+    step's event is that step's stage's. ``hooks`` are the caller's, with the clock inside."""
+
+    def __init__(self, caller: Hooks) -> None:
+        self.timings_s: dict[Stage, float] = {}
+        self.hooks = replace(caller, on_step=self._on_step)
+        self._caller = caller
+        self._mark = time.perf_counter()
+
+    def _on_step(self, event: StepEvent) -> None:
+        self.lap(event.stage)
+        self._caller.on_step(event)
+
+    def lap(self, stage: Stage) -> None:
+        """Count the time since the previous mark to ``stage``."""
+        now = time.perf_counter()
+        self.timings_s[stage] = self.timings_s.get(stage, 0.0) + now - self._mark
+        self._mark = now
+
+    def restart(self) -> None:
+        """Count the time since the previous mark to no stage."""
+        self._mark = time.perf_counter()
 
 
 # Bytes the temporal VAE decoder holds per decoded frame, per output pixel and byte of dtype: an
@@ -227,9 +248,9 @@ class VideoPipeline:
 DECODE_BYTES_PER_PIXEL_BYTE = 128 * 6
 
 
-def decode_chunk_for(free_bytes: int, size: ImageSize, dtype_bytes: int) -> int:
+def decode_chunk_for(free_bytes: int, width: int, height: int, dtype_bytes: int) -> int:
     """The most frames (1..25) one decode call can take in ``free_bytes``, keeping a quarter."""
-    per_frame = size.width * size.height * dtype_bytes * DECODE_BYTES_PER_PIXEL_BYTE
+    per_frame = width * height * dtype_bytes * DECODE_BYTES_PER_PIXEL_BYTE
     return max(1, min(25, int(free_bytes * 0.75) // per_frame))
 
 
