@@ -184,6 +184,11 @@ def main() -> None:
     )
     parser.add_argument("--all", action="store_true", help="every figure: bench/gpu_suite.py")
     parser.add_argument(
+        "--eager-levels",
+        action="store_true",
+        help="--all: run each deep_cache level eagerly too, and report compiled against eager",
+    )
+    parser.add_argument(
         "--optimizations",
         default="channels_last,fuse_qkv,low_memory,fp8",
         help="--all: which optimizations to measure on the compiled pipeline (the CPU dry run "

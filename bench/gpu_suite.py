@@ -78,6 +78,8 @@ def empty_config() -> dict[str, Any]:
         "peak_gib": None,
         "unet_tflops_per_s": None,
         "deviation_from_stock": {"max": None, "mean": None},
+        # deep_cache levels with --eager-levels: compiled against the same level run eagerly
+        "deviation_from_eager": {"max": None, "mean": None},
     }
 
 
@@ -290,6 +292,10 @@ def run_all(args: argparse.Namespace) -> None:
         configs["stock_eager"]["deviation_from_stock"] = deviation(reference, reference)
         if budget.allows("fastsvd_eager"):
             measure(configs["fastsvd_eager"], fast, args.repeats, device, reference, flops)
+        eager_levels = {  # what each level gives uncompiled, for compiled-against-eager
+            level: gpu.run_fastsvd(pipe, dataclasses.replace(params, deep_cache=level))[0]
+            for level in (LEVELS if args.eager_levels else ())
+        }
         # 3. compiled, cold
         counter = CompileCounterWithBackend(args.compile_backend)
         if budget.allows("fastsvd_compiled", 60):
@@ -309,10 +315,19 @@ def run_all(args: argparse.Namespace) -> None:
             if not budget.allows(f"level {level}", 10):
                 continue
             level_params = dataclasses.replace(params, deep_cache=level)
-            measure(
+            frames = measure(
                 record["levels"][level], lambda p=level_params: gpu.run_fastsvd(pipe, p),
                 args.repeats, device, reference, flops if level == "none" else 0,
             )  # fmt: skip
+            if level in eager_levels:
+                record["levels"][level]["deviation_from_eager"] = deviation(
+                    frames, eager_levels[level]
+                )
+        if (
+            record["compile"]["graphs"] is not None
+        ):  # every level's requests, one size: no new graph
+            record["compile"]["graph_breaks"] = sum(counters["graph_break"].values())
+            record["compile"]["recompiles_after_warm_up"] = counter.frame_count - graphs
         # 5. a restart with the persisted cache
         if budget.allows("start_to_ready", 120):
             try:

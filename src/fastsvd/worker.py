@@ -38,7 +38,7 @@ from fastsvd.errors import (
     http_status,
 )
 from fastsvd.net.fetch import fetch
-from fastsvd.pipeline.hooks import Hooks, StepEvent
+from fastsvd.pipeline.hooks import Hooks, StageClock, StepEvent
 from fastsvd.progress import first_frame_line, step_line
 from fastsvd.retry import until_available
 from fastsvd.runner import Runner
@@ -293,8 +293,11 @@ class JobContext:
         self.lost = threading.Event()  # the lease is gone: stop, write nothing
         self.done = threading.Event()  # the job has ended here (the heartbeat stops)
         self.started = time.perf_counter()
-        self.stage_seconds: dict[str, float] = {}
-        self._mark = self.started
+        self.clock = StageClock(
+            Hooks(
+                on_step=self.on_step, should_cancel=self.should_cancel, on_first_frame=self.on_frame
+            )
+        )
         # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
         # read now and then, in case a notification was missed. Without them, every step.
         self._poll_s = CANCEL_POLL_S if worker.listener.pushes_cancels else 0.0
@@ -305,21 +308,19 @@ class JobContext:
         return time.perf_counter() - self.started
 
     def hooks(self) -> Hooks:
-        """The hooks the runner calls; stage timings count from now."""
-        self._mark = time.perf_counter()
-        return Hooks(
-            on_step=self.on_step, should_cancel=self.should_cancel, on_first_frame=self.on_frame
-        )
+        """The hooks the runner calls, timing the stages; they count from now."""
+        self.clock.restart()
+        return self.clock.hooks
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        return {str(stage): seconds for stage, seconds in self.clock.timings_s.items()}
 
     def log(self, line: str) -> None:
         """A line of the request's log (skipped while the job store is away)."""
         self.worker._best_effort(lambda: self.s.jobs.log(self.job.id, self.token, line))
 
     def on_step(self, event: StepEvent) -> None:
-        now = time.perf_counter()
-        stage = str(event.stage)
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - self._mark
-        self._mark = now
         self.log(step_line(event))
 
     def should_cancel(self) -> bool:

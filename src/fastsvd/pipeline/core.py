@@ -25,7 +25,7 @@ from fastsvd.pipeline.compile import CompileOptions, compile_regions, configure
 from fastsvd.pipeline.device import Placement
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
-from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StepEvent
+from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
 from fastsvd.pipeline.loading import load_pretrained
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ModelPreset
@@ -127,7 +127,7 @@ class VideoPipeline:
         """
         if params.deep_cache not in deepcache.LEVELS:
             raise ValueError(f"no deep_cache level {params.deep_cache!r}")
-        clock = _StageClock(hooks)
+        clock = StageClock(hooks)
         if params.prompt is not None:
             image = self._draw_first_frame(params.prompt, params, clock.hooks)
             clock.lap(Stage.first_frame)  # the tail after its last step: VAE decode, offload
@@ -205,7 +205,7 @@ class VideoPipeline:
     def to_mp4(self, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
         """Encode ``video`` as H.264 MP4 at its fps, one ``export`` step per frame."""
         total = len(video.frames)
-        clock = _StageClock(hooks)
+        clock = StageClock(hooks)
         data = encode_mp4(
             video.frames,
             video.fps,
@@ -215,31 +215,6 @@ class VideoPipeline:
         clock.lap(Stage.export)  # the tail after the last frame: the MP4's index
         video.timings_s.update(clock.timings_s)
         return data
-
-
-class _StageClock:
-    """Seconds per stage, measured from the step events: the time from the previous mark to a
-    step's event is that step's stage's. ``hooks`` are the caller's, with the clock inside."""
-
-    def __init__(self, caller: Hooks) -> None:
-        self.timings_s: dict[Stage, float] = {}
-        self.hooks = replace(caller, on_step=self._on_step)
-        self._caller = caller
-        self._mark = time.perf_counter()
-
-    def _on_step(self, event: StepEvent) -> None:
-        self.lap(event.stage)
-        self._caller.on_step(event)
-
-    def lap(self, stage: Stage) -> None:
-        """Count the time since the previous mark to ``stage``."""
-        now = time.perf_counter()
-        self.timings_s[stage] = self.timings_s.get(stage, 0.0) + now - self._mark
-        self._mark = now
-
-    def restart(self) -> None:
-        """Count the time since the previous mark to no stage."""
-        self._mark = time.perf_counter()
 
 
 # Bytes the temporal VAE decoder holds per decoded frame, per output pixel and byte of dtype: an

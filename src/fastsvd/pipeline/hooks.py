@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -56,3 +57,30 @@ class Hooks:
 
 
 NO_HOOKS = Hooks()
+
+
+class StageClock:
+    """Seconds per stage, measured from the step events: the time from the previous mark to a
+    step's event is that step's stage's. ``hooks`` are the caller's, with the clock inside.
+    The one measure of stage timings: the pipeline's ``Video.timings_s`` and the worker's
+    recorded stage timings both come from it."""
+
+    def __init__(self, caller: Hooks) -> None:
+        self.timings_s: dict[Stage, float] = {}
+        self.hooks = replace(caller, on_step=self._on_step)
+        self._caller = caller
+        self._mark = time.perf_counter()
+
+    def _on_step(self, event: StepEvent) -> None:
+        self.lap(event.stage)
+        self._caller.on_step(event)
+
+    def lap(self, stage: Stage) -> None:
+        """Count the time since the previous mark to ``stage``."""
+        now = time.perf_counter()
+        self.timings_s[stage] = self.timings_s.get(stage, 0.0) + now - self._mark
+        self._mark = now
+
+    def restart(self) -> None:
+        """Count the time since the previous mark to no stage."""
+        self._mark = time.perf_counter()
