@@ -40,7 +40,13 @@ def test_put_read_exists_delete(storage: Storage) -> None:
     assert storage.read("abc123") == b"video bytes"
     storage.put("abc123", b"replaced", "video/mp4")
     assert storage.read("abc123") == b"replaced"
+    got = storage.download("abc123", None)
+    assert got is not None
+    assert got.status == 200
+    assert b"".join(got.chunks) == b"replaced"
+    assert got.headers["content-length"] == "8"
     storage.delete("abc123")
+    assert storage.download("abc123", None) is None
     storage.delete("abc123")  # deleting twice is fine
     assert not storage.exists("abc123")
 

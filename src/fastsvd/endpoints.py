@@ -78,9 +78,6 @@ class Registry:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __contains__(self, endpoint_id: object) -> bool:
-        return endpoint_id in self._by_id
-
     def __getitem__(self, endpoint_id: str) -> Endpoint:
         return self._by_id[endpoint_id]
 

@@ -151,7 +151,7 @@ def housekeeping(services: Services, stop: threading.Event) -> None:
     """Requeue jobs of dead workers and delete expired files, every few seconds."""
     while not stop.wait(HOUSEKEEPING_INTERVAL_S):
         try:
-            if services.jobs.requeue_dead_holders() + services.jobs.reap():
+            if services.jobs.requeue_abandoned():
                 services.waker.wake_all()  # one machine: no NOTIFY tells the idle workers
             for file_id in services.files.take_expired():
                 services.storage.delete(file_id)

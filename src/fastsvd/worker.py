@@ -121,7 +121,7 @@ class Worker:
         # Jobs of this host's dead workers (a crash, a kill -9 of the whole service) are queued
         # again now, not when their lease expires; before registering, so that a dead worker
         # whose pid this process reuses (and so its name) is judged by its own start time.
-        self._requeue_abandoned()
+        self.s.jobs.requeue_abandoned()
         self.s.registry.register(self.name)
         self.runner.load()
         self.s.registry.beat(self.name, ready=True)
@@ -135,7 +135,7 @@ class Worker:
         def next_claim() -> Claim | None:
             nonlocal last_beat, last_reap
             if time.monotonic() - last_reap > reap_every_s:
-                self._requeue_abandoned()
+                self.s.jobs.requeue_abandoned()
                 last_reap = time.monotonic()
             claim = self.s.jobs.claim(self.name, self.s.lease_s, claimable)
             if time.monotonic() - last_beat > self.s.lease_s / 3:
@@ -162,12 +162,6 @@ class Worker:
             self.listener.close()
             self._until_written(lambda: self.s.registry.leave(self.name), deadline=5.0)
         return ran
-
-    def _requeue_abandoned(self) -> None:
-        """Jobs of dead workers back to the queue: expired leases, and holders on this host
-        that are known to be gone."""
-        self.s.jobs.requeue_dead_holders()
-        self.s.jobs.reap()
 
     def run(self, claim: Claim) -> None:
         """Run one claimed job to a final state (unless its lease is lost)."""

@@ -499,6 +499,11 @@ class JobStore:
         with self.db.write() as conn:
             return self._requeue_or_give_up(conn, expired, now)
 
+    def requeue_abandoned(self) -> int:
+        """Every running job whose worker is gone: those of this host's dead workers (at once),
+        then those whose lease expired. How many went back to the queue or ended."""
+        return self.requeue_dead_holders() + self.reap()
+
     def requeue_dead_holders(self, now: float | None = None) -> int:
         """Jobs whose worker ran on this host and is gone (its pid free, or another process):
         back to the queue now, or ended after max attempts, as if their lease had expired.
