@@ -22,6 +22,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -32,6 +33,15 @@ FUZZ_EXAMPLES = int(os.environ.get("FASTSVD_FUZZ_EXAMPLES", "100"))
 # private address or a host that does not resolve, and is rightly refused with 422. Every other
 # check runs, invalid data being rejected among them.
 SEMANTIC = [positive_data_acceptance]
+
+
+def no_server_error(_ctx: object, response: Any, _case: schemathesis.Case) -> bool | None:
+    """No 5xx, but for the 504 of a request that did not start within the start deadline this
+    test itself sends (fal's answer to it; documented on the result routes)."""
+    if response.status_code == 504 and b'"error_type":"request_timeout"' in response.content:
+        return None
+    assert response.status_code < 500, (response.status_code, response.content[:300])
+    return None
 
 
 @pytest.mark.slow
@@ -57,7 +67,10 @@ def test_every_operation_holds_to_its_schema(target: Server) -> None:
             )
             def fuzz(case: schemathesis.Case) -> None:
                 response = case.call_and_validate(
-                    base_url=target.url, excluded_checks=SEMANTIC, timeout=60
+                    base_url=target.url,
+                    excluded_checks=[*SEMANTIC, not_a_server_error],
+                    additional_checks=[no_server_error],
+                    timeout=60,
                 )
                 codes[(case.operation.label, response.status_code)] += 1
 
