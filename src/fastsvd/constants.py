@@ -6,6 +6,9 @@ from __future__ import annotations
 
 TEXT_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd/text-to-video"
 IMAGE_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd"
+# the few-step family: SVD-XT distilled with AnimateLCM ("SVD v1.1 at lightning speed")
+FEW_STEP_TEXT_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd-lcm/text-to-video"
+FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd-lcm"
 
 NUM_FRAMES = 25  # SVD-XT renders 25 frames; fal: "Total video length is 25 frames"
 
@@ -16,6 +19,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 DEFAULT_MOTION_BUCKET_ID = 127
 DEFAULT_COND_AUG = 0.02
 DEFAULT_STEPS = 20
+DEFAULT_FEW_STEP_STEPS = 4  # fal-ai/fast-svd-lcm
 DEFAULT_FPS = 10
 DEFAULT_VIDEO_SIZE = "landscape_16_9"
 
@@ -24,6 +28,7 @@ DEFAULT_VIDEO_SIZE = "landscape_16_9"
 MOTION_BUCKET_ID_MIN, MOTION_BUCKET_ID_MAX = 1, 255
 COND_AUG_MIN, COND_AUG_MAX = 0.0, 10.0
 STEPS_MIN, STEPS_MAX = 1, 50
+FEW_STEP_STEPS_MAX = 20  # fal-ai/fast-svd-lcm publishes 1-20
 FPS_MIN, FPS_MAX = 1, 100
 SEED_MIN, SEED_MAX = 0, 2**63 - 1
 RANDOM_SEED_MAX = 2**32 - 1  # seeds drawn for the caller stay short enough to read and retype

@@ -16,11 +16,23 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from fastsvd import constants as c
-from fastsvd.schema import ImageToVideoInput, TextToVideoInput, VideoOutput
+from fastsvd.errors import FastSVDError
+from fastsvd.schema import (
+    FewStepImageToVideoInput,
+    FewStepTextToVideoInput,
+    ImageToVideoInput,
+    TextToVideoInput,
+    VideoOutput,
+)
 
 # Capabilities: what a runner can do. An endpoint names the one it needs.
-TEXT_TO_VIDEO = "text_to_video"  # prompt -> first frame -> video
-IMAGE_TO_VIDEO = "image_to_video"  # picture -> video
+TEXT_TO_VIDEO = "text_to_video"  # prompt -> first frame (SDXL) -> video (SVD-XT)
+IMAGE_TO_VIDEO = "image_to_video"  # picture -> video (SVD-XT)
+# the few-step family: SDXL-Lightning first frame, AnimateLCM-distilled SVD-XT
+FEW_STEP_TEXT_TO_VIDEO = "few_step_text_to_video"
+FEW_STEP_IMAGE_TO_VIDEO = "few_step_image_to_video"
+FEW_STEP = frozenset({FEW_STEP_TEXT_TO_VIDEO, FEW_STEP_IMAGE_TO_VIDEO})
+PROMPT_CAPABILITIES = frozenset({TEXT_TO_VIDEO, FEW_STEP_TEXT_TO_VIDEO})  # draw a first frame
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,21 @@ class Registry:
         """The distinct ``owner/app`` prefixes, in order."""
         return list(dict.fromkeys(e.app for e in self))
 
+    def select(self, ids: Iterable[str]) -> Registry:
+        """The endpoints named by ``ids`` (in registry order); an unknown id is an error."""
+        wanted = list(dict.fromkeys(ids))
+        unknown = [i for i in wanted if i not in self._by_id]
+        if unknown:
+            raise FastSVDError(
+                f"unknown endpoint {unknown[0]!r}; known: {', '.join(self.ids())} "
+                "(FASTSVD_ENDPOINTS)"
+            )
+        return Registry(e for e in self if e.id in wanted)
+
+    def capabilities(self) -> frozenset[str]:
+        """What a runner needs to run every endpoint here."""
+        return frozenset(e.capability for e in self)
+
     def with_capabilities(self, capabilities: Iterable[str]) -> list[Endpoint]:
         """The endpoints a runner with ``capabilities`` can run."""
         have = set(capabilities)
@@ -113,6 +140,21 @@ ENDPOINTS = Registry(
             capability=IMAGE_TO_VIDEO,
             summary="image-to-video",
             title="Image to video",
+            image_field="image_url",
+        ),
+        Endpoint(
+            id=c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT,
+            input=FewStepTextToVideoInput,
+            capability=FEW_STEP_TEXT_TO_VIDEO,
+            summary="few-step text-to-video",
+            title="Text to video, 4 steps",
+        ),
+        Endpoint(
+            id=c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT,
+            input=FewStepImageToVideoInput,
+            capability=FEW_STEP_IMAGE_TO_VIDEO,
+            summary="few-step image-to-video",
+            title="Image to video, 4 steps",
             image_field="image_url",
         ),
     ]

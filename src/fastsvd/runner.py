@@ -17,11 +17,28 @@ from PIL import Image
 from pydantic import BaseModel
 
 from fastsvd import media
-from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+from fastsvd.endpoints import (
+    ENDPOINTS,
+    FEW_STEP,
+    FEW_STEP_IMAGE_TO_VIDEO,
+    FEW_STEP_TEXT_TO_VIDEO,
+    IMAGE_TO_VIDEO,
+    TEXT_TO_VIDEO,
+    Registry,
+)
 from fastsvd.errors import FastSVDError, InvalidInput
 from fastsvd.pipeline.hooks import Hooks
 from fastsvd.pipeline.params import GenerationParams
-from fastsvd.schema import ImageToVideoInput, TextToVideoInput, closest_preset
+from fastsvd.schema import (
+    FewStepImageToVideoInput,
+    FewStepTextToVideoInput,
+    ImageRequest,
+    ImageToVideoInput,
+    PromptRequest,
+    TextToVideoInput,
+    VideoRequest,
+    closest_preset,
+)
 from fastsvd.settings import Settings
 
 ImageLoader = Callable[[str], Image.Image]
@@ -39,20 +56,37 @@ class Runner(Protocol):
         """The MP4 for ``request``, an input of an endpoint that needs ``capability``."""
 
 
+# what each capability runs: its request type and whether it is the few-step family
+REQUESTS: dict[str, tuple[type[VideoRequest], bool]] = {
+    TEXT_TO_VIDEO: (TextToVideoInput, False),
+    IMAGE_TO_VIDEO: (ImageToVideoInput, False),
+    FEW_STEP_TEXT_TO_VIDEO: (FewStepTextToVideoInput, True),
+    FEW_STEP_IMAGE_TO_VIDEO: (FewStepImageToVideoInput, True),
+}
+
+
+def configured_endpoints(settings: Settings) -> Registry:
+    """The endpoints ``FASTSVD_ENDPOINTS`` names (default: all)."""
+    return ENDPOINTS.select(settings.endpoints) if settings.endpoints else ENDPOINTS
+
+
 class ModelRunner:
-    """The real pipeline."""
+    """The real pipeline: the models of the capabilities it is given, and no others."""
 
     def __init__(
         self,
         settings: Settings,
         load_image: ImageLoader,
-        capabilities: frozenset[str] = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO}),
+        capabilities: frozenset[str] | None = None,
         *,
         warm_up: bool = True,
     ) -> None:
         self.settings = settings
         self.load_image = load_image
-        self.capabilities = capabilities  # image-to-video alone needs no first-frame model
+        # default: what the configured endpoints need (FASTSVD_ENDPOINTS)
+        self.capabilities = (
+            configured_endpoints(settings).capabilities() if capabilities is None else capabilities
+        )
         self.warm_up = warm_up  # compile in load (a worker), or on the first request (generate)
         self._pipeline: object | None = None
 
@@ -61,7 +95,7 @@ class ModelRunner:
 
         quiet_libraries()
         from fastsvd.pipeline import compile, optimize
-        from fastsvd.pipeline.core import load_pipeline
+        from fastsvd.pipeline.core import Models, load_pipeline
         from fastsvd.pipeline.device import choose
         from fastsvd.pipeline.presets import PRESETS
 
@@ -70,13 +104,22 @@ class ModelRunner:
         options = compile.parse(s.compile, placement.device)
         if options is not None:  # compiled kernels survive restarts in the data folder
             compile.use_cache_dir(s.data_dir / "compile-cache")
+        have = self.capabilities
         # compiled and warmed up here, so a worker reports ready only after warm-up
         self._pipeline = load_pipeline(
             PRESETS[s.preset],
             placement,
+            models=Models(
+                video=bool(have & {TEXT_TO_VIDEO, IMAGE_TO_VIDEO}),
+                first_frame=TEXT_TO_VIDEO in have,
+                few_step_video=bool(have & FEW_STEP),
+                few_step_first_frame=FEW_STEP_TEXT_TO_VIDEO in have,
+            ),
             video_model=s.video_model,
             first_frame_model=s.first_frame_model,
-            with_first_frame=TEXT_TO_VIDEO in self.capabilities,
+            few_step_video_model=s.few_step_video_model,
+            few_step_first_frame_model=s.few_step_first_frame_model,
+            few_step_guidance=s.few_step_guidance,
             optimizations=optimize.parse(s.optimize),
             compile=options,
             warm_up=self.warm_up and options is not None,
@@ -88,25 +131,23 @@ class ModelRunner:
         pipeline = self._pipeline
         if not isinstance(pipeline, VideoPipeline):
             raise RuntimeError("ModelRunner.run before load")
-        if capability == TEXT_TO_VIDEO and isinstance(request, TextToVideoInput):
-            params = params_of(request, seed)
-        elif capability == IMAGE_TO_VIDEO and isinstance(request, ImageToVideoInput):
-            params = params_of(request, seed, self.load_image(request.image_url))
-        else:
+        kind, _few_step = REQUESTS.get(capability, (None, False))
+        if kind is None or capability not in self.capabilities or not isinstance(request, kind):
             raise FastSVDError(f"no {capability} for a {type(request).__name__}")
-        video = pipeline.generate(params, hooks)
+        image = self.load_image(request.image_url) if isinstance(request, ImageRequest) else None
+        video = pipeline.generate(params_of(request, seed, image), hooks)
         return pipeline.to_mp4(video, hooks)
 
 
 def params_of(
-    request: TextToVideoInput | ImageToVideoInput, seed: int, image: Image.Image | None = None
+    request: VideoRequest, seed: int, image: Image.Image | None = None
 ) -> GenerationParams:
     """The pipeline's parameters for a fal input: a text-to-video prompt, or ``image`` (the
     picture at ``image_url``) sized as ``video_size`` says, else as the closest preset."""
-    if isinstance(request, TextToVideoInput):
+    if isinstance(request, PromptRequest):
         size = request.video_size
         prompt: str | None = request.prompt
-        negative_prompt = request.negative_prompt
+        negative_prompt = getattr(request, "negative_prompt", "")  # few-step: none
     elif image is None:
         raise FastSVDError("image-to-video needs the picture at image_url")
     else:
@@ -120,11 +161,15 @@ def params_of(
         motion_bucket_id=request.motion_bucket_id,
         noise_aug_strength=request.cond_aug,
         seed=seed,
-        deep_cache=str(request.deep_cache),
+        deep_cache=str(getattr(request, "deep_cache", "none")),  # few-step: none
+        few_step=REQUESTS_BY_TYPE[type(request)],
         prompt=prompt,
         negative_prompt=negative_prompt,
         image=image if prompt is None else None,
     )
+
+
+REQUESTS_BY_TYPE = {kind: few_step for kind, few_step in REQUESTS.values()}
 
 
 def make_runner(settings: Settings, load_image: ImageLoader) -> Runner:

@@ -135,13 +135,14 @@ VideoSize = Annotated[ImageSize, _PresetOrImageSize]
 
 
 class _VideoParams(BaseModel):
-    """The SVD inputs shared by text-to-video and image-to-video."""
+    """The SVD inputs every endpoint has: how the video moves, its seed and its playback rate."""
 
-    # fal's apps ignore fields they do not know; clients of newer schemas rely on that.
+    # fal's apps ignore fields they do not know; clients of newer schemas rely on that. So do
+    # fields of a sibling endpoint: a few-step request's negative_prompt or deep_cache is ignored.
     model_config = ConfigDict(extra="ignore")
 
     _numbers = field_validator(
-        "motion_bucket_id", "cond_aug", "seed", "steps", "fps", mode="before"
+        "motion_bucket_id", "cond_aug", "seed", "steps", "fps", mode="before", check_fields=False
     )(_number_only)
 
     motion_bucket_id: int = Field(
@@ -174,23 +175,6 @@ class _VideoParams(BaseModel):
             "will output the same image every time."
         ),
     )
-    steps: int = Field(
-        c.DEFAULT_STEPS,
-        ge=c.STEPS_MIN,
-        le=c.STEPS_MAX,
-        description=(
-            "The number of steps to run the model for. The higher the number the better "
-            "the quality and longer it will take to generate."
-        ),
-    )
-    deep_cache: DeepCache = Field(
-        DeepCache.none,
-        description=(
-            "Enabling DeepCache will make the execution faster, but might sometimes degrade "
-            "overall quality. The higher the setting, the faster the execution will be, but "
-            "the more quality might be lost."
-        ),
-    )
     fps: int = Field(
         c.DEFAULT_FPS,
         ge=c.FPS_MIN,
@@ -202,8 +186,41 @@ class _VideoParams(BaseModel):
     )
 
 
-class TextToVideoInput(_VideoParams):
-    """The input of ``fal-ai/fast-svd/text-to-video``."""
+_STEPS_DESCRIPTION = (
+    "The number of steps to run the model for. The higher the number the better "
+    "the quality and longer it will take to generate."
+)
+
+
+class _StandardParams(_VideoParams):
+    """``fal-ai/fast-svd``'s family: SVD-XT, 20 steps by default, with DeepCache."""
+
+    steps: int = Field(
+        c.DEFAULT_STEPS, ge=c.STEPS_MIN, le=c.STEPS_MAX, description=_STEPS_DESCRIPTION
+    )
+    deep_cache: DeepCache = Field(
+        DeepCache.none,
+        description=(
+            "Enabling DeepCache will make the execution faster, but might sometimes degrade "
+            "overall quality. The higher the setting, the faster the execution will be, but "
+            "the more quality might be lost."
+        ),
+    )
+
+
+class _FewStepParams(_VideoParams):
+    """``fal-ai/fast-svd-lcm``'s family: SVD-XT distilled with AnimateLCM, 4 steps by default."""
+
+    steps: int = Field(
+        c.DEFAULT_FEW_STEP_STEPS,
+        ge=c.STEPS_MIN,
+        le=c.FEW_STEP_STEPS_MAX,
+        description=_STEPS_DESCRIPTION,
+    )
+
+
+class _PromptInput(BaseModel):
+    """A text-to-video input's prompt and size."""
 
     prompt: str = Field(
         ...,
@@ -211,14 +228,6 @@ class TextToVideoInput(_VideoParams):
         max_length=c.PROMPT_MAX_CHARS,
         description="The prompt to use as a starting point for the generation.",
         examples=["A rocket flying that is about to take off"],
-    )
-    negative_prompt: str = Field(
-        c.DEFAULT_NEGATIVE_PROMPT,
-        max_length=c.PROMPT_MAX_CHARS,
-        description=(
-            "The negative prompt to use as a starting point for the generation. "
-            "It steers the first frame away from what it names."
-        ),
     )
     video_size: VideoSize = Field(
         c.DEFAULT_VIDEO_SIZE,  # a preset name, validated into ImageSize
@@ -234,8 +243,8 @@ class TextToVideoInput(_VideoParams):
         return value
 
 
-class ImageToVideoInput(_VideoParams):
-    """The input of ``fal-ai/fast-svd`` (image-to-video): SVD-XT alone, from a given first frame."""
+class _ImageInput(BaseModel):
+    """An image-to-video input's picture and size."""
 
     image_url: str = Field(
         ...,
@@ -267,6 +276,37 @@ class ImageToVideoInput(_VideoParams):
                 "url_too_long", "URLs are limited to {limit} characters", {"limit": c.URL_MAX_CHARS}
             )
         return value
+
+
+class TextToVideoInput(_PromptInput, _StandardParams):
+    """The input of ``fal-ai/fast-svd/text-to-video``."""
+
+    negative_prompt: str = Field(
+        c.DEFAULT_NEGATIVE_PROMPT,
+        max_length=c.PROMPT_MAX_CHARS,
+        description=(
+            "The negative prompt to use as a starting point for the generation. "
+            "It steers the first frame away from what it names."
+        ),
+    )
+
+
+class ImageToVideoInput(_ImageInput, _StandardParams):
+    """The input of ``fal-ai/fast-svd`` (image-to-video): SVD-XT alone, from a given first frame."""
+
+
+class FewStepTextToVideoInput(_PromptInput, _FewStepParams):
+    """The input of ``fal-ai/fast-svd-lcm/text-to-video``: a few-step first frame, then the
+    few-step video model. fal's schema has no negative_prompt and no deep_cache here."""
+
+
+class FewStepImageToVideoInput(_ImageInput, _FewStepParams):
+    """The input of ``fal-ai/fast-svd-lcm`` (image-to-video): the few-step video model alone."""
+
+
+PromptRequest = TextToVideoInput | FewStepTextToVideoInput
+ImageRequest = ImageToVideoInput | FewStepImageToVideoInput
+VideoRequest = PromptRequest | ImageRequest
 
 
 class File(BaseModel):
@@ -398,6 +438,9 @@ class ReadyResponse(BaseModel):
 
     status: Literal["ready", "starting"]
     workers_ready: int
+    endpoints: dict[str, int] = Field(
+        ..., description="Each endpoint's ready workers; requests for one with 0 wait."
+    )
 
 
 class KeyRequest(BaseModel):

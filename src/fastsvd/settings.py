@@ -22,6 +22,16 @@ class Settings:
     dtype: str | None = None  # FASTSVD_DTYPE: bf16, fp16, fp32 (default: bf16 on CUDA)
     video_model: str | None = None  # FASTSVD_VIDEO_MODEL: HF id or folder of the SVD weights
     first_frame_model: str | None = None  # FASTSVD_FIRST_FRAME_MODEL: HF id or folder (SDXL)
+    # FASTSVD_FEW_STEP_VIDEO_MODEL, FASTSVD_FEW_STEP_FIRST_FRAME_MODEL: the few-step U-Nets
+    # (AnimateLCM-SVD-xt, SDXL-Lightning): owner/name/file.safetensors, a file, or a folder
+    few_step_video_model: str | None = None
+    few_step_first_frame_model: str | None = None
+    # FASTSVD_FEW_STEP_GUIDANCE: where the few-step video's per-frame guidance ramp ends
+    # (default 1.2, the AnimateLCM authors'; 1.0: no guidance, one U-Net batch instead of two)
+    few_step_guidance: float | None = None
+    # FASTSVD_ENDPOINTS: the endpoints a worker loads models for and serves, comma-separated
+    # (default: all of them)
+    endpoints: tuple[str, ...] = ()
     # FASTSVD_RUNNER: "module:attribute" of a runner factory replacing the model (tests, demos)
     runner: str | None = None
     optimize: str | None = None  # FASTSVD_OPTIMIZE: e.g. channels_last (pipeline/optimize.py)
@@ -90,6 +100,10 @@ class Settings:
             dtype=get("dtype"),
             video_model=get("video_model"),
             first_frame_model=get("first_frame_model"),
+            few_step_video_model=get("few_step_video_model"),
+            few_step_first_frame_model=get("few_step_first_frame_model"),
+            few_step_guidance=_guidance(get("few_step_guidance")),
+            endpoints=tuple(e.strip() for e in (get("endpoints") or "").split(",") if e.strip()),
             runner=get("runner"),
             optimize=get("optimize"),
             compile=get("compile"),
@@ -123,3 +137,12 @@ class Settings:
     def with_overrides(self, **values: object) -> Settings:
         """A copy with every given value that is not None replaced (command-line flags)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+
+
+def _guidance(value: str | None) -> float | None:
+    if value is None:
+        return None
+    scale = float(value)
+    if not 1.0 <= scale <= 2.0:  # the range the AnimateLCM authors offer
+        raise ValueError(f"FASTSVD_FEW_STEP_GUIDANCE must be 1.0-2.0, not {value}")
+    return scale

@@ -122,7 +122,7 @@ class Worker:
         # again now, not when their lease expires; before registering, so that a dead worker
         # whose pid this process reuses (and so its name) is judged by its own start time.
         self.s.jobs.requeue_abandoned()
-        self.s.registry.register(self.name)
+        self.s.registry.register(self.name, endpoints=self.endpoints.ids())
         self.runner.load()
         self.s.registry.beat(self.name, ready=True)
         self.listener = self.s.open_listener(self.name)

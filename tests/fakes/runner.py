@@ -24,19 +24,19 @@ import numpy as np
 from PIL import Image, ImageStat
 from pydantic import BaseModel
 
-from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+from fastsvd.endpoints import ENDPOINTS
 from fastsvd.errors import GenerationFailed
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
-from fastsvd.runner import ImageLoader
-from fastsvd.schema import ImageToVideoInput, TextToVideoInput
+from fastsvd.runner import REQUESTS, ImageLoader
+from fastsvd.schema import PromptRequest, VideoRequest
 from fastsvd.settings import Settings
 
 FIRST_FRAME_STEPS = 4
 
 
 class Runner:
-    capabilities = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO})
+    capabilities = ENDPOINTS.capabilities()  # all four; FASTSVD_ENDPOINTS narrows the worker
 
     def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
         self.load_image = load_image
@@ -46,13 +46,11 @@ class Runner:
         time.sleep(float(os.environ.get("FAKE_LOAD_S", "0")))  # models take a while to load
 
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
-        assert isinstance(request, TextToVideoInput | ImageToVideoInput)
-        assert capability == (
-            TEXT_TO_VIDEO if isinstance(request, TextToVideoInput) else IMAGE_TO_VIDEO
-        )
+        assert isinstance(request, VideoRequest)
+        assert type(request) is REQUESTS[capability][0]
         colour = (seed % 256, 100, 200)
         step_s = self.step_s
-        if isinstance(request, TextToVideoInput):
+        if isinstance(request, PromptRequest):
             if "slow" in request.prompt:
                 step_s = 0.5
             behaviour = request.prompt

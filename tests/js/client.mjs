@@ -19,8 +19,11 @@ const fal =
           return { ...req, url: base + prefix + url.pathname + url.search };
         },
       });
-const T2V = "fal-ai/fast-svd/text-to-video";
-const I2V = "fal-ai/fast-svd";
+// the family under test (FASTSVD_T2V, FASTSVD_I2V, FASTSVD_*STEPS*): 20-step by default
+const T2V = process.env.FASTSVD_T2V || "fal-ai/fast-svd/text-to-video";
+const I2V = process.env.FASTSVD_I2V || "fal-ai/fast-svd";
+const MOST_STEPS = Number(process.env.FASTSVD_MOST_STEPS || 30); // a slow request's steps
+const STEPS_MAX = Number(process.env.FASTSVD_STEPS_MAX || 50); // the endpoint's bound
 const SMALL = { video_size: { width: 64, height: 64 }, steps: 3 };
 
 const scenarios = {
@@ -55,7 +58,9 @@ const scenarios = {
     return { request_id, status, result };
   },
   async cancel() {
-    const { request_id } = await fal.queue.submit(T2V, { input: { prompt: "slow", ...SMALL, steps: 30 } });
+    const { request_id } = await fal.queue.submit(T2V, {
+      input: { prompt: "slow", ...SMALL, steps: MOST_STEPS },
+    });
     let status;
     do {
       status = await fal.queue.status(T2V, { requestId: request_id });
@@ -74,6 +79,21 @@ const scenarios = {
     }
     return { status, error };
   },
+  async cancelQueued() {
+    // the one worker runs a slow request; the next waits in the queue and is cancelled there
+    const slow = await fal.queue.submit(T2V, { input: { prompt: "slow", ...SMALL, steps: MOST_STEPS } });
+    let status;
+    do {
+      status = await fal.queue.status(T2V, { requestId: slow.request_id });
+      await new Promise((r) => setTimeout(r, 50));
+    } while (status.status !== "IN_PROGRESS");
+    const { request_id } = await fal.queue.submit(T2V, { input: { prompt: "a rocket", ...SMALL } });
+    const queued = await fal.queue.status(T2V, { requestId: request_id });
+    await fal.queue.cancel(T2V, { requestId: request_id });
+    const final = await fal.queue.status(T2V, { requestId: request_id });
+    await fal.queue.cancel(T2V, { requestId: slow.request_id });
+    return { queued, final };
+  },
   async upload() {
     // a 2x2 PNG, solid (200, 40, 40)
     const png = Buffer.from(
@@ -89,7 +109,7 @@ const scenarios = {
   },
   async invalid() {
     try {
-      await fal.queue.submit(T2V, { input: { prompt: "x", fps: 0 } });
+      await fal.queue.submit(T2V, { input: { prompt: "x", fps: 0, steps: STEPS_MAX + 1 } });
       return { thrown: false };
     } catch (e) {
       return { thrown: true, status: e.status, name: e.constructor.name, fieldErrors: e.fieldErrors };

@@ -23,6 +23,12 @@ from tests.service.conftest import Server, wait_for
 T2V = "fal-ai/fast-svd/text-to-video"
 I2V = "fal-ai/fast-svd"
 SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 3}
+# each family's text-to-video and image-to-video endpoints, and its most steps
+FAMILIES = {
+    "20-step": (T2V, I2V, 30),
+    "few-step": ("fal-ai/fast-svd-lcm/text-to-video", "fal-ai/fast-svd-lcm", 20),
+}
+family = pytest.mark.parametrize(("t2v", "i2v", "most_steps"), FAMILIES.values(), ids=FAMILIES)
 
 
 @pytest.fixture
@@ -63,10 +69,13 @@ def first_frame_colour(url: str) -> list[int]:
     return [int(v) for v in frame.reshape(-1, 3).mean(axis=0).round()]
 
 
-def test_subscribe_with_logs_and_queue_updates(fal: fal_client.SyncClient) -> None:
+@family
+def test_subscribe_with_logs_and_queue_updates(
+    fal: fal_client.SyncClient, t2v: str, i2v: str, most_steps: int
+) -> None:
     updates: list[fal_client.Status] = []
     result = fal.subscribe(
-        T2V,
+        t2v,
         {"prompt": "a rocket", "seed": 5, **SMALL},
         with_logs=True,
         on_queue_update=updates.append,
@@ -93,8 +102,11 @@ def test_submit_status_and_result(fal: fal_client.SyncClient) -> None:
     assert fal.result(T2V, handle.request_id)["seed"] == handle.get()["seed"]
 
 
-def test_cancel_a_running_request(fal: fal_client.SyncClient) -> None:
-    handle = fal.submit(T2V, {"prompt": "slow", **SMALL, "steps": 30})
+@family
+def test_cancel_a_running_request(
+    fal: fal_client.SyncClient, t2v: str, i2v: str, most_steps: int
+) -> None:
+    handle = fal.submit(t2v, {"prompt": "slow", **SMALL, "steps": most_steps})
     wait_for(lambda: isinstance(handle.status(), fal_client.InProgress), "the request to start")
     handle.cancel()
     with pytest.raises(fal_client.FalClientHTTPError) as caught:
@@ -103,12 +115,32 @@ def test_cancel_a_running_request(fal: fal_client.SyncClient) -> None:
     assert caught.value.error_type == "cancelled"
 
 
-def test_upload_file_then_animate_it(fal: fal_client.SyncClient, tmp_path: Path) -> None:
+@family
+def test_cancel_a_queued_request(
+    fal: fal_client.SyncClient, t2v: str, i2v: str, most_steps: int
+) -> None:
+    running = fal.submit(t2v, {"prompt": "slow", **SMALL, "steps": most_steps})
+    wait_for(lambda: isinstance(running.status(), fal_client.InProgress), "the first to start")
+    queued = fal.submit(t2v, {"prompt": "a rocket", **SMALL})
+    assert isinstance(queued.status(), fal_client.Queued)  # the one worker is busy
+    queued.cancel()
+    with pytest.raises(fal_client.FalClientHTTPError) as caught:
+        queued.get()
+    assert caught.value.error_type == "cancelled"
+    running.cancel()
+    with pytest.raises(fal_client.FalClientHTTPError):
+        running.get()
+
+
+@family
+def test_upload_file_then_animate_it(
+    fal: fal_client.SyncClient, tmp_path: Path, t2v: str, i2v: str, most_steps: int
+) -> None:
     picture = tmp_path / "red.png"
     Image.new("RGB", (96, 64), (230, 20, 40)).save(picture)
     url = fal.upload_file(picture)
     assert url.startswith(fal_module.CDN_URL + "/files/")
-    result = fal.subscribe(I2V, {"image_url": url, **SMALL})
+    result = fal.subscribe(i2v, {"image_url": url, **SMALL})
     colour = first_frame_colour(result["video"]["url"])
     assert np.allclose(colour, [230, 20, 40], atol=6)  # the uploaded picture reached the model
 
@@ -122,12 +154,21 @@ def test_upload_through_the_storage_fallback(fal: fal_client.SyncClient) -> None
     assert np.allclose(first_frame_colour(result["video"]["url"]), [10, 200, 10], atol=6)
 
 
-def test_synchronous_run(fal: fal_client.SyncClient) -> None:
-    result = fal.run(T2V, arguments={"prompt": "a rocket", "seed": 9, **SMALL})
+@family
+def test_synchronous_run(fal: fal_client.SyncClient, t2v: str, i2v: str, most_steps: int) -> None:
+    result = fal.run(t2v, arguments={"prompt": "a rocket", "seed": 9, **SMALL})
     assert result["seed"] == 9
 
 
-def test_bad_input_raises_a_validation_error(fal: fal_client.SyncClient) -> None:
+@family
+def test_bad_input_raises_a_validation_error(
+    fal: fal_client.SyncClient, t2v: str, i2v: str, most_steps: int
+) -> None:
     with pytest.raises(fal_client.FalClientHTTPError) as caught:
-        fal.submit(T2V, {"prompt": "x", "motion_bucket_id": 999})
+        fal.submit(t2v, {"prompt": "x", "motion_bucket_id": 999})
     assert caught.value.status_code == 422
+    with pytest.raises(fal_client.FalClientHTTPError) as caught:
+        fal.submit(i2v, {"steps": most_steps + 1})  # no image_url, too many steps
+    assert caught.value.status_code == 422
+    assert "image_url" in str(caught.value)
+    assert "steps" in str(caught.value)

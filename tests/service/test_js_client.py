@@ -17,6 +17,18 @@ import pytest
 from tests.service.conftest import Server
 
 JS = Path(__file__).resolve().parents[1] / "js"
+# each family's text-to-video and image-to-video endpoints and its most steps, as client.mjs
+# reads them
+FAMILIES = {
+    "20-step": {},
+    "few-step": {
+        "FASTSVD_T2V": "fal-ai/fast-svd-lcm/text-to-video",
+        "FASTSVD_I2V": "fal-ai/fast-svd-lcm",
+        "FASTSVD_MOST_STEPS": "20",
+        "FASTSVD_STEPS_MAX": "20",
+    },
+}
+family = pytest.mark.parametrize("family", FAMILIES.values(), ids=FAMILIES)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +45,17 @@ def node_client() -> Path:
     return JS
 
 
-def run_js(node_client: Path, server: Server, scenario: str, mode: str = "middleware") -> Any:
-    """Run one scenario of client.mjs; ``mode`` "proxy" configures the client with proxyUrl."""
+def run_js(
+    node_client: Path,
+    server: Server,
+    scenario: str,
+    mode: str = "middleware",
+    family: dict[str, str] | None = None,
+) -> Any:
+    """Run one scenario of client.mjs; ``mode`` "proxy" configures the client with proxyUrl;
+    ``family``: the endpoints it drives (default: the 20-step ones)."""
     env = {"FASTSVD_URL": server.url, "FASTSVD_KEY": server.key, "FASTSVD_MODE": mode}
+    env |= family or {}
     out = subprocess.run(
         ["node", "client.mjs", scenario],
         cwd=node_client,
@@ -49,8 +69,11 @@ def run_js(node_client: Path, server: Server, scenario: str, mode: str = "middle
     return json.loads(out.stdout)
 
 
-def test_subscribe_polling_with_logs(node_client: Path, server: Server) -> None:
-    got = run_js(node_client, server, "subscribe")
+@family
+def test_subscribe_polling_with_logs(
+    node_client: Path, server: Server, family: dict[str, str]
+) -> None:
+    got = run_js(node_client, server, "subscribe", family=family)
     assert got["result"]["data"]["seed"] == 4
     assert got["result"]["requestId"]  # read from the x-fal-request-id header
     assert got["statuses"]
@@ -73,15 +96,30 @@ def test_submit_status_result(node_client: Path, server: Server) -> None:
     assert got["result"]["requestId"] == got["request_id"]
 
 
-def test_cancel(node_client: Path, server: Server) -> None:
-    got = run_js(node_client, server, "cancel")
+@family
+def test_cancel(node_client: Path, server: Server, family: dict[str, str]) -> None:
+    got = run_js(node_client, server, "cancel", family=family)
     assert got["status"]["error_type"] == "cancelled"
     assert got["error"]["status"] == 499
 
 
-@pytest.mark.parametrize("mode", ["middleware", "proxy"])
-def test_storage_upload_then_image_to_video(node_client: Path, server: Server, mode: str) -> None:
-    got = run_js(node_client, server, "upload", mode)
+@family
+def test_cancel_while_queued(node_client: Path, server: Server, family: dict[str, str]) -> None:
+    got = run_js(node_client, server, "cancelQueued", family=family)
+    assert got["queued"]["status"] == "IN_QUEUE"
+    assert got["final"]["status"] == "COMPLETED"
+    assert got["final"]["error_type"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("mode", "family"),
+    [("middleware", {}), ("proxy", {}), ("middleware", FAMILIES["few-step"])],
+    ids=["middleware", "proxy", "few-step"],
+)
+def test_storage_upload_then_image_to_video(
+    node_client: Path, server: Server, mode: str, family: dict[str, str]
+) -> None:
+    got = run_js(node_client, server, "upload", mode, family)
     assert got["url"].startswith(f"{server.url}/files/")
     video = httpx.get(got["result"]["data"]["video"]["url"]).content
     with av.open(io.BytesIO(video)) as container:
@@ -89,13 +127,19 @@ def test_storage_upload_then_image_to_video(node_client: Path, server: Server, m
     assert abs(int(frame[..., 0].mean()) - 200) < 8  # the uploaded red picture arrived
 
 
-def test_run_and_validation_errors(node_client: Path, server: Server) -> None:
-    assert run_js(node_client, server, "run")["data"]["seed"] == 8
-    invalid = run_js(node_client, server, "invalid")
+@family
+def test_run_and_validation_errors(
+    node_client: Path, server: Server, family: dict[str, str]
+) -> None:
+    assert run_js(node_client, server, "run", family=family)["data"]["seed"] == 8
+    invalid = run_js(node_client, server, "invalid", family=family)
     assert invalid["thrown"]
     assert invalid["status"] == 422
     assert invalid["name"] == "ValidationError"
-    assert invalid["fieldErrors"][0]["loc"] == ["body", "fps"]
+    assert [error["loc"] for error in invalid["fieldErrors"]] == [
+        ["body", "fps"],
+        ["body", "steps"],
+    ]
 
 
 # --- proxyUrl: every call goes to /api/fal/proxy with its fal URL in x-fal-target-url ------------

@@ -41,15 +41,16 @@ def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
         conn.execute(text("DROP INDEX ix_jobs_key_created"))  # added by migration 3
         conn.execute(text("ALTER TABLE workers DROP COLUMN host_id"))  # migration 4
         conn.execute(text("ALTER TABLE workers DROP COLUMN start_ticks"))
+        conn.execute(text("ALTER TABLE workers DROP COLUMN endpoints"))  # migration 5
         conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
     job_id = submit(JobStore(db))  # data written before the upgrade survives it
     assert current_version(db) == 1
-    assert migrate(db) == len(MIGRATIONS) == 4
+    assert migrate(db) == len(MIGRATIONS) == 5
     with db.read() as conn:
         indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
         columns = {c["name"] for c in inspect(conn).get_columns("workers")}
     assert {"ix_jobs_start_deadline", "ix_jobs_key_created"} <= indexes
-    assert {"host_id", "start_ticks"} <= columns
+    assert {"host_id", "start_ticks", "endpoints"} <= columns
     assert JobStore(db).get(job_id) is not None
 
 

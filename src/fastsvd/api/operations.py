@@ -54,11 +54,16 @@ def router(endpoints: Registry) -> APIRouter:
         },
     )
     async def ready(s: ServicesDep) -> JSONResponse:
-        count = await run_in_threadpool(s.registry.ready_count, 3 * s.settings.lease_s)
-        return JSONResponse(
-            {"status": "ready" if count else "starting", "workers_ready": count},
-            status_code=200 if count else 503,
+        count, serving, serve_all = await run_in_threadpool(
+            s.registry.ready_endpoints, 3 * s.settings.lease_s
         )
+        body = {
+            "status": "ready" if count else "starting",
+            "workers_ready": count,
+            # each endpoint's ready workers: a request for one with none waits in the queue
+            "endpoints": {e.id: serve_all + serving[e.id] for e in endpoints},
+        }
+        return JSONResponse(body, status_code=200 if count else 503)
 
     @api.get(
         "/metrics",

@@ -24,7 +24,7 @@ from fastsvd.api import deps, responses
 from fastsvd.api.body import StrictJSONRoute
 from fastsvd.api.deps import BaseURL, KeyDep, ServicesDep, owner_of
 from fastsvd.api.files import check_image_url
-from fastsvd.api.status import status_body, summary, urls
+from fastsvd.api.status import no_worker_line, status_body, summary, urls
 from fastsvd.endpoints import Endpoint, Registry
 from fastsvd.errors import NotFound
 from fastsvd.net.guard import check_url
@@ -180,14 +180,21 @@ async def _status_of(
     s: Services, job_id: str, key: KeyInfo, base: str, with_logs: bool
 ) -> tuple[Job, dict[str, Any]]:
     scope = owner_of(key, s)
-    if s.db.cheap_reads:  # this path runs for every poll of every client
+
+    def read() -> tuple[Job, dict[str, Any]]:
         view = s.jobs.view(job_id, scope, with_logs=with_logs)
-    else:
-        view = await run_in_threadpool(s.jobs.view, job_id, scope, with_logs=with_logs)
-    if view is None:
-        raise NotFound(f"Request {job_id} not found")
-    job, position, logs = view
-    return job, status_body(job, base, queue_position=position, logs=logs)
+        if view is None:
+            raise NotFound(f"Request {job_id} not found")
+        job, position, logs = view
+        waiting = None
+        queued = job.state == JobState.queued and logs is not None
+        if queued and not s.registry.serves(job.endpoint, 3 * s.settings.lease_s):
+            waiting = no_worker_line(job.endpoint)  # say why, when no one can run it
+        return job, status_body(job, base, queue_position=position, logs=logs, waiting=waiting)
+
+    if s.db.cheap_reads:  # this path runs for every poll of every client
+        return read()
+    return await run_in_threadpool(read)
 
 
 def _add_request_routes(api: APIRouter, app_path: str) -> None:

@@ -33,10 +33,24 @@ def log_entry(line: LogLine) -> dict[str, str]:
     }
 
 
+def no_worker_line(endpoint: str) -> str:
+    """Why a queued request of ``endpoint`` is not starting: no ready worker serves it."""
+    return (
+        f"waiting: no ready worker serves {endpoint}; the request starts when one does "
+        "(a worker serves the endpoints FASTSVD_ENDPOINTS names, default all)"
+    )
+
+
 def status_body(
-    job: Job, base_url: str, *, queue_position: int | None, logs: list[LogLine] | None
+    job: Job,
+    base_url: str,
+    *,
+    queue_position: int | None,
+    logs: list[LogLine] | None,
+    waiting: str | None = None,
 ) -> dict[str, Any]:
-    """The status object fal's clients parse (``IN_QUEUE`` / ``IN_PROGRESS`` / ``COMPLETED``)."""
+    """The status object fal's clients parse (``IN_QUEUE`` / ``IN_PROGRESS`` / ``COMPLETED``).
+    A queued request's ``logs`` (when asked for) carry ``waiting``, why it is not starting."""
     body: dict[str, Any] = {
         "request_id": job.id,
         **urls(base_url, job),
@@ -44,6 +58,10 @@ def status_body(
     }
     if job.state == JobState.queued:
         body["queue_position"] = queue_position or 0
+        if logs is not None:
+            body["logs"] = [log_entry(line) for line in logs]
+            if waiting is not None:
+                body["logs"].append(log_entry(LogLine(0, job.created_at, "WARN", waiting)))
         return body
     body["logs"] = [log_entry(line) for line in logs] if logs is not None else None
     if job.state == JobState.running:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -18,7 +19,15 @@ from pydantic import ValidationError
 
 from fastsvd import __version__
 from fastsvd import constants as c
-from fastsvd.schema import VIDEO_SIZE_PRESETS, DeepCache, TextToVideoInput, field_errors
+from fastsvd.endpoints import (
+    ENDPOINTS,
+    FEW_STEP_IMAGE_TO_VIDEO,
+    FEW_STEP_TEXT_TO_VIDEO,
+    IMAGE_TO_VIDEO,
+    TEXT_TO_VIDEO,
+    Endpoint,
+)
+from fastsvd.schema import VIDEO_SIZE_PRESETS, DeepCache, field_errors
 from fastsvd.settings import Settings
 
 T = TypeVar("T")
@@ -58,10 +67,60 @@ def main() -> None:
     """fastsvd: self-hosted, fal-compatible text-to-video (SDXL first frame + SVD-XT)."""
 
 
+def endpoint_of(*, image: bool, few_step: bool) -> Endpoint:
+    """The endpoint the CLI's inputs ask for: a prompt or ``--image``, with ``--few-step``."""
+    capability = {
+        (False, False): TEXT_TO_VIDEO,
+        (True, False): IMAGE_TO_VIDEO,
+        (False, True): FEW_STEP_TEXT_TO_VIDEO,
+        (True, True): FEW_STEP_IMAGE_TO_VIDEO,
+    }[(image, few_step)]
+    return next(e for e in ENDPOINTS if e.capability == capability)
+
+
+def endpoints_help() -> str:
+    """Each endpoint's fields and defaults, from the registry (``--help``'s epilog)."""
+    lines = ["\b", "Endpoints (the options each takes; defaults after '='):"]
+    for endpoint in ENDPOINTS:
+        chosen = "--few-step " if "few_step" in endpoint.capability else ""
+        chosen += "--image" if endpoint.image_field else "PROMPT"
+        fields = []
+        for name, field in endpoint.input.model_fields.items():
+            if field.is_required():
+                continue
+            default = field.get_default(call_default_factory=True)
+            default = getattr(default, "value", default)
+            bounds = [
+                f"{getattr(m, attr)}"
+                for m in field.metadata
+                for attr in ("ge", "le")
+                if getattr(m, attr, None) is not None
+            ]
+            shown = f"={default}" if default is not None else ""
+            if name == "video_size" and default is not None:
+                shown = f"={c.DEFAULT_VIDEO_SIZE}"
+            elif isinstance(default, str) and len(default) > 20:
+                shown = f"='{default[:17]}...'"
+            if len(bounds) == 2 and name != "seed":
+                shown += f" ({'-'.join(bounds)})"
+            fields.append(f"{name}{shown}")
+        lines.append(f"  {endpoint.id} ({chosen}):")
+        lines += textwrap.wrap(
+            ", ".join(fields), 76, initial_indent="    ", subsequent_indent="    "
+        )
+    return "\n".join(lines)
+
+
 def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The fal input fields as options, shared by ``generate`` and ``submit``."""
     options = [
         click.option("--image", help="Animate this picture (a file or URL) instead of a prompt."),
+        click.option(
+            "--few-step",
+            is_flag=True,
+            help="The few-step family (fal-ai/fast-svd-lcm): 4 steps, no negative prompt, "
+            "no DeepCache.",
+        ),
         click.option("--negative-prompt", help="What the first frame should not show."),
         click.option(
             "--motion-bucket-id",
@@ -74,7 +133,8 @@ def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", help="Seed for both stages (default: random, printed at the end)."),
         click.option(
             "--steps",
-            help=f"Video denoising steps; 1-{c.STEPS_MAX} (default {c.DEFAULT_STEPS}).",
+            help=f"Video denoising steps; 1-{c.STEPS_MAX} (default {c.DEFAULT_STEPS}); "
+            f"with --few-step 1-{c.FEW_STEP_STEPS_MAX} (default {c.DEFAULT_FEW_STEP_STEPS}).",
         ),
         click.option(
             "--deep-cache",
@@ -106,15 +166,20 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def fields_of(**given: str | None) -> dict[str, Any]:
-    """The input fields given on the command line, checked and typed by the schema."""
+def fields_of(endpoint: Endpoint, **given: str | None) -> dict[str, Any]:
+    """The input fields given on the command line, checked and typed by ``endpoint``'s schema;
+    an option the endpoint has no field for is refused (the API would ignore it)."""
     fields: dict[str, Any] = {
         k: _parse_size(v) if k == "video_size" else _number(v)
         for k, v in given.items()
         if v is not None
     }
+    for name in fields:
+        if name not in endpoint.input.model_fields:
+            fail(f"--{name.replace('_', '-')}: {endpoint.id} has no {name}", EXIT_INVALID)
+    required = {"image_url": "data:,"} if endpoint.image_field else {"prompt": "-"}
     try:
-        checked = TextToVideoInput.model_validate({"prompt": "-", **fields})
+        checked = endpoint.input.model_validate({**required, **fields})
     except ValidationError as exc:
         field, message = field_errors(exc)[0]
         fail(f"{field}: {message}", EXIT_INVALID)

@@ -12,21 +12,23 @@ from pathlib import Path
 from types import FrameType
 
 import click
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fastsvd import constants as c
-from fastsvd.cli.common import EXIT_INTERRUPTED, EXIT_INVALID, fail, fields_of, input_options, main
-from fastsvd.cli.remote import remote_call, run_remote
-from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
-from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput
-from fastsvd.schema import (
-    File,
-    ImageToVideoInput,
-    TextToVideoInput,
-    VideoOutput,
-    field_errors,
-    resolve_seed,
+from fastsvd.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    endpoint_of,
+    endpoints_help,
+    fail,
+    fields_of,
+    input_options,
+    main,
 )
+from fastsvd.cli.remote import remote_call, run_remote
+from fastsvd.endpoints import Endpoint
+from fastsvd.errors import FastSVDError, GenerationCancelled, InvalidInput
+from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
 from fastsvd.settings import Settings
 
 
@@ -63,7 +65,7 @@ def _cancel_on_interrupt() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-@main.command()
+@main.command(epilog=endpoints_help())
 @click.argument("prompt", required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the MP4.")
 @input_options
@@ -82,6 +84,7 @@ def generate(
     prompt: str | None,
     output: str | None,
     image: str | None,
+    few_step: bool,
     server: str | None,
     key: str | None,
     preset: str | None,
@@ -93,24 +96,28 @@ def generate(
 ) -> None:
     """Make a video from PROMPT (or from --image) on this machine, or on a server with
     --server, and write it as MP4."""
-    fields = fields_of(**given)
+    endpoint = endpoint_of(image=image is not None, few_step=few_step)
+    fields = fields_of(endpoint, **given)
     if server is not None:
         result, path = remote_call(
             lambda: run_remote(
-                server, key, fields, prompt=prompt, image=image, output=output, quiet=quiet
+                server,
+                key,
+                endpoint,
+                fields,
+                prompt=prompt,
+                image=image,
+                output=output,
+                quiet=quiet,
             )
         )
         _print_result(result, path, as_json=as_json)
         return
-    request: TextToVideoInput | ImageToVideoInput
     try:
-        if image is not None:
-            fields.pop("negative_prompt", None)
-            request = ImageToVideoInput.model_validate(
-                {"image_url": _image_data_uri(image), **fields}
-            )
-        else:
-            request = TextToVideoInput.model_validate({"prompt": prompt or "", **fields})
+        required = (
+            {"image_url": _image_data_uri(image)} if image is not None else {"prompt": prompt or ""}
+        )
+        request = endpoint.input.model_validate({**required, **fields})
     except ValidationError as exc:
         field, message = field_errors(exc)[0]
         fail(f"{field}: {message}", EXIT_INVALID)
@@ -119,7 +126,7 @@ def generate(
 
     settings = Settings.from_env().with_overrides(preset=preset, device=device, dtype=dtype)
     try:
-        result, path = _run_local(request, settings, output, quiet=quiet)
+        result, path = _run_local(endpoint, request, settings, output, quiet=quiet)
     except InvalidInput as exc:
         fail(exc.message, EXIT_INVALID)
     except GenerationCancelled:
@@ -140,7 +147,8 @@ def _print_result(result: VideoOutput, path: Path, *, as_json: bool) -> None:
 
 
 def _run_local(
-    request: TextToVideoInput | ImageToVideoInput,
+    endpoint: Endpoint,
+    request: BaseModel,
     settings: Settings,
     output: str | None,
     *,
@@ -159,8 +167,8 @@ def _run_local(
 
     if settings.preset not in PRESETS:
         raise InvalidInput("preset", f"unknown preset; use one of {', '.join(PRESETS)}")
-    seed = resolve_seed(request.seed)
-    capability = TEXT_TO_VIDEO if isinstance(request, TextToVideoInput) else IMAGE_TO_VIDEO
+    seed = resolve_seed(getattr(request, "seed", None))
+    capability = endpoint.capability
     # the worker's runner, for this one request: the same models, optimizations and encoding
     # (compiled, with FASTSVD_COMPILE=1, on the request itself: no separate warm-up)
     runner = ModelRunner(

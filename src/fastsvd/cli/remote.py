@@ -21,6 +21,8 @@ from fastsvd.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_INVALID,
     T,
+    endpoint_of,
+    endpoints_help,
     fail,
     fields_of,
     input_options,
@@ -29,7 +31,7 @@ from fastsvd.cli.common import (
 )
 from fastsvd.cli.progress import StageProgress
 from fastsvd.client import ClientError, Completed, InProgress, Queued, Status, SyncClient
-from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+from fastsvd.endpoints import ENDPOINTS, Endpoint
 from fastsvd.errors import FastSVDError, InvalidInput
 from fastsvd.progress import parse_first_frame_line, parse_step_line
 from fastsvd.schema import VideoOutput
@@ -44,11 +46,6 @@ class RemoteError(FastSVDError):
     def __init__(self, message: str, *, invalid: bool = False) -> None:
         super().__init__(message)
         self.invalid = invalid
-
-
-def endpoint_for(capability: str) -> str:
-    """The first registered endpoint with ``capability`` (the CLI's choice for its inputs)."""
-    return next(e.id for e in ENDPOINTS if e.capability == capability)
 
 
 @contextmanager
@@ -124,6 +121,7 @@ def save(client: SyncClient, output: VideoOutput, path: str | None) -> Path:
 def run_remote(
     url: str | None,
     key: str | None,
+    endpoint: Endpoint,
     fields: dict[str, Any],
     *,
     prompt: str | None,
@@ -134,7 +132,7 @@ def run_remote(
 ) -> tuple[VideoOutput, Path]:
     """``fastsvd generate --server``: submit, follow, download."""
     with connected(url, key) as client:
-        application, arguments = request_of(client, fields, prompt=prompt, image=image)
+        application, arguments = request_of(client, endpoint, fields, prompt=prompt, image=image)
         handle = client.submit(application, arguments)
         if on_submitted is not None:
             on_submitted(handle.request_id)
@@ -148,13 +146,17 @@ def run_remote(
 
 
 def request_of(
-    client: SyncClient, fields: dict[str, Any], *, prompt: str | None, image: str | None
+    client: SyncClient,
+    endpoint: Endpoint,
+    fields: dict[str, Any],
+    *,
+    prompt: str | None,
+    image: str | None,
 ) -> tuple[str, dict[str, Any]]:
-    """The endpoint and the body for these CLI inputs."""
+    """The endpoint id and the body for these CLI inputs."""
     if image is not None:
-        fields = {k: v for k, v in fields.items() if k != "negative_prompt"}
-        return endpoint_for(IMAGE_TO_VIDEO), {"image_url": image_url(client, image), **fields}
-    return endpoint_for(TEXT_TO_VIDEO), {"prompt": prompt or "", **fields}
+        return endpoint.id, {"image_url": image_url(client, image), **fields}
+    return endpoint.id, {"prompt": prompt or "", **fields}
 
 
 # --- the commands ----------------------------------------------------------------------
@@ -172,7 +174,7 @@ def remote_call(call: Callable[[], T]) -> T:
         fail("interrupted (the request was cancelled)", EXIT_INTERRUPTED)
 
 
-@main.command()
+@main.command(epilog=endpoints_help())
 @click.argument("prompt", required=False)
 @input_options
 @server_options
@@ -180,17 +182,21 @@ def remote_call(call: Callable[[], T]) -> T:
 def submit(
     prompt: str | None,
     image: str | None,
+    few_step: bool,
     url: str,
     key: str | None,
     as_json: bool,
     **given: str | None,
 ) -> None:
     """Queue PROMPT (or --image) on a server; prints the request id."""
-    fields = fields_of(**given)
+    endpoint = endpoint_of(image=image is not None, few_step=few_step)
+    fields = fields_of(endpoint, **given)
 
     def call() -> str:
         with connected(url, key) as client:
-            application, arguments = request_of(client, fields, prompt=prompt, image=image)
+            application, arguments = request_of(
+                client, endpoint, fields, prompt=prompt, image=image
+            )
             return client.submit(application, arguments).request_id
 
     request_id = remote_call(call)

@@ -71,7 +71,7 @@ def serve(
 def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     """Run one worker: load the model, then run queued jobs one at a time."""
     from fastsvd.logs import configure
-    from fastsvd.runner import make_runner
+    from fastsvd.runner import configured_endpoints, make_runner
     from fastsvd.serve import EXIT_MODEL_NOT_AVAILABLE
     from fastsvd.services import Services
     from fastsvd.worker import Worker, WorkerServices, image_loader
@@ -82,8 +82,13 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     loader = image_loader(
         services.files, services.storage, allow_private=settings.allow_private_urls
     )
-    runner = make_runner(settings, loader)
-    worker = Worker(WorkerServices.from_services(services), runner)
+    try:
+        runner = make_runner(settings, loader)
+        worker = Worker(
+            WorkerServices.from_services(services), runner, endpoints=configured_endpoints(settings)
+        )
+    except FastSVDError as exc:  # FASTSVD_ENDPOINTS names nothing this runner can run
+        fail(exc.message, EXIT_INVALID)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # SIGTERM (and a first Ctrl-C): finish the current job, then exit. A second Ctrl-C

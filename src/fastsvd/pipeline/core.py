@@ -11,24 +11,33 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionXLPipeline, StableVideoDiffusionPipeline
+from diffusers import (
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    StableVideoDiffusionPipeline,
+    UNet2DConditionModel,
+    UNetSpatioTemporalConditionModel,
+)
 from PIL import Image
 
 from fastsvd import constants as c
 from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationFailed, OutOfMemory
 from fastsvd.pipeline import deepcache, optimize, tiny
+from fastsvd.pipeline import model_configs as configs
 from fastsvd.pipeline.compile import CompileOptions, compile_regions, configure
+from fastsvd.pipeline.consistency import ConsistencySampler
 from fastsvd.pipeline.device import Placement
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
-from fastsvd.pipeline.loading import load_pretrained
+from fastsvd.pipeline.loading import load_pretrained, load_single_file
 from fastsvd.pipeline.params import GenerationParams
-from fastsvd.pipeline.presets import ModelPreset
+from fastsvd.pipeline.presets import ANIMATE_LCM, SDXL_LIGHTNING_4STEP, ModelPreset
 from fastsvd.pipeline.video import VideoSettings, animate
 
 # fal's default video_size (landscape_16_9), where ``warm_up`` compiles
@@ -46,50 +55,96 @@ class Video:
     timings_s: dict[Stage, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Models:
+    """Which of a preset's models to load: each family's video model and first-frame model."""
+
+    video: bool = True  # SVD-XT, 20 steps (fal-ai/fast-svd)
+    first_frame: bool = True  # SDXL base (fal-ai/fast-svd/text-to-video)
+    few_step_video: bool = True  # AnimateLCM-SVD-xt (fal-ai/fast-svd-lcm)
+    few_step_first_frame: bool = True  # SDXL-Lightning 4-step (.../text-to-video)
+
+
 class VideoPipeline:
-    """The loaded models of one preset, ready to generate one request at a time."""
+    """The loaded models of one preset, ready to generate one request at a time.
+
+    Two families: the 20-step one (``video``, ``first_frame``) and the few-step one
+    (``few_step_video``, ``few_step_first_frame``), each loaded or not. A family's distilled
+    U-Net runs on the other's components where both are loaded: one VAE, image encoder, text
+    encoder pair, in memory once.
+    """
 
     def __init__(
         self,
         preset: ModelPreset,
         placement: Placement,
-        video: StableVideoDiffusionPipeline,
+        video: StableVideoDiffusionPipeline | None,
         first_frame: StableDiffusionXLPipeline | None,
+        *,
+        few_step_video: StableVideoDiffusionPipeline | None = None,
+        few_step_first_frame: StableDiffusionXLPipeline | None = None,
+        few_step_guidance: float | None = None,
     ) -> None:
+        if video is None and few_step_video is None:
+            raise ValueError("a VideoPipeline needs a video model")
         self.preset = preset
         self.placement = placement
-        self.video = video
+        self._video = video
         self.first_frame = first_frame
-        for pipe in (video, first_frame):
-            if pipe is not None:
-                pipe.to(placement.device)
-                if pipe.dtype != placement.dtype:
-                    pipe.to(dtype=placement.dtype)
-                pipe.set_progress_bar_config(disable=True)
+        self.few_step_video = few_step_video
+        self.few_step_first_frame = few_step_first_frame
+        # the few-step video's guidance ramp ends here (1.0: no guidance, one U-Net batch)
+        self.few_step_guidance = (
+            preset.few_step.max_guidance_scale if few_step_guidance is None else few_step_guidance
+        )
+        for pipe in self.pipes():
+            pipe.to(placement.device)
+            if pipe.dtype != placement.dtype:
+                pipe.to(dtype=placement.dtype)
+            pipe.set_progress_bar_config(disable=True)
         # the video U-Net's forwards, eager until ``compile``; one full graph keeps every cut
-        self.graphs = deepcache.UNetGraphs(video.unet, deepcache.BRANCHES)
+        self.graphs = (
+            deepcache.UNetGraphs(video.unet, deepcache.BRANCHES) if video is not None else None
+        )
         self.compiled: CompileOptions | None = None
         # low-memory mode (24 GB cards): the first-frame model waits on the CPU between requests
         # and the decode chunk is picked from free GPU memory (``optimize`` "low_memory")
         self.low_memory = False
 
+    @property
+    def video(self) -> StableVideoDiffusionPipeline:
+        """The 20-step video model (SVD-XT)."""
+        if self._video is None:
+            raise FastSVDError(f"preset {self.preset.name} was loaded without the 20-step model")
+        return self._video
+
+    def pipes(self) -> list[StableVideoDiffusionPipeline | StableDiffusionXLPipeline]:
+        """The loaded diffusers pipelines (they may share components)."""
+        pipes = (self._video, self.first_frame, self.few_step_video, self.few_step_first_frame)
+        return [pipe for pipe in pipes if pipe is not None]
+
     def compile(self, options: CompileOptions) -> None:
         """Compile the models as ``options`` say (``pipeline/compile.py``); lazily: the graphs
         are built on the first call, which ``warm_up`` makes."""
         configure()
-        video_unet, first = self.video.unet, self.first_frame
+        firsts = [p for p in (self.first_frame, self.few_step_first_frame) if p is not None]
+        if not options.first_frame:
+            firsts = []
+        whole = [p.unet for p in firsts]
+        if self.few_step_video is not None:
+            whole.append(self.few_step_video.unet)  # no DeepCache: one whole forward
         if options.regional:
-            compile_regions(video_unet, options)
-            if first is not None and options.first_frame:
-                compile_regions(first.unet, options)
+            for unet in [*whole, *([self._video.unet] if self._video is not None else [])]:
+                compile_regions(unet, options)
         else:
-            self.graphs.compile(options.wrap)
-            if first is not None and options.first_frame:
-                options.module(first.unet)
-        if options.decoders:
-            options.module(self.video.vae.decoder)
-            if first is not None:
-                options.module(first.vae.decoder)
+            if self.graphs is not None:
+                self.graphs.compile(options.wrap)
+            for unet in whole:
+                options.module(unet)
+        if options.decoders:  # shared between a family's pipelines: each compiled once
+            decoders = {id(p.vae.decoder): p.vae.decoder for p in self.pipes()}
+            for decoder in decoders.values():
+                options.module(decoder)
         self.compiled = options
 
     def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE) -> float:
@@ -109,14 +164,21 @@ class VideoPipeline:
             prompt="warm-up",
             negative_prompt=c.DEFAULT_NEGATIVE_PROMPT,
         )
-        if self.first_frame is not None:
-            image = self.generate(params).first_frame
-        else:
-            image = Image.new("RGB", size, (127, 127, 127))
-            self.generate(replace(params, prompt=None, image=image))
-        # minimum's schedule covers cut 1 (medium's too), high's cut 0: full step, then shallow
-        for level in ("minimum", "high"):
-            self.generate(replace(params, prompt=None, image=image, deep_cache=level))
+        grey = Image.new("RGB", size, (127, 127, 127))
+        if self._video is not None:
+            if self.first_frame is not None:
+                image = self.generate(params).first_frame
+            else:
+                image = grey
+                self.generate(replace(params, prompt=None, image=image))
+            # minimum's schedule covers cut 1 (medium's too), high's cut 0: full, then shallow
+            for level in ("minimum", "high"):
+                self.generate(replace(params, prompt=None, image=image, deep_cache=level))
+        if self.few_step_video is not None:
+            few = replace(params, few_step=True, negative_prompt="")
+            if self.few_step_first_frame is None:
+                few = replace(few, prompt=None, image=grey)
+            self.generate(few)
         return time.perf_counter() - started
 
     def generate(self, params: GenerationParams, hooks: Hooks = NO_HOOKS) -> Video:
@@ -127,6 +189,18 @@ class VideoPipeline:
         """
         if params.deep_cache not in deepcache.LEVELS:
             raise ValueError(f"no deep_cache level {params.deep_cache!r}")
+        if params.few_step:
+            video_pipe, graphs = self.few_step_video, None
+            if video_pipe is None:
+                raise FastSVDError(
+                    f"preset {self.preset.name} was loaded without the few-step video model"
+                )
+            if params.deep_cache != "none":
+                raise ValueError("the few-step video model runs without DeepCache")
+            guidance = (self.preset.few_step.min_guidance_scale, self.few_step_guidance)
+        else:
+            video_pipe, graphs = self.video, self.graphs
+            guidance = (self.preset.min_guidance_scale, self.preset.max_guidance_scale)
         clock = StageClock(hooks)
         if params.prompt is not None:
             image = self._draw_first_frame(params.prompt, params, clock.hooks)
@@ -146,13 +220,13 @@ class VideoPipeline:
             motion_bucket_id=params.motion_bucket_id,
             noise_aug_strength=params.noise_aug_strength,
             seed=params.seed,
-            min_guidance_scale=self.preset.min_guidance_scale,
-            max_guidance_scale=self.preset.max_guidance_scale,
+            min_guidance_scale=guidance[0],
+            max_guidance_scale=guidance[1],
             decode_chunk_size=self._decode_chunk_size(params.width, params.height),
             cache=deepcache.LEVELS[params.deep_cache],
         )
         with _translated_errors(), torch.inference_mode():
-            frames = animate(self.video, image, settings, clock.hooks, self.graphs)
+            frames = animate(video_pipe, image, settings, clock.hooks, graphs)
         # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
         pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
         return Video(
@@ -164,33 +238,45 @@ class VideoPipeline:
         )
 
     def _draw_first_frame(self, prompt: str, params: GenerationParams, hooks: Hooks) -> Image.Image:
-        """Stage 1: ``prompt`` rendered at the video's size."""
-        if self.first_frame is None:
-            raise FastSVDError(f"preset {self.preset.name} was loaded without a first-frame model")
-        with _translated_errors(), torch.inference_mode(), self._first_frame_on_device():
+        """Stage 1: ``prompt`` rendered at the video's size, by the family's first-frame model."""
+        if params.few_step:
+            pipe = self.few_step_first_frame
+            steps, guidance = (
+                self.preset.few_step.first_frame_steps,
+                self.preset.few_step.first_frame_guidance,
+            )
+        else:
+            pipe = self.first_frame
+            steps, guidance = self.preset.first_frame_steps, self.preset.first_frame_guidance
+        if pipe is None:
+            family = "few-step " if params.few_step else ""
+            raise FastSVDError(
+                f"preset {self.preset.name} was loaded without the {family}first-frame model"
+            )
+        with _translated_errors(), torch.inference_mode(), self._on_device(pipe):
             return draw_first_frame(
-                self.first_frame,
+                pipe,
                 prompt=prompt,
                 negative_prompt=params.negative_prompt,
                 width=params.width,
                 height=params.height,
                 seed=params.seed,
-                steps=self.preset.first_frame_steps,
-                guidance_scale=self.preset.first_frame_guidance,
+                steps=steps,
+                guidance_scale=guidance,
                 hooks=hooks,
             )
 
     @contextlib.contextmanager
-    def _first_frame_on_device(self) -> Iterator[None]:
-        """In low-memory mode, the first-frame model is on the GPU for stage 1 only."""
-        if not self.low_memory or self.first_frame is None:
+    def _on_device(self, pipe: StableDiffusionXLPipeline) -> Iterator[None]:
+        """In low-memory mode, a first-frame model is on the GPU for stage 1 only."""
+        if not self.low_memory:
             yield
             return
-        self.first_frame.to(self.placement.device)
+        pipe.to(self.placement.device)
         try:
             yield
         finally:
-            self.first_frame.to("cpu")
+            pipe.to("cpu")
             if self.placement.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -246,33 +332,74 @@ def load_pipeline(
     preset: ModelPreset,
     placement: Placement,
     *,
+    models: Models = Models(),
     video_model: str | None = None,
     first_frame_model: str | None = None,
-    with_first_frame: bool = True,
+    few_step_video_model: str | None = None,
+    few_step_first_frame_model: str | None = None,
+    few_step_guidance: float | None = None,
     optimizations: tuple[str, ...] = (),
     compile: CompileOptions | None = None,
     warm_up: bool = False,
 ) -> VideoPipeline:
-    """Load ``preset``'s models onto ``placement``; ``*_model`` override its weights' location.
+    """Load ``models`` of ``preset`` onto ``placement``; ``*_model`` override where their weights
+    are (a Hugging Face id or folder; for the few-step U-Nets, a single file or its repo).
 
     With ``compile`` the models are compiled, and with ``warm_up`` one short request per
     ``deep_cache`` level runs at the default size, so no request pays for compilation.
     """
     video_model = video_model or preset.video_model
     first_frame_model = first_frame_model or preset.first_frame_model
-    video = (
-        load_pretrained(
-            StableVideoDiffusionPipeline,
-            video_model,
-            dtype=placement.dtype,
-            role="video (SVD-XT)",
-            env_var="FASTSVD_VIDEO_MODEL",
+    few = preset.few_step
+    video = None
+    if models.video:
+        video = (
+            load_pretrained(
+                StableVideoDiffusionPipeline,
+                video_model,
+                dtype=placement.dtype,
+                role="video (SVD-XT)",
+                env_var="FASTSVD_VIDEO_MODEL",
+            )
+            if video_model
+            else tiny.build_video()
         )
-        if video_model
-        else tiny.build_video()
-    )
+    few_step_video = None
+    if models.few_step_video:
+        reference = few_step_video_model or few.video_unet
+        unet = (
+            load_single_file(
+                UNetSpatioTemporalConditionModel,
+                _unet_config(UNetSpatioTemporalConditionModel, video, video_model, configs.SVD_XT)
+                if video_model
+                else tiny.video_unet_config(),
+                reference,
+                default_file=_file_name(few.video_unet or ANIMATE_LCM),
+                dtype=placement.dtype,
+                role="few-step video (AnimateLCM-SVD-xt)",
+                env_var="FASTSVD_FEW_STEP_VIDEO_MODEL",
+            )
+            if reference
+            else tiny.build_few_step_video_unet()
+        )
+        if video is not None:
+            parts = dict(video.components)
+        elif video_model:  # SVD-XT's VAE and image encoder without its own U-Net
+            parts = load_pretrained(
+                StableVideoDiffusionPipeline,
+                video_model,
+                dtype=placement.dtype,
+                role="video (SVD-XT)",
+                env_var="FASTSVD_VIDEO_MODEL",
+                components={"unet": unet},
+            ).components
+        else:
+            parts = tiny.build_video().components
+        few_step_video = StableVideoDiffusionPipeline(
+            **{**parts, "unet": unet, "scheduler": ConsistencySampler()}
+        )
     first_frame = None
-    if with_first_frame:
+    if models.first_frame:
         first_frame = (
             load_pretrained(
                 StableDiffusionXLPipeline,
@@ -284,13 +411,94 @@ def load_pipeline(
             if first_frame_model
             else tiny.build_first_frame()
         )
-    pipeline = VideoPipeline(preset, placement, video, first_frame)
-    optimize.apply((video, first_frame), optimizations)
+    few_step_first_frame = None
+    if models.few_step_first_frame:
+        reference = few_step_first_frame_model or few.first_frame_unet
+        lightning = (
+            load_single_file(
+                UNet2DConditionModel,
+                _unet_config(
+                    UNet2DConditionModel, first_frame, first_frame_model, configs.SDXL_BASE
+                )
+                if first_frame_model
+                else tiny.first_frame_unet_config(),
+                reference,
+                default_file=_file_name(few.first_frame_unet or SDXL_LIGHTNING_4STEP),
+                dtype=placement.dtype,
+                role="few-step first-frame (SDXL-Lightning)",
+                env_var="FASTSVD_FEW_STEP_FIRST_FRAME_MODEL",
+            )
+            if reference
+            else tiny.build_few_step_first_frame_unet()
+        )
+        base = first_frame
+        if base is None:  # SDXL base's text encoders and VAE without its own U-Net
+            base = (
+                load_pretrained(
+                    StableDiffusionXLPipeline,
+                    first_frame_model,
+                    dtype=placement.dtype,
+                    role="first-frame (SDXL)",
+                    env_var="FASTSVD_FIRST_FRAME_MODEL",
+                    components={"unet": lightning},
+                )
+                if first_frame_model
+                else tiny.build_first_frame()
+            )
+        few_step_first_frame = lightning_pipeline(base, lightning)
+    pipeline = VideoPipeline(
+        preset,
+        placement,
+        video,
+        first_frame,
+        few_step_video=few_step_video,
+        few_step_first_frame=few_step_first_frame,
+        few_step_guidance=few_step_guidance,
+    )
+    optimize.apply(pipeline.pipes(), optimizations)
     pipeline.low_memory = "low_memory" in optimizations
-    if pipeline.low_memory and first_frame is not None:
-        first_frame.to("cpu")
+    if pipeline.low_memory:
+        for first in (first_frame, few_step_first_frame):
+            if first is not None:
+                first.to("cpu")
     if compile is not None:
         pipeline.compile(compile)
     if warm_up:
         pipeline.warm_up()
     return pipeline
+
+
+def lightning_pipeline(
+    base: StableDiffusionXLPipeline, unet: UNet2DConditionModel
+) -> StableDiffusionXLPipeline:
+    """SDXL-Lightning: ``base``'s text encoders, tokenizers and VAE with the distilled ``unet``,
+    sampled by Euler with trailing timestep spacing (the Lightning authors' setting)."""
+    scheduler = EulerDiscreteScheduler.from_config(
+        base.scheduler.config, timestep_spacing="trailing"
+    )
+    return StableDiffusionXLPipeline(
+        **{**base.components, "unet": unet, "scheduler": scheduler},
+        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
+        add_watermarker=False,  # a first frame is an input of the video model, not an output
+    )
+
+
+def _unet_config(
+    cls: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel],
+    loaded: StableVideoDiffusionPipeline | StableDiffusionXLPipeline | None,
+    model: str,
+    bundled: str,
+) -> dict[str, Any]:
+    """The architecture a distilled U-Net file is loaded into: that of the U-Net of ``model``
+    (the loaded one's, else its config file), else the released model's config kept here."""
+    if loaded is not None:
+        return dict(loaded.unet.config)
+    try:
+        config: dict[str, Any] = cls.load_config(model, subfolder="unet")
+        return config
+    except (OSError, ValueError):  # loading the components next says what is missing
+        return configs.load(bundled, "unet")
+
+
+def _file_name(reference: str) -> str:
+    return reference.rsplit("/", 1)[-1]

@@ -27,6 +27,7 @@ class GenerationParams:
     noise_aug_strength: float  # noise added to the conditioning frame (fal's cond_aug)
     seed: int
     deep_cache: str = "none"  # a level of ``deepcache.LEVELS``
+    few_step: bool = False  # the few-step family's models (fal-ai/fast-svd-lcm)
     prompt: str | None = None  # the first frame's prompt, for text-to-video
     negative_prompt: str = ""
     image: Image.Image | None = None  # the first frame, for image-to-video

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastsvd import constants as c
+
+
+@dataclass(frozen=True)
+class FewStepModels:
+    """The few-step family (``fal-ai/fast-svd-lcm``): two distilled U-Nets, each one
+    safetensors file run on the components of the preset's own models.
+
+    A weights reference is a Hugging Face repo and file, ``owner/name/file.safetensors``, a local
+    ``.safetensors`` file, or a folder holding the default file; None: built in code (tiny).
+    """
+
+    video_unet: str | None  # AnimateLCM-SVD-xt: SVD-XT's U-Net, distilled for 4 steps
+    first_frame_unet: str | None  # SDXL-Lightning 4-step: SDXL base's U-Net, distilled
+    first_frame_steps: int = 4  # the Lightning U-Net's own step count (its file's name)
+    first_frame_guidance: float = 0.0  # Lightning runs without classifier-free guidance
+    # the video's per-frame guidance ramp, as the AnimateLCM authors ran it; a max of 1.0 turns
+    # guidance off (one U-Net batch instead of two; FASTSVD_FEW_STEP_GUIDANCE)
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 1.2
+
+
+ANIMATE_LCM = "wangfuyun/AnimateLCM-SVD-xt/AnimateLCM-SVD-xt-1.1.safetensors"
+SDXL_LIGHTNING_4STEP = "ByteDance/SDXL-Lightning/sdxl_lightning_4step_unet.safetensors"
+REAL_FEW_STEP = FewStepModels(video_unet=ANIMATE_LCM, first_frame_unet=SDXL_LIGHTNING_4STEP)
 
 
 @dataclass(frozen=True)
@@ -22,6 +46,7 @@ class ModelPreset:
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 3.0
     num_frames: int = c.NUM_FRAMES
+    few_step: FewStepModels = REAL_FEW_STEP
 
 
 SVD_XT_1_1 = ModelPreset(
@@ -37,6 +62,9 @@ SVD_XT_1_1 = ModelPreset(
 SVD_XT = ModelPreset(
     name="svd-xt",
     description="SDXL base 1.0 + the original SVD-XT (not gated on Hugging Face).",
+    few_step=replace(
+        REAL_FEW_STEP, video_unet="wangfuyun/AnimateLCM-SVD-xt/AnimateLCM-SVD-xt.safetensors"
+    ),
     video_model="stabilityai/stable-video-diffusion-img2vid-xt",
     first_frame_model="stabilityai/stable-diffusion-xl-base-1.0",
     first_frame_steps=25,
@@ -52,6 +80,7 @@ TINY = ModelPreset(
     first_frame_steps=4,
     first_frame_guidance=5.0,
     decode_chunk_size=c.NUM_FRAMES,
+    few_step=FewStepModels(video_unet=None, first_frame_unet=None),
 )
 
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in (SVD_XT_1_1, SVD_XT, TINY)}

@@ -72,6 +72,49 @@ def _seeded(seed: int) -> Any:
     return rng
 
 
+def first_frame_unet_config() -> dict[str, Any]:
+    """SDXL base's U-Net config, shrunk."""
+    config = configs.load(configs.SDXL_BASE, "unet")
+    config.update(
+        block_out_channels=[_CHANNELS] * 3,
+        attention_head_dim=[2, 2, 2],
+        layers_per_block=1,
+        transformer_layers_per_block=[1, 1, 1],
+        # the U-Net attends over both text encoders' hidden states side by side
+        cross_attention_dim=2 * _TEXT_DIM,
+        addition_time_embed_dim=8,
+        # 6 size/crop ids x 8 + the pooled text embedding
+        projection_class_embeddings_input_dim=6 * 8 + _TEXT_DIM,
+    )
+    return config
+
+
+def video_unet_config() -> dict[str, Any]:
+    """SVD-XT's spatio-temporal U-Net config, shrunk."""
+    config = configs.load(configs.SVD_XT, "unet")
+    config.update(
+        block_out_channels=[_CHANNELS] * 4,
+        num_attention_heads=[2, 2, 2, 2],
+        cross_attention_dim=_TEXT_DIM,
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=3 * 8,  # fps, motion bucket, cond_aug
+    )
+    return config
+
+
+def build_few_step_video_unet(seed: int = 1) -> UNetSpatioTemporalConditionModel:
+    """The tiny stand-in of AnimateLCM-SVD-xt: the tiny video U-Net's class and config, its own
+    random weights (a distilled U-Net differs from its teacher only in its weights)."""
+    with _seeded(seed):
+        return UNetSpatioTemporalConditionModel.from_config(video_unet_config())
+
+
+def build_few_step_first_frame_unet(seed: int = 1) -> UNet2DConditionModel:
+    """The tiny stand-in of SDXL-Lightning's 4-step U-Net, the same way."""
+    with _seeded(seed):
+        return UNet2DConditionModel.from_config(first_frame_unet_config())
+
+
 def build_first_frame(seed: int = 0) -> StableDiffusionXLPipeline:
     """A tiny SDXL text-to-image pipeline (two text encoders, micro-conditioned U-Net)."""
     with _seeded(seed):
@@ -82,19 +125,7 @@ def build_first_frame(seed: int = 0) -> StableDiffusionXLPipeline:
         text_encoder_2 = CLIPTextModelWithProjection(
             _text_config("text_encoder_2", vocab_size, bos_id, eos_id)
         )
-        unet_config = configs.load(configs.SDXL_BASE, "unet")
-        unet_config.update(
-            block_out_channels=[_CHANNELS] * 3,
-            attention_head_dim=[2, 2, 2],
-            layers_per_block=1,
-            transformer_layers_per_block=[1, 1, 1],
-            # the U-Net attends over both text encoders' hidden states side by side
-            cross_attention_dim=2 * _TEXT_DIM,
-            addition_time_embed_dim=8,
-            # 6 size/crop ids x 8 + the pooled text embedding
-            projection_class_embeddings_input_dim=6 * 8 + _TEXT_DIM,
-        )
-        unet = UNet2DConditionModel.from_config(unet_config)
+        unet = UNet2DConditionModel.from_config(first_frame_unet_config())
         vae_config = configs.load(configs.SDXL_BASE, "vae")
         vae_config.update(block_out_channels=[_CHANNELS] * 4, layers_per_block=1)
         vae = AutoencoderKL.from_config(vae_config)
@@ -114,15 +145,7 @@ def build_first_frame(seed: int = 0) -> StableDiffusionXLPipeline:
 def build_video(seed: int = 0) -> StableVideoDiffusionPipeline:
     """A tiny SVD-XT image-to-video pipeline: 4-level spatio-temporal U-Net, temporal VAE, CLIP."""
     with _seeded(seed):
-        unet_config = configs.load(configs.SVD_XT, "unet")
-        unet_config.update(
-            block_out_channels=[_CHANNELS] * 4,
-            num_attention_heads=[2, 2, 2, 2],
-            cross_attention_dim=_TEXT_DIM,
-            addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=3 * 8,  # fps, motion bucket, cond_aug
-        )
-        unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
+        unet = UNetSpatioTemporalConditionModel.from_config(video_unet_config())
         vae_config = configs.load(configs.SVD_XT, "vae")
         vae_config.update(block_out_channels=[_CHANNELS] * 4, layers_per_block=1)
         vae = AutoencoderKLTemporalDecoder.from_config(vae_config)

@@ -20,6 +20,7 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from fastsvd.pipeline.consistency import ConsistencySampler
 from fastsvd.pipeline.deepcache import CachedUNet, CacheSchedule, UNetGraphs
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 
@@ -50,7 +51,8 @@ def animate(
     graphs: UNetGraphs | None = None,
 ) -> np.ndarray:
     """Animate ``image``, already ``width`` x ``height``, through the U-Net's ``graphs`` (the
-    pipeline's long-lived, possibly compiled forwards; by default eager ones of ``pipe.unet``).
+    pipeline's long-lived, possibly compiled forwards; by default eager ones of ``pipe.unet``),
+    sampled by ``pipe.scheduler``: SVD's Euler, or the few-step ``ConsistencySampler``.
 
     Returns the frames as float32 [F, H, W, 3] in [0, 1].
     """
@@ -103,6 +105,12 @@ def animate(
         None,
     )
 
+    # the few-step sampler re-noises between steps: all of its noise drawn now, in seed order
+    sampler = pipe.scheduler
+    consistency = isinstance(sampler, ConsistencySampler)
+    if consistency:
+        sampler.begin(latents, generator)
+
     # 5. per-frame guidance ramp: [1, F, 1, 1, 1]
     guidance = torch.linspace(s.min_guidance_scale, s.max_guidance_scale, s.num_frames)
     guidance = _append_dims(guidance.unsqueeze(0).to(device, latents.dtype), latents.ndim)
@@ -130,7 +138,10 @@ def animate(
         if do_cfg:
             noise_uncond, noise_cond = noise_pred.chunk(2)
             noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
-        latents = pipe.scheduler.step(noise_pred, t, latents).prev_sample
+        if consistency:
+            latents = sampler.step(noise_pred, t, latents)
+        else:
+            latents = sampler.step(noise_pred, t, latents).prev_sample
         hooks.on_step(StepEvent(Stage.video, i + 1, total))
 
     # 7. decode, a chunk of frames at a time

@@ -41,13 +41,22 @@ def _v3_key_created_index(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
-def _v4_worker_identity(conn: Connection) -> None:
-    """Record each worker's host and process start, so the dead can be told from the stalled."""
+def _add_worker_columns(conn: Connection, *names: str) -> None:
     have = {column["name"] for column in inspect(conn).get_columns(tables.workers.name)}
-    for name in ("host_id", "start_ticks"):
+    for name in names:
         if name not in have:  # a database made by _v1_initial of today has them already
             kind = tables.workers.c[name].type.compile(dialect=conn.dialect)
             conn.execute(text(f"ALTER TABLE {tables.workers.name} ADD COLUMN {name} {kind}"))
+
+
+def _v4_worker_identity(conn: Connection) -> None:
+    """Record each worker's host and process start, so the dead can be told from the stalled."""
+    _add_worker_columns(conn, "host_id", "start_ticks")
+
+
+def _v5_worker_endpoints(conn: Connection) -> None:
+    """Record the endpoints each worker serves, for /ready and a waiting request's status."""
+    _add_worker_columns(conn, "endpoints")
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [
@@ -55,6 +64,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v2_start_deadline_index,
     _v3_key_created_index,
     _v4_worker_identity,
+    _v5_worker_endpoints,
 ]
 
 

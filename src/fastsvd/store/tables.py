@@ -131,5 +131,7 @@ workers = Table(
     Column("host_id", String(200)),  # boot id and pid namespace; None: unknown
     Column("start_ticks", BigInteger),  # /proc/<pid>/stat starttime; None: unknown
     Column("ready_at", Float),  # models loaded
+    # (migration 5) the endpoint ids it serves, JSON; None: a worker from before, serving all
+    Column("endpoints", Text),
     Column("seen_at", Float, nullable=False),  # last heartbeat
 )

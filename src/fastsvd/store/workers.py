@@ -6,8 +6,11 @@ worker on the same host can tell that a holder of jobs is gone (``JobStore.reque
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+from collections import Counter
+from collections.abc import Iterable
 
 from sqlalchemy import delete, func, insert, select, update
 
@@ -22,8 +25,14 @@ class WorkerRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def register(self, name: str, who: ProcessIdentity | None = None) -> None:
-        """A worker starts (models not loaded yet); ``who``: its process (default: this one)."""
+    def register(
+        self,
+        name: str,
+        who: ProcessIdentity | None = None,
+        endpoints: Iterable[str] | None = None,
+    ) -> None:
+        """A worker starts (models not loaded yet); ``who``: its process (default: this one);
+        ``endpoints``: the ids it serves (None: all)."""
         who = this_process() if who is None else who
         now = time.time()
         with self.db.write() as conn:
@@ -37,6 +46,7 @@ class WorkerRegistry:
                     start_ticks=who.start_ticks,
                     started_at=now,
                     seen_at=now,
+                    endpoints=json.dumps(list(endpoints)) if endpoints is not None else None,
                 )
             )
 
@@ -53,6 +63,29 @@ class WorkerRegistry:
         """The worker stops."""
         with self.db.write() as conn:
             conn.execute(delete(workers).where(workers.c.name == name))
+
+    def ready_endpoints(self, within_s: float) -> tuple[int, Counter[str], int]:
+        """Workers with models loaded that beat within ``within_s``: how many, how many serve
+        each endpoint, and how many serve all (workers registered without a list)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(workers.c.endpoints).where(
+                    workers.c.ready_at.is_not(None), workers.c.seen_at > time.time() - within_s
+                )
+            ).all()
+        counts: Counter[str] = Counter()
+        serve_all = 0
+        for (listed,) in rows:
+            if listed is None:
+                serve_all += 1
+            else:
+                counts.update(json.loads(listed))
+        return len(rows), counts, serve_all
+
+    def serves(self, endpoint: str, within_s: float) -> bool:
+        """Whether a ready worker serves ``endpoint``."""
+        _total, counts, serve_all = self.ready_endpoints(within_s)
+        return bool(serve_all or counts[endpoint])
 
     def ready_count(self, within_s: float) -> int:
         """Workers with models loaded that beat within ``within_s``."""
