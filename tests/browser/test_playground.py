@@ -154,6 +154,30 @@ def test_image_to_video_with_a_dropped_upload(page: Page, tiny_server: Server) -
     assert item["output"]["seed"] == 3
 
 
+def test_the_few_step_tab_has_its_own_fields_and_generates(
+    page: Page, tiny_server: Server
+) -> None:
+    open_playground(page, tiny_server)
+    page.click("#tab-fal-ai-fast-svd-lcm-text-to-video")
+    expect(page.locator("#f-steps")).to_have_value("4")  # fal-ai/fast-svd-lcm's defaults
+    expect(page.locator("#help-steps")).to_contain_text("1–20")
+    expect(page.locator("#f-fps")).to_have_value("10")
+    expect(page.locator("#f-deep_cache")).to_have_count(0)  # not fields of this endpoint
+    expect(page.locator("#f-negative_prompt")).to_have_count(0)
+    page.fill("#f-prompt", "a rocket")
+    small_request(page, width=64, height=64, steps=2, seed=5)
+    page.click("#generate")
+    expect(page.locator("#run-status")).to_have_text("Done", timeout=120_000)
+    expect(page.locator("#video")).to_be_visible()
+    shot(page, "07-few-step")
+    with tiny_server.client() as client:
+        newest = client.get("/fal-ai/fast-svd-lcm/requests", params={"limit": 1}).json()
+    item = newest["requests"][0]
+    assert item["endpoint"] == "fal-ai/fast-svd-lcm/text-to-video"
+    assert item["input"]["steps"] == 2
+    assert item["output"]["seed"] == 5
+
+
 def test_a_wrong_key_is_asked_for_again(page: Page, tiny_server: Server) -> None:
     page.goto(tiny_server.url + "/")
     page.fill("#key-input", "nobody:wrong")
