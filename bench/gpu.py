@@ -45,7 +45,7 @@ from fastsvd.pipeline.quiet import quiet_libraries
 quiet_libraries()
 
 from fastsvd.pipeline import full_size, optimize, stock  # noqa: E402
-from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
+from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline  # noqa: E402
 from fastsvd.pipeline.device import Placement, choose  # noqa: E402
 from fastsvd.pipeline.encode import encode_mp4  # noqa: E402
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent  # noqa: E402
@@ -73,12 +73,24 @@ def peak_gb(device: torch.device) -> float:
     )
 
 
-def build(models: str, placement: Placement) -> VideoPipeline:
+def build(models: str, placement: Placement, few_step: bool = True) -> VideoPipeline:
+    """Both families' models (or the 20-step one alone), tiny or full size."""
     if models == "tiny":
-        return load_pipeline(TINY, placement)
+        parts = Models(few_step_video=few_step, few_step_first_frame=few_step)
+        return load_pipeline(TINY, placement, models=parts)
     video = full_size.build_video(placement.device, placement.dtype)
     first_frame = full_size.build_first_frame(placement.device, placement.dtype)
-    return VideoPipeline(SVD_XT_1_1, placement, video, first_frame)
+    few_step_video, few_step_first_frame = (
+        full_size.build_few_step(video, first_frame) if few_step else (None, None)
+    )
+    return VideoPipeline(
+        SVD_XT_1_1,
+        placement,
+        video,
+        first_frame,
+        few_step_video=few_step_video,
+        few_step_first_frame=few_step_first_frame,
+    )
 
 
 def run_stock(pipe: VideoPipeline, params: GenerationParams) -> tuple[np.ndarray, dict[str, float]]:

@@ -10,7 +10,9 @@ One call of at most 10 minutes on one GPU, no network. In order of importance, e
 3. fastsvd compiled: cold compile (warm-up on an empty inductor cache), then timed; host syncs
    inside the denoising loop counted with ``torch.cuda.set_sync_debug_mode``; dynamo's graph
    count, graph breaks and recompilations across the timed requests;
-4. every ``deep_cache`` level, compiled;
+   then the few-step family's default request (SDXL-Lightning 4 steps, AnimateLCM 4 steps),
+   with the authors' guidance and with none;
+4. every ``deep_cache`` level, compiled, then the few-step request compiled;
 5. a fresh process with the persisted cache: start to ready (build, compile, warm-up);
 6. stock diffusers with its U-Nets and decoders compiled as diffusers' docs show;
 7. fastsvd compiled with each lossless optimization (channels_last, fuse_qkv), low-memory mode,
@@ -51,7 +53,7 @@ from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, StepEvent
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.video import decode
 from fastsvd.runner import params_of
-from fastsvd.schema import TextToVideoInput
+from fastsvd.schema import FewStepTextToVideoInput, TextToVideoInput
 
 LEVELS = ("none", "minimum", "medium", "high")
 CHUNKS = (25, 13, 8, 5, 1)
@@ -65,6 +67,11 @@ CONFIGS = (
     "fastsvd_compiled_fuse_qkv",
     "fastsvd_compiled_low_memory",
     "fastsvd_compiled_fp8",
+    # the few-step family (fal-ai/fast-svd-lcm/text-to-video), 4 steps: no stock pipeline runs
+    # AnimateLCM, so its deviations are against its own eager run
+    "few_step_eager",
+    "few_step_eager_no_guidance",
+    "few_step_compiled",
 )
 
 
@@ -292,6 +299,24 @@ def run_all(args: argparse.Namespace) -> None:
         configs["stock_eager"]["deviation_from_stock"] = deviation(reference, reference)
         if budget.allows("fastsvd_eager"):
             measure(configs["fastsvd_eager"], fast, args.repeats, device, reference, flops)
+        few_params = dataclasses.replace(
+            params_of(FewStepTextToVideoInput.model_validate({**base, "steps": 4}), seed=42)
+        )
+        few_flops = flops // args.steps * few_params.steps  # the same U-Net architecture
+        few_frames = None
+
+        def few() -> tuple[np.ndarray, dict[str, float]]:
+            return gpu.run_fastsvd(pipe, few_params)
+
+        if pipe.few_step_video is not None and budget.allows("few_step_eager"):
+            few_frames = measure(configs["few_step_eager"], few, args.repeats, device, None,
+                                 few_flops)  # fmt: skip
+            saved, pipe.few_step_guidance = pipe.few_step_guidance, 1.0
+            try:  # FASTSVD_FEW_STEP_GUIDANCE=1.0: one U-Net batch a step
+                measure(configs["few_step_eager_no_guidance"], few, args.repeats, device, None,
+                        few_flops // 2)  # fmt: skip
+            finally:
+                pipe.few_step_guidance = saved
         eager_levels = {  # what each level gives uncompiled, for compiled-against-eager
             level: gpu.run_fastsvd(pipe, dataclasses.replace(params, deep_cache=level))[0]
             for level in (LEVELS if args.eager_levels else ())
@@ -323,9 +348,12 @@ def run_all(args: argparse.Namespace) -> None:
                 record["levels"][level]["deviation_from_eager"] = deviation(
                     frames, eager_levels[level]
                 )
-        if (
-            record["compile"]["graphs"] is not None
-        ):  # every level's requests, one size: no new graph
+        compiled = record["compile"]["graphs"] is not None
+        if compiled and few_frames is not None and budget.allows("few_step_compiled", 10):
+            frames = measure(configs["few_step_compiled"], few, args.repeats, device, None,
+                             few_flops)  # fmt: skip
+            configs["few_step_compiled"]["deviation_from_eager"] = deviation(frames, few_frames)
+        if compiled:  # every level's and the few-step requests, one size: no new graph
             record["compile"]["graph_breaks"] = sum(counters["graph_break"].values())
             record["compile"]["recompiles_after_warm_up"] = counter.frame_count - graphs
         # 5. a restart with the persisted cache
@@ -403,6 +431,8 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for name, entry in rows:
         t, dev = entry["times_s"], entry["deviation_from_stock"]
+        if dev["max"] is None:  # compiled against eager (few-step, --eager-levels)
+            dev = entry["deviation_from_eager"]
         status = "" if entry["status"] == "measured" else f" ({entry['status']})"
         lines.append(
             f"| {name}{status} | {_f(t['first_frame'])} | {_f(t['video'])} | {_f(t['decode'])} "

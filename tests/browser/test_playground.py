@@ -154,9 +154,7 @@ def test_image_to_video_with_a_dropped_upload(page: Page, tiny_server: Server) -
     assert item["output"]["seed"] == 3
 
 
-def test_the_few_step_tab_has_its_own_fields_and_generates(
-    page: Page, tiny_server: Server
-) -> None:
+def test_the_few_step_tab_has_its_own_fields_and_generates(page: Page, tiny_server: Server) -> None:
     open_playground(page, tiny_server)
     page.click("#tab-fal-ai-fast-svd-lcm-text-to-video")
     expect(page.locator("#f-steps")).to_have_value("4")  # fal-ai/fast-svd-lcm's defaults

@@ -66,5 +66,9 @@ def test_the_device_command_runs_on_the_cpu_and_fills_every_field(tmp_path: Path
     assert compiled["recompiles_after_warm_up"] == 0
     for level, entry in record["levels"].items():
         assert entry["deviation_from_eager"]["max"] <= TOLERANCE, level
+    # the few-step family: its compiled run against its eager one; no guidance halves the U-Net
+    few = record["configs"]
+    assert few["few_step_compiled"]["deviation_from_eager"]["max"] <= TOLERANCE
+    assert few["few_step_eager"]["unet_tflops_per_s"] is not None
     assert compiled["start_to_ready_s"] > 0
     assert "| fastsvd_compiled |" in (tmp_path / "gpu.md").read_text()
