@@ -7,11 +7,11 @@ One call of at most 10 minutes on one GPU, no network. In order of importance, e
    frames a call: time, peak memory, deviation from all 25 at once and frame-to-frame flicker;
 2. stock diffusers eager, then fastsvd eager, for the default request text to MP4, per stage and
    end to end (median of ``--repeats``), peak memory, U-Net TFLOP/s from counted FLOPs;
+   then the few-step family's default request (SDXL-Lightning 4 steps, AnimateLCM 4 steps),
+   with the authors' guidance and with none;
 3. fastsvd compiled: cold compile (warm-up on an empty inductor cache), then timed; host syncs
    inside the denoising loop counted with ``torch.cuda.set_sync_debug_mode``; dynamo's graph
    count, graph breaks and recompilations across the timed requests;
-   then the few-step family's default request (SDXL-Lightning 4 steps, AnimateLCM 4 steps),
-   with the authors' guidance and with none;
 4. every ``deep_cache`` level, compiled, then the few-step request compiled;
 5. a fresh process with the persisted cache: start to ready (build, compile, warm-up);
 6. stock diffusers with its U-Nets and decoders compiled as diffusers' docs show;
