@@ -67,9 +67,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Queued:
-    """Waiting; ``position`` requests start before it (0: it is next)."""
+    """Waiting; ``position`` requests start before it (0: it is next). ``logs`` (with
+    ``with_logs``) says why, when no ready worker serves its endpoint."""
 
     position: int
+    logs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def _send(request: httpx.Request, ok: tuple[int, ...] = (200,)) -> Flow[httpx.Re
 def _parse_status(body: dict[str, Any]) -> Status:
     state = body.get("status")
     if state == "IN_QUEUE":
-        return Queued(position=int(body.get("queue_position") or 0))
+        return Queued(position=int(body.get("queue_position") or 0), logs=body.get("logs"))
     if state == "IN_PROGRESS":
         return InProgress(logs=body.get("logs"))
     if state == "COMPLETED":

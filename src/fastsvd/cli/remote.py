@@ -85,6 +85,9 @@ def follow(client: SyncClient, application: str, request_id: str, *, quiet: bool
         def on_update(status: Status) -> None:  # called on each change only
             if isinstance(status, Queued):
                 progress.note(f"queued: {status.position} ahead")
+                for line in status.logs or []:  # why it waits; not lines of the run's log
+                    progress.note(str(line.get("message", "")))
+                return
             logs = status.logs if isinstance(status, InProgress | Completed) else None
             for line in (logs or [])[shown[0] :]:
                 report(progress, str(line.get("message", "")))

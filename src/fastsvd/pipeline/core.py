@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -348,104 +348,34 @@ def load_pipeline(
     With ``compile`` the models are compiled, and with ``warm_up`` one short request per
     ``deep_cache`` level runs at the default size, so no request pays for compilation.
     """
-    video_model = video_model or preset.video_model
-    first_frame_model = first_frame_model or preset.first_frame_model
     few = preset.few_step
-    video = None
-    if models.video:
-        video = (
-            load_pretrained(
-                StableVideoDiffusionPipeline,
-                video_model,
-                dtype=placement.dtype,
-                role="video (SVD-XT)",
-                env_var="FASTSVD_VIDEO_MODEL",
-            )
-            if video_model
-            else tiny.build_video()
-        )
-    few_step_video = None
-    if models.few_step_video:
-        reference = few_step_video_model or few.video_unet
-        unet = (
-            load_single_file(
-                UNetSpatioTemporalConditionModel,
-                _unet_config(UNetSpatioTemporalConditionModel, video, video_model, configs.SVD_XT)
-                if video_model
-                else tiny.video_unet_config(),
-                reference,
-                default_file=_file_name(few.video_unet or ANIMATE_LCM),
-                dtype=placement.dtype,
-                role="few-step video (AnimateLCM-SVD-xt)",
-                env_var="FASTSVD_FEW_STEP_VIDEO_MODEL",
-            )
-            if reference
-            else tiny.build_few_step_video_unet()
-        )
-        if video is not None:
-            parts = dict(video.components)
-        elif video_model:  # SVD-XT's VAE and image encoder without its own U-Net
-            parts = load_pretrained(
-                StableVideoDiffusionPipeline,
-                video_model,
-                dtype=placement.dtype,
-                role="video (SVD-XT)",
-                env_var="FASTSVD_VIDEO_MODEL",
-                components={"unet": unet},
-            ).components
-        else:
-            parts = tiny.build_video().components
+    video, few_video = _load_stage(
+        VIDEO_STAGE,
+        video_model or preset.video_model,
+        placement.dtype,
+        base=models.video,
+        few_step=(few_step_video_model or few.video_unet) if models.few_step_video else "",
+        default_file=_file_name(few.video_unet or ANIMATE_LCM),
+    )
+    first_frame, few_first = _load_stage(
+        FIRST_FRAME_STAGE,
+        first_frame_model or preset.first_frame_model,
+        placement.dtype,
+        base=models.first_frame,
+        few_step=(few_step_first_frame_model or few.first_frame_unet)
+        if models.few_step_first_frame
+        else "",
+        default_file=_file_name(few.first_frame_unet or SDXL_LIGHTNING_4STEP),
+    )
+    few_step_video = few_step_first_frame = None
+    if few_video is not None:
+        parts, unet = few_video
         few_step_video = StableVideoDiffusionPipeline(
-            **{**parts, "unet": unet, "scheduler": ConsistencySampler()}
+            **{**parts.components, "unet": unet, "scheduler": ConsistencySampler()}
         )
-    first_frame = None
-    if models.first_frame:
-        first_frame = (
-            load_pretrained(
-                StableDiffusionXLPipeline,
-                first_frame_model,
-                dtype=placement.dtype,
-                role="first-frame (SDXL)",
-                env_var="FASTSVD_FIRST_FRAME_MODEL",
-            )
-            if first_frame_model
-            else tiny.build_first_frame()
-        )
-    few_step_first_frame = None
-    if models.few_step_first_frame:
-        reference = few_step_first_frame_model or few.first_frame_unet
-        lightning = (
-            load_single_file(
-                UNet2DConditionModel,
-                _unet_config(
-                    UNet2DConditionModel, first_frame, first_frame_model, configs.SDXL_BASE
-                )
-                if first_frame_model
-                else tiny.first_frame_unet_config(),
-                reference,
-                default_file=_file_name(few.first_frame_unet or SDXL_LIGHTNING_4STEP),
-                dtype=placement.dtype,
-                role="few-step first-frame (SDXL-Lightning)",
-                env_var="FASTSVD_FEW_STEP_FIRST_FRAME_MODEL",
-            )
-            if reference
-            else tiny.build_few_step_first_frame_unet()
-        )
-        base = first_frame
-        if base is None:  # SDXL base's text encoders and VAE without its own U-Net
-            base = (
-                load_pretrained(
-                    StableDiffusionXLPipeline,
-                    first_frame_model,
-                    dtype=placement.dtype,
-                    role="first-frame (SDXL)",
-                    env_var="FASTSVD_FIRST_FRAME_MODEL",
-                    components={"unet": lightning},
-                )
-                if first_frame_model
-                else tiny.build_first_frame()
-            )
-        few_step_first_frame = lightning_pipeline(base, lightning)
+    if few_first is not None:
+        parts, unet = few_first
+        few_step_first_frame = lightning_pipeline(parts, unet)
     pipeline = VideoPipeline(
         preset,
         placement,
@@ -466,6 +396,100 @@ def load_pipeline(
     if warm_up:
         pipeline.warm_up()
     return pipeline
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """How one stage's models load: its pipeline and U-Net classes, its messages' names, and
+    its tiny equivalents."""
+
+    pipeline: type[StableVideoDiffusionPipeline] | type[StableDiffusionXLPipeline]
+    unet: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel]
+    role: str
+    env_var: str
+    few_step_role: str
+    few_step_env_var: str
+    bundled_config: str  # the released model's config kept in pipeline/configs
+    build_tiny: Callable[[], Any]
+    tiny_unet_config: Callable[[], dict[str, Any]]
+    build_tiny_few_step_unet: Callable[[], torch.nn.Module]
+
+
+VIDEO_STAGE = _Stage(
+    StableVideoDiffusionPipeline,
+    UNetSpatioTemporalConditionModel,
+    "video (SVD-XT)",
+    "FASTSVD_VIDEO_MODEL",
+    "few-step video (AnimateLCM-SVD-xt)",
+    "FASTSVD_FEW_STEP_VIDEO_MODEL",
+    configs.SVD_XT,
+    tiny.build_video,
+    tiny.video_unet_config,
+    tiny.build_few_step_video_unet,
+)
+FIRST_FRAME_STAGE = _Stage(
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+    "first-frame (SDXL)",
+    "FASTSVD_FIRST_FRAME_MODEL",
+    "few-step first-frame (SDXL-Lightning)",
+    "FASTSVD_FEW_STEP_FIRST_FRAME_MODEL",
+    configs.SDXL_BASE,
+    tiny.build_first_frame,
+    tiny.first_frame_unet_config,
+    tiny.build_few_step_first_frame_unet,
+)
+
+
+def _load_stage(
+    stage: _Stage,
+    model: str | None,
+    dtype: torch.dtype,
+    *,
+    base: bool,
+    few_step: str | None,
+    default_file: str,
+) -> tuple[Any, tuple[Any, torch.nn.Module] | None]:
+    """One stage's models: with ``base``, its pipeline from ``model`` (None: tiny); with a
+    ``few_step`` reference (None: tiny; "": not wanted), the distilled U-Net and the pipeline
+    whose other components it runs on (the base one when loaded, else one loaded without its
+    own U-Net)."""
+
+    def pretrained(**components: Any) -> Any:
+        assert model is not None
+        return load_pretrained(
+            stage.pipeline,
+            model,
+            dtype=dtype,
+            role=stage.role,
+            env_var=stage.env_var,
+            components=components,
+        )
+
+    pipe = (pretrained() if model else stage.build_tiny()) if base else None
+    if few_step == "":
+        return pipe, None
+    if few_step is None:
+        unet = stage.build_tiny_few_step_unet()
+    else:
+        config = (
+            _unet_config(stage.unet, pipe, model, stage.bundled_config)
+            if model
+            else stage.tiny_unet_config()
+        )
+        unet = load_single_file(
+            stage.unet,
+            config,
+            few_step,
+            default_file=default_file,
+            dtype=dtype,
+            role=stage.few_step_role,
+            env_var=stage.few_step_env_var,
+        )
+    if pipe is not None:
+        return pipe, (pipe, unet)
+    # the other components, without the teacher's U-Net
+    return None, (pretrained(unet=unet) if model else stage.build_tiny(), unet)
 
 
 def lightning_pipeline(
