@@ -149,3 +149,26 @@ def test_the_installed_command_runs(tmp_path: Path) -> None:
     for flag in ("--negative-prompt", "--motion-bucket-id", "--cond-aug", "--seed", "--steps",
                  "--deep-cache", "--fps", "--video-size", "--preset", "--json"):  # fmt: skip
         assert flag in help_text
+
+
+def test_help_lists_each_endpoints_own_fields_and_defaults() -> None:
+    for command in ("generate", "submit"):
+        text = " ".join(run(command, "--help").output.split())  # click wraps the epilog
+        assert "fal-ai/fast-svd-lcm/text-to-video (--few-step PROMPT):" in text
+        assert "fal-ai/fast-svd-lcm (--few-step --image):" in text
+        assert "steps=20 (1-50), deep_cache=none" in text  # the 20-step family's
+        few_step = text.split("fal-ai/fast-svd-lcm/text-to-video")[1]
+        assert "steps=4 (1-20)" in few_step
+        assert "deep_cache" not in few_step.split("fal-ai/fast-svd-lcm (")[0]
+        assert "negative_prompt" not in few_step
+
+
+def test_a_flag_the_chosen_endpoint_lacks_is_refused() -> None:
+    result = run("generate", "a rocket", "--few-step", "--negative-prompt", "blur")
+    assert result.exit_code == 2
+    assert "--negative-prompt: fal-ai/fast-svd-lcm/text-to-video has no negative_prompt" in (
+        result.output
+    )
+    result = run("generate", "a rocket", "--few-step", "--steps", "21")
+    assert result.exit_code == 2
+    assert "steps: Input should be less than or equal to 20" in result.output

@@ -163,3 +163,15 @@ def test_few_step_image_to_video_draws_no_first_frame(tiny_pipeline: VideoPipeli
         video = tiny_pipeline.generate(params)
     assert not frame_calls
     assert video.frames.shape[0] == 25
+
+
+def test_lightning_samples_trailing_euler_timesteps(tiny_pipeline: VideoPipeline) -> None:
+    lightning = tiny_pipeline.few_step_first_frame
+    assert lightning is not None
+    scheduler = lightning.scheduler
+    scheduler.set_timesteps(4)
+    # SDXL-Lightning's 4-step schedule: trailing spacing over 1000 training steps
+    assert scheduler.timesteps.tolist() == [999, 749, 499, 249]
+    assert tiny_pipeline.first_frame is not None
+    assert lightning.vae is tiny_pipeline.first_frame.vae  # shared, not a copy
+    assert lightning.unet is not tiny_pipeline.first_frame.unet
