@@ -31,6 +31,7 @@ from fastsvd.pipeline.hooks import Hooks
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.schema import (
     FewStepImageToVideoInput,
+    FewStepRequest,
     FewStepTextToVideoInput,
     ImageRequest,
     ImageToVideoInput,
@@ -56,12 +57,12 @@ class Runner(Protocol):
         """The MP4 for ``request``, an input of an endpoint that needs ``capability``."""
 
 
-# what each capability runs: its request type and whether it is the few-step family
-REQUESTS: dict[str, tuple[type[VideoRequest], bool]] = {
-    TEXT_TO_VIDEO: (TextToVideoInput, False),
-    IMAGE_TO_VIDEO: (ImageToVideoInput, False),
-    FEW_STEP_TEXT_TO_VIDEO: (FewStepTextToVideoInput, True),
-    FEW_STEP_IMAGE_TO_VIDEO: (FewStepImageToVideoInput, True),
+# the request type each capability runs
+REQUESTS: dict[str, type[VideoRequest]] = {
+    TEXT_TO_VIDEO: TextToVideoInput,
+    IMAGE_TO_VIDEO: ImageToVideoInput,
+    FEW_STEP_TEXT_TO_VIDEO: FewStepTextToVideoInput,
+    FEW_STEP_IMAGE_TO_VIDEO: FewStepImageToVideoInput,
 }
 
 
@@ -131,7 +132,7 @@ class ModelRunner:
         pipeline = self._pipeline
         if not isinstance(pipeline, VideoPipeline):
             raise RuntimeError("ModelRunner.run before load")
-        kind, _few_step = REQUESTS.get(capability, (None, False))
+        kind = REQUESTS.get(capability)
         if kind is None or capability not in self.capabilities or not isinstance(request, kind):
             raise FastSVDError(f"no {capability} for a {type(request).__name__}")
         image = self.load_image(request.image_url) if isinstance(request, ImageRequest) else None
@@ -162,14 +163,11 @@ def params_of(
         noise_aug_strength=request.cond_aug,
         seed=seed,
         deep_cache=str(getattr(request, "deep_cache", "none")),  # few-step: none
-        few_step=REQUESTS_BY_TYPE[type(request)],
+        few_step=isinstance(request, FewStepRequest),
         prompt=prompt,
         negative_prompt=negative_prompt,
         image=image if prompt is None else None,
     )
-
-
-REQUESTS_BY_TYPE = {kind: few_step for kind, few_step in REQUESTS.values()}
 
 
 def make_runner(settings: Settings, load_image: ImageLoader) -> Runner:

@@ -307,6 +307,7 @@ class FewStepImageToVideoInput(_ImageInput, _FewStepParams):
 PromptRequest = TextToVideoInput | FewStepTextToVideoInput
 ImageRequest = ImageToVideoInput | FewStepImageToVideoInput
 VideoRequest = PromptRequest | ImageRequest
+FewStepRequest = FewStepTextToVideoInput | FewStepImageToVideoInput
 
 
 class File(BaseModel):

@@ -47,7 +47,7 @@ class Runner:
 
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         assert isinstance(request, VideoRequest)
-        assert type(request) is REQUESTS[capability][0]
+        assert type(request) is REQUESTS[capability]
         colour = (seed % 256, 100, 200)
         step_s = self.step_s
         if isinstance(request, PromptRequest):

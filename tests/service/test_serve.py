@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from fastsvd.cli import main
+from fastsvd.endpoints import ENDPOINTS
 from fastsvd.serve import FIRST_KEY_FILE, child_env
 from fastsvd.settings import Settings
 from tests.databases import postgres_database
@@ -158,8 +159,14 @@ def test_ready_only_once_a_worker_has_loaded_its_model(tmp_path: Path) -> None:
     try:
         early = httpx.get(f"{server.url}/ready")
         assert early.status_code == 503
-        assert early.json() == {"status": "starting", "workers_ready": 0}
+        assert early.json() == {
+            "status": "starting",
+            "workers_ready": 0,
+            "endpoints": dict.fromkeys(ENDPOINTS.ids(), 0),
+        }
         wait_for(lambda: httpx.get(f"{server.url}/ready").status_code == 200, "/ready")
+        ready = httpx.get(f"{server.url}/ready").json()
+        assert ready["endpoints"] == dict.fromkeys(ENDPOINTS.ids(), 1)  # the one serves all
     finally:
         stop_server(server)
 
