@@ -54,3 +54,11 @@ def test_low_memory_decode_chunk_follows_free_memory() -> None:
     assert decode_chunk_for(100 * per_frame, 1024, 576, 2) == 25
     assert decode_chunk_for(4 * per_frame, 1024, 576, 2) == 3  # a quarter kept free
     assert decode_chunk_for(0, 1024, 576, 2) == 1
+
+
+def test_fp8_is_for_the_video_unets_only(tiny_pipeline: VideoPipeline) -> None:
+    # SDXL pipelines carry an image_encoder attribute too (None): they are left alone
+    optimize.apply([tiny_pipeline.first_frame, tiny_pipeline.few_step_first_frame], ("fp8",))
+    for video in (tiny_pipeline.video, tiny_pipeline.few_step_video):
+        with pytest.raises(FastSVDError, match="fp8 needs a CUDA GPU"):
+            optimize.apply([video], ("fp8",))

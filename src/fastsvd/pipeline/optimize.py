@@ -12,7 +12,7 @@ measured on a GPU (``bench/gpu.py --optimize ...``; see docs/performance.md).
   and the decode chunk is picked from free GPU memory (``core.decode_chunk_for``). Costs the
   host-to-device copy of SDXL (~7 GB) per request; lossless unless the chunk shrinks.
 - ``fp8`` (lossy, CUDA with compute capability >= 8.9 only): torchao's float8 dynamic
-  quantisation (activations and weights, per row) of the video U-Net's linear layers. Its
+  quantisation (activations and weights, per row) of the video U-Nets' linear layers. Its
   deviation from bf16 is measured by ``bench/gpu.py --all``, not promised.
 """
 
@@ -53,8 +53,15 @@ def apply(pipes: Iterable[Any], names: Iterable[str]) -> None:
                     _channels_last(module)
         if "fuse_qkv" in names:
             _fuse_qkv(pipe.unet)
-        if "fp8" in names and hasattr(pipe, "image_encoder"):  # the video pipeline's U-Net
+        if "fp8" in names and _is_video(pipe):  # the video U-Nets only
             _fp8(pipe.unet)
+
+
+def _is_video(pipe: Any) -> bool:
+    from diffusers import StableVideoDiffusionPipeline
+
+    # not hasattr(pipe, "image_encoder"): SDXL pipelines have one too, set to None
+    return isinstance(pipe, StableVideoDiffusionPipeline)
 
 
 def _channels_last(module: torch.nn.Module) -> None:
