@@ -210,6 +210,11 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=500.0, help="--all: stop after this")
     parser.add_argument("--compile-backend", default="inductor", help="--all: eager on a CPU")
     parser.add_argument("--cache-dir", help="--all: inductor's cache (default: a new temp dir)")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="--all: steps to leave out, comma-separated (start_to_ready); recorded as asked",
+    )
     parser.add_argument("--ready-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.all or args.ready_probe:

@@ -357,7 +357,9 @@ def run_all(args: argparse.Namespace) -> None:
             record["compile"]["graph_breaks"] = sum(counters["graph_break"].values())
             record["compile"]["recompiles_after_warm_up"] = counter.frame_count - graphs
         # 5. a restart with the persisted cache
-        if budget.allows("start_to_ready", 120):
+        if "start_to_ready" in args.skip.split(","):
+            record["skipped"].append("start_to_ready (--skip)")
+        elif budget.allows("start_to_ready", 120):
             try:
                 probe = start_to_ready(args, cache_dir, budget.left_s())
                 record["compile"]["start_to_ready_s"] = round(probe["start_to_ready_s"], 2)

