@@ -66,8 +66,8 @@ def test_cuda_is_used_only_where_there_is_one() -> None:
 
 def test_the_few_step_family_and_the_endpoints_a_worker_serves() -> None:
     from fastsvd import constants as c
-    from fastsvd.endpoints import ENDPOINTS, FEW_STEP
-    from fastsvd.runner import ModelRunner, configured_endpoints, data_uri_only
+    from fastsvd.endpoints import ENDPOINTS, FEW_STEP, configured
+    from fastsvd.runner import ModelRunner, data_uri_only
 
     env = {
         "FASTSVD_ENDPOINTS": (
@@ -79,16 +79,16 @@ def test_the_few_step_family_and_the_endpoints_a_worker_serves() -> None:
     got = Settings.from_env(env)
     assert got.few_step_guidance == 1.0
     assert got.few_step_video_model == "me/lcm/file.safetensors"
-    served = configured_endpoints(got)
+    served = configured(got)
     assert served.ids() == [c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT, c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT]
     assert ModelRunner(got, data_uri_only).capabilities == FEW_STEP  # loads the few-step only
-    assert configured_endpoints(Settings()) is ENDPOINTS  # default: all of them
+    assert configured(Settings()) is ENDPOINTS  # default: all of them
 
 
 def test_an_unknown_endpoint_or_guidance_out_of_range_is_refused() -> None:
-    from fastsvd.runner import configured_endpoints
+    from fastsvd.endpoints import configured
 
     with pytest.raises(FastSVDError, match=r"unknown endpoint 'fal-ai/nope'.*FASTSVD_ENDPOINTS"):
-        configured_endpoints(Settings.from_env({"FASTSVD_ENDPOINTS": "fal-ai/nope"}))
+        configured(Settings.from_env({"FASTSVD_ENDPOINTS": "fal-ai/nope"}))
     with pytest.raises(ValueError, match=r"FASTSVD_FEW_STEP_GUIDANCE must be 1\.0-2\.0"):
         Settings.from_env({"FASTSVD_FEW_STEP_GUIDANCE": "3"})

@@ -24,6 +24,7 @@ from fastsvd.schema import (
     TextToVideoInput,
     VideoOutput,
 )
+from fastsvd.settings import Settings
 
 # Capabilities: what a runner can do. An endpoint names the one it needs.
 TEXT_TO_VIDEO = "text_to_video"  # prompt -> first frame (SDXL) -> video (SVD-XT)
@@ -32,7 +33,6 @@ IMAGE_TO_VIDEO = "image_to_video"  # picture -> video (SVD-XT)
 FEW_STEP_TEXT_TO_VIDEO = "few_step_text_to_video"
 FEW_STEP_IMAGE_TO_VIDEO = "few_step_image_to_video"
 FEW_STEP = frozenset({FEW_STEP_TEXT_TO_VIDEO, FEW_STEP_IMAGE_TO_VIDEO})
-PROMPT_CAPABILITIES = frozenset({TEXT_TO_VIDEO, FEW_STEP_TEXT_TO_VIDEO})  # draw a first frame
 
 
 @dataclass(frozen=True)
@@ -159,3 +159,9 @@ ENDPOINTS = Registry(
         ),
     ]
 )
+
+
+def configured(settings: Settings) -> Registry:
+    """The endpoints ``FASTSVD_ENDPOINTS`` names (default: all): what a worker serves and loads
+    models for. An unknown id is an error naming the known ones."""
+    return ENDPOINTS.select(settings.endpoints) if settings.endpoints else ENDPOINTS

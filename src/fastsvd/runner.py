@@ -18,23 +18,18 @@ from pydantic import BaseModel
 
 from fastsvd import media
 from fastsvd.endpoints import (
-    ENDPOINTS,
     FEW_STEP,
-    FEW_STEP_IMAGE_TO_VIDEO,
     FEW_STEP_TEXT_TO_VIDEO,
     IMAGE_TO_VIDEO,
     TEXT_TO_VIDEO,
-    Registry,
+    configured,
 )
 from fastsvd.errors import FastSVDError, InvalidInput
 from fastsvd.pipeline.hooks import Hooks
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.schema import (
-    FewStepImageToVideoInput,
     FewStepRequest,
-    FewStepTextToVideoInput,
     ImageRequest,
-    ImageToVideoInput,
     PromptRequest,
     TextToVideoInput,
     VideoRequest,
@@ -57,20 +52,6 @@ class Runner(Protocol):
         """The MP4 for ``request``, an input of an endpoint that needs ``capability``."""
 
 
-# the request type each capability runs
-REQUESTS: dict[str, type[VideoRequest]] = {
-    TEXT_TO_VIDEO: TextToVideoInput,
-    IMAGE_TO_VIDEO: ImageToVideoInput,
-    FEW_STEP_TEXT_TO_VIDEO: FewStepTextToVideoInput,
-    FEW_STEP_IMAGE_TO_VIDEO: FewStepImageToVideoInput,
-}
-
-
-def configured_endpoints(settings: Settings) -> Registry:
-    """The endpoints ``FASTSVD_ENDPOINTS`` names (default: all)."""
-    return ENDPOINTS.select(settings.endpoints) if settings.endpoints else ENDPOINTS
-
-
 class ModelRunner:
     """The real pipeline: the models of the capabilities it is given, and no others."""
 
@@ -86,7 +67,7 @@ class ModelRunner:
         self.load_image = load_image
         # default: what the configured endpoints need (FASTSVD_ENDPOINTS)
         self.capabilities = (
-            configured_endpoints(settings).capabilities() if capabilities is None else capabilities
+            configured(settings).capabilities() if capabilities is None else capabilities
         )
         self.warm_up = warm_up  # compile in load (a worker), or on the first request (generate)
         self._pipeline: object | None = None
@@ -132,8 +113,8 @@ class ModelRunner:
         pipeline = self._pipeline
         if not isinstance(pipeline, VideoPipeline):
             raise RuntimeError("ModelRunner.run before load")
-        kind = REQUESTS.get(capability)
-        if kind is None or capability not in self.capabilities or not isinstance(request, kind):
+        # the request's type says what to run (params_of); the capability, that it is loaded
+        if capability not in self.capabilities or not isinstance(request, VideoRequest):
             raise FastSVDError(f"no {capability} for a {type(request).__name__}")
         image = self.load_image(request.image_url) if isinstance(request, ImageRequest) else None
         video = pipeline.generate(params_of(request, seed, image), hooks)
@@ -148,7 +129,7 @@ def params_of(
     if isinstance(request, PromptRequest):
         size = request.video_size
         prompt: str | None = request.prompt
-        negative_prompt = getattr(request, "negative_prompt", "")  # few-step: none
+        negative_prompt = request.negative_prompt if isinstance(request, TextToVideoInput) else ""
     elif image is None:
         raise FastSVDError("image-to-video needs the picture at image_url")
     else:
@@ -162,7 +143,8 @@ def params_of(
         motion_bucket_id=request.motion_bucket_id,
         noise_aug_strength=request.cond_aug,
         seed=seed,
-        deep_cache=str(getattr(request, "deep_cache", "none")),  # few-step: none
+        # the few-step family has no DeepCache (nor a negative prompt)
+        deep_cache="none" if isinstance(request, FewStepRequest) else str(request.deep_cache),
         few_step=isinstance(request, FewStepRequest),
         prompt=prompt,
         negative_prompt=negative_prompt,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from fastsvd.api.app import create_app
-from fastsvd.endpoints import ENDPOINTS
+from fastsvd.endpoints import configured
 from fastsvd.errors import FastSVDError
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -208,8 +208,7 @@ def check_tls(settings: Settings) -> bool:
 def serve(settings: Settings) -> int:
     """Run the service until stopped; returns the process exit code."""
     tls = check_tls(settings)
-    if settings.endpoints:  # an unknown id stops here, not in every worker
-        ENDPOINTS.select(settings.endpoints)
+    configured(settings)  # an unknown FASTSVD_ENDPOINTS id stops here, not in every worker
     if not settings.auth and not is_loopback(settings.host):
         raise FastSVDError(
             f"auth can only be turned off on a loopback address, not on {settings.host}"

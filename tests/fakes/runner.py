@@ -28,7 +28,7 @@ from fastsvd.endpoints import ENDPOINTS
 from fastsvd.errors import GenerationFailed
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
-from fastsvd.runner import REQUESTS, ImageLoader
+from fastsvd.runner import ImageLoader
 from fastsvd.schema import PromptRequest, VideoRequest
 from fastsvd.settings import Settings
 
@@ -47,7 +47,7 @@ class Runner:
 
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         assert isinstance(request, VideoRequest)
-        assert type(request) is REQUESTS[capability]
+        assert type(request) is next(e.input for e in ENDPOINTS if e.capability == capability)
         colour = (seed % 256, 100, 200)
         step_s = self.step_s
         if isinstance(request, PromptRequest):

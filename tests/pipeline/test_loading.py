@@ -14,7 +14,7 @@ import torch
 from diffusers import UNetSpatioTemporalConditionModel
 from safetensors.torch import save_file
 
-from fastsvd.errors import ModelNotAvailable
+from fastsvd.errors import FastSVDError, ModelNotAvailable
 from fastsvd.pipeline import tiny
 from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline
 from fastsvd.pipeline.device import choose
@@ -109,6 +109,8 @@ def test_few_step_family_alone_loads_no_20_step_unet(saved_models: Path) -> None
     assert loaded.few_step_first_frame is not None
     video = loaded.generate(params_of(FEW_STEP, seed=1))
     assert video.frames.shape == (25, 64, 64, 3)
+    with pytest.raises(FastSVDError, match="loaded without the 20-step video model"):
+        loaded.generate(params_of(REQUEST, seed=1))
 
 
 def test_missing_few_step_file_names_it_and_how_to_get_it(saved_models: Path) -> None:

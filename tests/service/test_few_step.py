@@ -62,14 +62,15 @@ def everything(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Settings]
 
 @pytest.fixture
 def few_step_only(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Settings]]:
-    client, services, settings = served(tmp_path, endpoints=FEW_STEP_ONLY)
+    # FASTSVD_FEW_STEP_GUIDANCE=1.0 too: the runner hands it to the pipeline
+    client, services, settings = served(tmp_path, endpoints=FEW_STEP_ONLY, few_step_guidance=1.0)
     with client:
         yield client, services, settings
     services.close()
 
 
 def model_worker(services: Services, settings: Settings) -> tuple[Worker, ModelRunner]:
-    from fastsvd.runner import configured_endpoints
+    from fastsvd.endpoints import configured
 
     loader = image_loader(services.files, services.storage)
     runner = ModelRunner(settings, loader, warm_up=False)
@@ -77,7 +78,7 @@ def model_worker(services: Services, settings: Settings) -> tuple[Worker, ModelR
         WorkerServices.from_services(services),
         runner,
         name="model-worker",
-        endpoints=configured_endpoints(settings),
+        endpoints=configured(settings),
     )
     return worker, runner
 
@@ -139,6 +140,7 @@ def test_a_few_step_worker_never_claims_a_20_step_job(
         assert isinstance(pipeline, VideoPipeline)
         assert pipeline._video is None  # no 20-step U-Nets in memory
         assert pipeline.first_frame is None
+        assert pipeline.few_step_guidance == 1.0
         ready = client.get("/ready").json()
         assert ready["endpoints"] == {
             c.TEXT_TO_VIDEO_ENDPOINT: 0,

@@ -50,7 +50,8 @@ class StoreCollector(Collector):
             stages.add_metric([stage], count_value=count, sum_value=total)
         yield stages
         ready = GaugeMetricFamily("fastsvd_workers_ready", "Workers with their model loaded.")
-        ready.add_metric([], s.registry.ready_count(3 * s.settings.lease_s))
+        count, _serving, _serve_all = s.registry.ready_endpoints(3 * s.settings.lease_s)
+        ready.add_metric([], count)
         yield ready
 
 

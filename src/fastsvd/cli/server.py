@@ -70,8 +70,9 @@ def serve(
 @store_options
 def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     """Run one worker: load the model, then run queued jobs one at a time."""
+    from fastsvd.endpoints import configured
     from fastsvd.logs import configure
-    from fastsvd.runner import configured_endpoints, make_runner
+    from fastsvd.runner import make_runner
     from fastsvd.serve import EXIT_MODEL_NOT_AVAILABLE
     from fastsvd.services import Services
     from fastsvd.worker import Worker, WorkerServices, image_loader
@@ -85,7 +86,7 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     try:
         runner = make_runner(settings, loader)
         worker = Worker(
-            WorkerServices.from_services(services), runner, endpoints=configured_endpoints(settings)
+            WorkerServices.from_services(services), runner, endpoints=configured(settings)
         )
     except FastSVDError as exc:  # FASTSVD_ENDPOINTS names nothing this runner can run
         fail(exc.message, EXIT_INVALID)

@@ -65,6 +65,20 @@ class Models:
     few_step_first_frame: bool = True  # SDXL-Lightning 4-step (.../text-to-video)
 
 
+@dataclass(frozen=True)
+class _Family:
+    """What one family runs a request with: its models (None: not loaded) and settings."""
+
+    name: str  # for messages: "20-step " or "few-step "
+    video: StableVideoDiffusionPipeline | None
+    graphs: deepcache.UNetGraphs | None  # the DeepCache forwards; None: the family has none
+    first_frame: StableDiffusionXLPipeline | None
+    first_frame_steps: int
+    first_frame_guidance: float
+    min_guidance: float  # the video's per-frame guidance ramp
+    max_guidance: float
+
+
 class VideoPipeline:
     """The loaded models of one preset, ready to generate one request at a time.
 
@@ -127,14 +141,12 @@ class VideoPipeline:
         """Compile the models as ``options`` say (``pipeline/compile.py``); lazily: the graphs
         are built on the first call, which ``warm_up`` makes."""
         configure()
-        firsts = [p for p in (self.first_frame, self.few_step_first_frame) if p is not None]
-        if not options.first_frame:
-            firsts = []
-        whole = [p.unet for p in firsts]
-        if self.few_step_video is not None:
-            whole.append(self.few_step_video.unet)  # no DeepCache: one whole forward
+        firsts = (self.first_frame, self.few_step_first_frame) if options.first_frame else ()
+        # whole forwards: the first frames' U-Nets, the few-step video's (no DeepCache)
+        whole = [p.unet for p in (*firsts, self.few_step_video) if p is not None]
         if options.regional:
-            for unet in [*whole, *([self._video.unet] if self._video is not None else [])]:
+            teacher = [self._video.unet] if self._video is not None else []
+            for unet in [*whole, *teacher]:
                 compile_regions(unet, options)
         else:
             if self.graphs is not None:
@@ -189,21 +201,16 @@ class VideoPipeline:
         """
         if params.deep_cache not in deepcache.LEVELS:
             raise ValueError(f"no deep_cache level {params.deep_cache!r}")
-        if params.few_step:
-            video_pipe, graphs = self.few_step_video, None
-            if video_pipe is None:
-                raise FastSVDError(
-                    f"preset {self.preset.name} was loaded without the few-step video model"
-                )
-            if params.deep_cache != "none":
-                raise ValueError("the few-step video model runs without DeepCache")
-            guidance = (self.preset.few_step.min_guidance_scale, self.few_step_guidance)
-        else:
-            video_pipe, graphs = self.video, self.graphs
-            guidance = (self.preset.min_guidance_scale, self.preset.max_guidance_scale)
+        family = self._family(params.few_step)
+        if family.video is None:
+            raise FastSVDError(
+                f"preset {self.preset.name} was loaded without the {family.name}video model"
+            )
+        if family.graphs is None and params.deep_cache != "none":
+            raise ValueError("the few-step video model runs without DeepCache")
         clock = StageClock(hooks)
         if params.prompt is not None:
-            image = self._draw_first_frame(params.prompt, params, clock.hooks)
+            image = self._draw_first_frame(family, params.prompt, params, clock.hooks)
             clock.lap(Stage.first_frame)  # the tail after its last step: VAE decode, offload
         elif params.image is not None:
             image = media.fit(params.image, params.width, params.height)
@@ -220,13 +227,13 @@ class VideoPipeline:
             motion_bucket_id=params.motion_bucket_id,
             noise_aug_strength=params.noise_aug_strength,
             seed=params.seed,
-            min_guidance_scale=guidance[0],
-            max_guidance_scale=guidance[1],
+            min_guidance_scale=family.min_guidance,
+            max_guidance_scale=family.max_guidance,
             decode_chunk_size=self._decode_chunk_size(params.width, params.height),
             cache=deepcache.LEVELS[params.deep_cache],
         )
         with _translated_errors(), torch.inference_mode():
-            frames = animate(video_pipe, image, settings, clock.hooks, graphs)
+            frames = animate(family.video, image, settings, clock.hooks, family.graphs)
         # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
         pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
         return Video(
@@ -237,21 +244,40 @@ class VideoPipeline:
             timings_s=clock.timings_s,
         )
 
-    def _draw_first_frame(self, prompt: str, params: GenerationParams, hooks: Hooks) -> Image.Image:
-        """Stage 1: ``prompt`` rendered at the video's size, by the family's first-frame model."""
-        if params.few_step:
-            pipe = self.few_step_first_frame
-            steps, guidance = (
-                self.preset.few_step.first_frame_steps,
-                self.preset.few_step.first_frame_guidance,
+    def _family(self, few_step: bool) -> _Family:
+        """One family's loaded models and settings (the few-step guidance as set now)."""
+        if few_step:
+            few = self.preset.few_step
+            return _Family(
+                "few-step ",
+                self.few_step_video,
+                None,
+                self.few_step_first_frame,
+                few.first_frame_steps,
+                few.first_frame_guidance,
+                few.min_guidance_scale,
+                self.few_step_guidance,
             )
-        else:
-            pipe = self.first_frame
-            steps, guidance = self.preset.first_frame_steps, self.preset.first_frame_guidance
+        p = self.preset
+        return _Family(
+            "20-step ",
+            self._video,
+            self.graphs,
+            self.first_frame,
+            p.first_frame_steps,
+            p.first_frame_guidance,
+            p.min_guidance_scale,
+            p.max_guidance_scale,
+        )
+
+    def _draw_first_frame(
+        self, family: _Family, prompt: str, params: GenerationParams, hooks: Hooks
+    ) -> Image.Image:
+        """Stage 1: ``prompt`` rendered at the video's size, by the family's first-frame model."""
+        pipe = family.first_frame
         if pipe is None:
-            family = "few-step " if params.few_step else ""
             raise FastSVDError(
-                f"preset {self.preset.name} was loaded without the {family}first-frame model"
+                f"preset {self.preset.name} was loaded without the {family.name}first-frame model"
             )
         with _translated_errors(), torch.inference_mode(), self._on_device(pipe):
             return draw_first_frame(
@@ -261,8 +287,8 @@ class VideoPipeline:
                 width=params.width,
                 height=params.height,
                 seed=params.seed,
-                steps=steps,
-                guidance_scale=guidance,
+                steps=family.first_frame_steps,
+                guidance_scale=family.first_frame_guidance,
                 hooks=hooks,
             )
 
@@ -354,7 +380,8 @@ def load_pipeline(
         video_model or preset.video_model,
         placement.dtype,
         base=models.video,
-        few_step=(few_step_video_model or few.video_unet) if models.few_step_video else "",
+        few_step=models.few_step_video,
+        reference=few_step_video_model or few.video_unet,
         default_file=_file_name(few.video_unet or ANIMATE_LCM),
     )
     first_frame, few_first = _load_stage(
@@ -362,9 +389,8 @@ def load_pipeline(
         first_frame_model or preset.first_frame_model,
         placement.dtype,
         base=models.first_frame,
-        few_step=(few_step_first_frame_model or few.first_frame_unet)
-        if models.few_step_first_frame
-        else "",
+        few_step=models.few_step_first_frame,
+        reference=few_step_first_frame_model or few.first_frame_unet,
         default_file=_file_name(few.first_frame_unet or SDXL_LIGHTNING_4STEP),
     )
     few_step_video = few_step_first_frame = None
@@ -447,13 +473,14 @@ def _load_stage(
     dtype: torch.dtype,
     *,
     base: bool,
-    few_step: str | None,
+    few_step: bool,
+    reference: str | None,
     default_file: str,
 ) -> tuple[Any, tuple[Any, torch.nn.Module] | None]:
-    """One stage's models: with ``base``, its pipeline from ``model`` (None: tiny); with a
-    ``few_step`` reference (None: tiny; "": not wanted), the distilled U-Net and the pipeline
-    whose other components it runs on (the base one when loaded, else one loaded without its
-    own U-Net)."""
+    """One stage's models: with ``base``, its pipeline from ``model`` (None: tiny); with
+    ``few_step``, the distilled U-Net from ``reference`` (None: tiny) and the pipeline whose
+    other components it runs on (the base one when loaded, else one loaded without its own
+    U-Net)."""
 
     def pretrained(**components: Any) -> Any:
         assert model is not None
@@ -467,9 +494,9 @@ def _load_stage(
         )
 
     pipe = (pretrained() if model else stage.build_tiny()) if base else None
-    if few_step == "":
+    if not few_step:
         return pipe, None
-    if few_step is None:
+    if reference is None:
         unet = stage.build_tiny_few_step_unet()
     else:
         config = (
@@ -480,7 +507,7 @@ def _load_stage(
         unet = load_single_file(
             stage.unet,
             config,
-            few_step,
+            reference,
             default_file=default_file,
             dtype=dtype,
             role=stage.few_step_role,

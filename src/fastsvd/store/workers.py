@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from fastsvd.processes import ProcessIdentity, this_process
 from fastsvd.store.db import Database
@@ -86,13 +86,3 @@ class WorkerRegistry:
         """Whether a ready worker serves ``endpoint``."""
         _total, counts, serve_all = self.ready_endpoints(within_s)
         return bool(serve_all or counts[endpoint])
-
-    def ready_count(self, within_s: float) -> int:
-        """Workers with models loaded that beat within ``within_s``."""
-        with self.db.read() as conn:
-            count = conn.scalar(
-                select(func.count())
-                .select_from(workers)
-                .where(workers.c.ready_at.is_not(None), workers.c.seen_at > time.time() - within_s)
-            )
-        return int(count or 0)
