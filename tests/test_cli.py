@@ -51,9 +51,12 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path) -> None:
         result = run("generate", "a rocket", *TINY, "--video-size", "64x64", "--seed", seed,
                      "-o", str(out))  # fmt: skip
         assert result.exit_code == 0, result.stderr
-        videos.append(decoded(out)[0])
-    assert np.array_equal(videos[0], videos[1])
-    assert not np.array_equal(videos[0], videos[2])
+        videos.append(decoded(out)[0].astype(np.int16))
+    # The frames are the same bit for bit (tests/pipeline/test_core.py); their MP4 is not always:
+    # multi-threaded x264 encodes the same frames one of two ways here, decoded 1.6 levels apart
+    # on average. Another seed's video is about 22 levels away.
+    assert np.abs(videos[0] - videos[1]).mean() < 4
+    assert np.abs(videos[0] - videos[2]).mean() > 12
 
 
 def test_json_prints_the_fal_output_object(tmp_path: Path) -> None:
