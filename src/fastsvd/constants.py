@@ -45,6 +45,8 @@ PIXELS_MAX = 1024 * 1024  # the largest fal preset, square_hd
 VIDEO_CONTENT_TYPE = "video/mp4"
 VIDEO_CRF = 17  # x264 quality: visually lossless for 25 short frames, a few hundred KB
 
+EXIT_MODEL_NOT_AVAILABLE = 3  # a worker's exit code when its weights are missing: not restarted
+
 DEFAULT_PRESET = "svd-xt-1.1"  # SDXL base first frame + SVD-XT 1.1, the model fal serves
 
 # --- input pictures -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import configured
 from fastsvd.errors import FastSVDError
@@ -31,7 +32,6 @@ from fastsvd.store.keys import Scope
 
 log = logging.getLogger("fastsvd.serve")
 
-EXIT_MODEL_NOT_AVAILABLE = 3  # a worker's exit code when its weights are missing
 HOUSEKEEPING_INTERVAL_S = 5.0
 DRAIN_GRACE_S = 60.0
 
@@ -120,7 +120,7 @@ class Supervisor:
                 code = worker.process.poll() if worker.process is not None else None
                 if code is None:
                     continue
-                if code == EXIT_MODEL_NOT_AVAILABLE:
+                if code == c.EXIT_MODEL_NOT_AVAILABLE:
                     self.fatal = "a worker could not load its models (see above)"
                     os.kill(os.getpid(), signal.SIGTERM)
                     return

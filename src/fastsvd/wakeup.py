@@ -29,7 +29,8 @@ from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL
 log = logging.getLogger("fastsvd.wakeup")
 
 CANCEL_POLL_S = 1.0  # with pushed cancels: how often the flag is still read, as a safety net
-LISTEN_POLL_S = 0.5  # how often the listening thread looks up from its connection
+LISTEN_POLL_S = 0.1  # how often the listening thread looks up from its connection (and how
+# long closing it can wait): a wait on its socket, no query, so looking up often costs nothing
 
 
 class Listener(Protocol):

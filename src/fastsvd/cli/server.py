@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from fastsvd import constants as c
 from fastsvd.cli.common import EXIT_INVALID, fail, load_settings, main, store_name, store_options
 from fastsvd.errors import FastSVDError, ModelNotAvailable
 
@@ -73,7 +74,6 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     from fastsvd.endpoints import configured
     from fastsvd.logs import configure
     from fastsvd.runner import make_runner
-    from fastsvd.serve import EXIT_MODEL_NOT_AVAILABLE
     from fastsvd.services import Services
     from fastsvd.worker import Worker, WorkerServices, image_loader
 
@@ -104,7 +104,7 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     try:
         worker.serve(burst=burst)
     except ModelNotAvailable as exc:
-        fail(exc.message, EXIT_MODEL_NOT_AVAILABLE)
+        fail(exc.message, c.EXIT_MODEL_NOT_AVAILABLE)
     except FastSVDError as exc:
         fail(exc.message)
 
