@@ -82,30 +82,45 @@ def test_claims_never_hand_one_job_to_two_workers(store: JobStore) -> None:
     assert sorted(got) == sorted(ids)
 
 
+# A new SQLite file lost this race about one round in twenty when the switch to WAL mode was not
+# retried (its lock conflict skips the busy timeout): thirty rounds catch that nearly always.
+MIGRATION_RACE_ROUNDS = {"sqlite": 30, "postgresql": 3}
+
+
+def migrate_together(url: str, processes: int = 4) -> list[BaseException]:
+    """What ``processes`` stores starting at the same moment on ``url`` raise from ``migrate``."""
+    databases = [Database(url) for _ in range(processes)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(processes)
+
+    def run(database: Database) -> None:
+        start.wait()
+        try:
+            migrate(database)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in databases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for database in databases:
+        database.dispose()
+    return errors
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_processes_starting_together_migrate_an_empty_database_once(
     kind: str, tmp_path: Path
 ) -> None:
-    with database_url(kind, tmp_path) as url:
-        databases = [Database(url) for _ in range(4)]
-        errors: list[BaseException] = []
-        start = threading.Barrier(len(databases))
-
-        def run(database: Database) -> None:
-            start.wait()
-            try:
-                migrate(database)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(d,)) for d in databases]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert current_version(databases[0]) == len(MIGRATIONS)
-        for database in databases:
+    for round_ in range(MIGRATION_RACE_ROUNDS[kind]):
+        folder = tmp_path / str(round_)
+        folder.mkdir()
+        with database_url(kind, folder) as url:
+            assert migrate_together(url) == [], f"round {round_}"
+            database = Database(url)
+            assert current_version(database) == len(MIGRATIONS)
             database.dispose()
 
 

@@ -15,6 +15,8 @@ processes wake each other through ``fastsvd.wakeup`` instead.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import QueuePool
 
 from fastsvd.errors import StoreUnavailable
+from fastsvd.retry import Backoff
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_POOL_SIZE = 8
@@ -144,7 +147,7 @@ def _sqlite_engine(url: str) -> Engine:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")  # an answered submit survives a power cut
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -155,3 +158,23 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the file in WAL mode (kept in the file: a no-op once it is there).
+
+    The first switch of a new file needs its exclusive lock. Connections opening the file
+    together (processes starting on a fresh data directory) each hold the shared lock the others
+    wait for, and SQLite answers that deadlock with "database is locked" at once rather than
+    through the busy timeout; so the switch is retried here, for as long as the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    backoff = Backoff(first_s=0.005, most_s=0.2)
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(backoff.next())
