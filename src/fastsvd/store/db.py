@@ -165,8 +165,9 @@ def _use_wal(cursor: Any) -> None:
 
     The first switch of a new file needs its exclusive lock. Connections opening the file
     together (processes starting on a fresh data directory) each hold the shared lock the others
-    wait for, and SQLite answers that deadlock with "database is locked" at once rather than
-    through the busy timeout; so the switch is retried here, for as long as the busy timeout.
+    wait for, and SQLite answers that deadlock with SQLITE_BUSY ("database is locked") at once
+    rather than through the busy timeout; so the switch is retried here, for as long as the busy
+    timeout.
     """
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     backoff = Backoff(first_s=0.005, most_s=0.2)
@@ -175,6 +176,6 @@ def _use_wal(cursor: Any) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
                 raise
             time.sleep(backoff.next())
