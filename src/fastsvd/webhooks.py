@@ -10,9 +10,9 @@ Bodies are signed twice, so that receivers of either kind verify them unchanged:
   ``webhook-signature: v1,<base64 HMAC-SHA256>`` over ``id.timestamp.body`` with the key's
   ``whsec_`` secret, shown by ``fastsvd keys webhook-secret``).
 
-A delivery never follows redirects,
-re-checks the target's addresses before every try and connects to a checked address, and is
-retried with exponential backoff: ``webhook_attempts`` tries spread over ``webhook_window_s``.
+A delivery never follows redirects, re-checks the target's addresses before every try and
+connects to a checked address, and is retried with exponential backoff: ``webhook_attempts``
+tries spread over ``webhook_window_s``.
 """
 
 from __future__ import annotations

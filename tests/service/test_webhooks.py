@@ -201,9 +201,10 @@ def test_fal_client_submit_with_a_webhook(hooked: Server, receiver: Receiver) ->
             webhook_url=f"{receiver.url}/from-fal-client",
         )
         receiver.wait(1)
-        path, _headers, body = receiver.received[0]
+        path, headers, body = receiver.received[0]
         assert path == "/from-fal-client"
         assert json.loads(body)["request_id"] == handle.request_id
+        assert fal_verify(fal_public_keys(hooked), headers, body)
     finally:
         fal_module.QUEUE_URL_FORMAT = saved
         if "_client" in client.__dict__:
