@@ -92,3 +92,12 @@ def test_an_unknown_endpoint_or_guidance_out_of_range_is_refused() -> None:
         configured(Settings.from_env({"FASTSVD_ENDPOINTS": "fal-ai/nope"}))
     with pytest.raises(ValueError, match=r"FASTSVD_FEW_STEP_GUIDANCE must be 1\.0-2\.0"):
         Settings.from_env({"FASTSVD_FEW_STEP_GUIDANCE": "3"})
+
+
+def test_the_housekeeping_interval_must_be_positive() -> None:
+    got = Settings.from_env({"FASTSVD_HOUSEKEEPING_INTERVAL_S": "0.2"})
+    assert got.housekeeping_interval_s == 0.2
+    assert Settings().housekeeping_interval_s == 5.0
+    for value in ("0", "-1"):
+        with pytest.raises(ValueError, match="FASTSVD_HOUSEKEEPING_INTERVAL_S must be more than 0"):
+            Settings.from_env({"FASTSVD_HOUSEKEEPING_INTERVAL_S": value})

@@ -57,6 +57,8 @@ UPLOAD_MAX_BYTES = 50 * 1024 * 1024  # one uploaded file
 FETCH_MAX_BYTES = 20 * 1024 * 1024  # an input file fetched from a URL
 FETCH_TIMEOUT_S = 30.0  # the whole download, redirects included
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+# X-Fal-Request-Timeout: fal's documented minimum ("> 0.1 seconds"), and a week at most
+START_TIMEOUT_MIN_S, START_TIMEOUT_MAX_S = 0.1, 7 * 24 * 3600.0
 URL_MAX_CHARS = 8192  # image_url, other than data: URIs
 WEBHOOK_URL_MAX_CHARS = 2048  # fal_webhook: it travels in the query string, percent-encoded
 

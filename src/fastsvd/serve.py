@@ -32,7 +32,6 @@ from fastsvd.store.keys import Scope
 
 log = logging.getLogger("fastsvd.serve")
 
-HOUSEKEEPING_INTERVAL_S = 5.0
 DRAIN_GRACE_S = 60.0
 
 
@@ -149,8 +148,9 @@ class Supervisor:
 
 
 def housekeeping(services: Services, stop: threading.Event) -> None:
-    """Requeue jobs of dead workers and delete expired files, every few seconds."""
-    while not stop.wait(HOUSEKEEPING_INTERVAL_S):
+    """Requeue jobs of dead workers and delete expired files, every
+    ``housekeeping_interval_s``."""
+    while not stop.wait(services.settings.housekeeping_interval_s):
         try:
             if services.jobs.requeue_abandoned():
                 services.waker.wake_all()  # one machine: no NOTIFY tells the idle workers
@@ -216,6 +216,7 @@ def serve(settings: Settings) -> int:
     services = Services.from_settings(settings)
     if settings.auth and services.keys.count_live() == 0:
         create_first_key(services)
+    services.signing_keys.ensure()  # the webhook signing key, made on the first start
     gpus = visible_gpus()
     count = settings.workers if settings.workers is not None else max(gpus, 1)
     supervisor = Supervisor(settings, count, gpus)

@@ -12,6 +12,7 @@ from fastsvd.store.files import FileStore
 from fastsvd.store.jobs import JobStore
 from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
+from fastsvd.store.signing import SigningKeyStore
 from fastsvd.store.workers import WorkerRegistry
 from fastsvd.wakeup import Listener, NotifyWaker, PostgresListener, Waker, WakeupListener
 
@@ -28,6 +29,7 @@ class Services:
     storage: Storage
     registry: WorkerRegistry
     waker: Waker | NotifyWaker
+    signing_keys: SigningKeyStore  # the Ed25519 keys of fal-style webhooks
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -57,6 +59,7 @@ class Services:
             storage=storage,
             registry=WorkerRegistry(db),
             waker=NotifyWaker() if db.is_postgres else Waker(settings.data_dir / "wake"),
+            signing_keys=SigningKeyStore(db),
         )
 
     def close(self) -> None:

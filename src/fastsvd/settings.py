@@ -64,11 +64,17 @@ class Settings:
     # as many), per API process; beyond it 429 before any key lookup; 0: off
     auth_failures_per_s: float = 2.0
     max_attempts: int = 3  # FASTSVD_MAX_ATTEMPTS: tries before a crashing job is given up
-    retention_s: float = 7 * 24 * 3600.0  # FASTSVD_RETENTION_S: how long files are kept
+    # FASTSVD_RETENTION_S: how long files are kept, and the most a request may ask for
+    # (X-Fal-Object-Lifecycle-Preference)
+    retention_s: float = 7 * 24 * 3600.0
+    # FASTSVD_HOUSEKEEPING_INTERVAL_S: how often ``serve`` deletes expired files and requeues
+    # jobs of dead workers
+    housekeeping_interval_s: float = 5.0
     idle_poll_s: float = 2.0  # FASTSVD_IDLE_POLL_S: an idle worker's safety-net poll
     # FASTSVD_ALLOW_PRIVATE_URLS=1 lets webhooks reach private addresses (development only)
     allow_private_urls: bool = False
-    webhook_attempts: int = 10  # FASTSVD_WEBHOOK_ATTEMPTS: tries per webhook, as fal
+    # FASTSVD_WEBHOOK_ATTEMPTS: tries per webhook: the first and, as fal, 10 retries
+    webhook_attempts: int = 11
     webhook_window_s: float = 7200.0  # FASTSVD_WEBHOOK_WINDOW_S: spread over about 2 hours
     webhook_timeout_s: float = 10.0  # FASTSVD_WEBHOOK_TIMEOUT_S: one delivery's time limit
 
@@ -127,6 +133,10 @@ class Settings:
             auth_failures_per_s=number("auth_failures_per_s", defaults.auth_failures_per_s),
             max_attempts=int(number("max_attempts", defaults.max_attempts)),
             retention_s=number("retention_s", defaults.retention_s),
+            housekeeping_interval_s=_positive(
+                "housekeeping_interval_s",
+                number("housekeeping_interval_s", defaults.housekeeping_interval_s),
+            ),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
             allow_private_urls=(get("allow_private_urls") or "0").lower() in ("1", "true", "yes"),
             webhook_attempts=int(number("webhook_attempts", defaults.webhook_attempts)),
@@ -137,6 +147,12 @@ class Settings:
     def with_overrides(self, **values: object) -> Settings:
         """A copy with every given value that is not None replaced (command-line flags)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be more than 0, not {value}")
+    return value
 
 
 def _guidance(value: str | None) -> float | None:

@@ -1,10 +1,18 @@
 """Webhook delivery: a background process that sends fal's webhook body for finished jobs.
 
-Bodies are signed the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
-``webhook-signature: v1,<base64 HMAC-SHA256>`` over ``id.timestamp.body`` with the key's
-``whsec_`` secret, shown by ``fastsvd keys webhook-secret``). A delivery never follows redirects,
-re-checks the target's addresses before every try and connects to a checked address, and is
-retried with exponential backoff: ``webhook_attempts`` tries spread over ``webhook_window_s``.
+Bodies are signed twice, so that receivers of either kind verify them unchanged:
+
+- fal's way: ``x-fal-webhook-request-id``, ``-user-id`` (the id of the API key that submitted
+  the request), ``-timestamp`` (UNIX seconds) and ``-signature``, the hex Ed25519 signature of
+  ``request_id \n user_id \n timestamp \n sha256_hex(body)`` with the deployment's signing key,
+  whose public half ``/.well-known/jwks.json`` publishes (``fastsvd.store.signing``);
+- the Standard Webhooks way (``webhook-id``, ``webhook-timestamp``,
+  ``webhook-signature: v1,<base64 HMAC-SHA256>`` over ``id.timestamp.body`` with the key's
+  ``whsec_`` secret, shown by ``fastsvd keys webhook-secret``).
+
+A delivery never follows redirects, re-checks the target's addresses before every try and
+connects to a checked address, and is retried with exponential backoff: ``webhook_attempts``
+tries spread over ``webhook_window_s``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from fastsvd.errors import InvalidInput
 from fastsvd.net.guard import Resolver, check_url, system_resolver
 from fastsvd.retry import until_available
 from fastsvd.settings import Settings
+from fastsvd.store.signing import SigningKey, SigningKeyStore
 from fastsvd.store.webhooks import PendingWebhook, WebhookOutbox, body_of, dumps
 
 log = logging.getLogger("fastsvd.webhooks")
@@ -38,8 +47,16 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+def fal_signature(
+    key: SigningKey, request_id: str, user_id: str, timestamp: int, body: bytes
+) -> str:
+    """The ``x-fal-webhook-signature`` header value for ``body``."""
+    digest = hashlib.sha256(body).hexdigest()
+    return key.sign(f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()).hex()
+
+
 def retry_delays_s(attempts: int, window_s: float) -> list[float]:
-    """Waits between tries: doubling, summing to ``window_s`` (10 tries, 2 h: 14 s ... 1.9 h)."""
+    """Waits between tries: doubling, summing to ``window_s`` (11 tries, 2 h: 7 s ... 1 h)."""
     gaps = attempts - 1
     if gaps <= 0:
         return []
@@ -54,12 +71,14 @@ class Deliverer:
         self,
         outbox: WebhookOutbox,
         settings: Settings,
+        signing_keys: SigningKeyStore,
         *,
         resolver: Resolver = system_resolver,
         client: httpx.Client | None = None,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
+        self.signing_keys = signing_keys
         self.resolver = resolver
         self.client = client or httpx.Client(
             follow_redirects=False, timeout=settings.webhook_timeout_s, trust_env=False
@@ -97,6 +116,7 @@ class Deliverer:
             return False
         pinned_url, host, extensions = target.pinned()
         timestamp = int(time.time())
+        signing_key = self.signing_keys.current()  # read each time: a rotation applies at once
         headers = {
             **host,
             "content-type": "application/json",
@@ -105,6 +125,11 @@ class Deliverer:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(pending.secret, job.id, timestamp, body),
             "x-fal-webhook-request-id": job.id,
+            "x-fal-webhook-user-id": job.key_id,
+            "x-fal-webhook-timestamp": str(timestamp),
+            "x-fal-webhook-signature": fal_signature(
+                signing_key, job.id, job.key_id, timestamp, body
+            ),
         }
         try:
             response = self.client.post(

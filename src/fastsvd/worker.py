@@ -45,7 +45,7 @@ from fastsvd.runner import Runner
 from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
 from fastsvd.storage import Storage
 from fastsvd.store.files import FileRecord, FileStore, new_file_id
-from fastsvd.store.jobs import CANCELLED, Claim, Failure, JobStore
+from fastsvd.store.jobs import CANCELLED, Claim, Failure, Job, JobStore
 from fastsvd.store.workers import WorkerRegistry
 from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
 
@@ -240,32 +240,30 @@ class Worker:
             return None
 
     def _store_file(
-        self, key_id: str, kind: str, file_name: str, content_type: str, data: bytes
+        self, job: Job, kind: str, file_name: str, content_type: str, data: bytes
     ) -> FileRecord:
-        """The bytes first, then the record: a record never points at nothing."""
+        """The bytes first, then the record: a record never points at nothing. The file lives
+        as long as the request asked (X-Fal-Object-Lifecycle-Preference), else the retention."""
         file_id = new_file_id()
         self.s.storage.put(file_id, data, content_type)
+        lifetime_s = job.output_lifetime_s
         return self.s.files.add(
-            key_id=key_id,
+            key_id=job.key_id,
             kind=kind,
             file_name=file_name,
             content_type=content_type,
             size=len(data),
-            retention_s=self.s.retention_s,
+            retention_s=lifetime_s if lifetime_s is not None else self.s.retention_s,
             file_id=file_id,
         )
 
-    def _store_preview(
-        self, key_id: str, job_id: str, image: Image.Image, base_url: str | None
-    ) -> str:
+    def _store_preview(self, job: Job, image: Image.Image) -> str:
         jpeg = media.encode_jpeg(image)
-        record = self._store_file(
-            key_id, "preview", f"{job_id}-first-frame.jpg", "image/jpeg", jpeg
-        )
-        return (base_url or "") + record.path
+        record = self._store_file(job, "preview", f"{job.id}-first-frame.jpg", "image/jpeg", jpeg)
+        return (job.base_url or "") + record.path
 
-    def _store_output(self, key_id: str, job_id: str, mp4: bytes, seed: int) -> dict[str, object]:
-        record = self._store_file(key_id, "output", f"{job_id}.mp4", c.VIDEO_CONTENT_TYPE, mp4)
+    def _store_output(self, job: Job, mp4: bytes, seed: int) -> dict[str, object]:
+        record = self._store_file(job, "output", f"{job.id}.mp4", c.VIDEO_CONTENT_TYPE, mp4)
         file = File(
             url=record.path,  # relative: the API makes it absolute for whoever asks
             content_type=record.content_type,
@@ -329,20 +327,14 @@ class JobContext:
 
     def on_frame(self, image: Image.Image) -> None:
         # Shown to whoever watches the logs while the video is still being made.
-        url = self.worker._best_effort(
-            lambda: self.worker._store_preview(
-                self.job.key_id, self.job.id, image, self.job.base_url
-            )
-        )
+        url = self.worker._best_effort(lambda: self.worker._store_preview(self.job, image))
         if url is not None:
             self.log(first_frame_line(url))
 
     def complete(self, mp4: bytes, seed: int) -> bool:
         """Store the video and record the result; False when the lease was lost first."""
         w, job = self.worker, self.job
-        output = w._until_written(
-            lambda: w._store_output(job.key_id, job.id, mp4, seed), lost=self.lost
-        )
+        output = w._until_written(lambda: w._store_output(job, mp4, seed), lost=self.lost)
         if output is None:
             return False
         elapsed = self.elapsed_s

@@ -1,9 +1,11 @@
-"""Secrets: keys are stored only as hashes and checked in constant time; no key, webhook secret
-or upload token appears in the logs (at DEBUG), in error messages or in the metrics.
+"""Secrets: keys are stored only as hashes and checked in constant time; no key, webhook secret,
+webhook signing key or upload token appears in the logs (at DEBUG), in error messages or in the
+metrics.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -19,7 +21,7 @@ from fastsvd.serve import FIRST_KEY_FILE
 from fastsvd.store.db import Database
 from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
-from fastsvd.store.tables import api_keys
+from fastsvd.store.tables import api_keys, webhook_signing_keys
 from tests.service.conftest import Receiver, Server, start_server, stop_server, wait_done
 
 T2V = "/fal-ai/fast-svd/text-to-video"
@@ -70,6 +72,15 @@ def test_no_secret_reaches_logs_errors_or_metrics(chatty: Server, receiver: Rece
             bodies.append(answer.text)
         bodies.append(admin.get("/metrics").text)
         bodies.append(admin.get("/admin/keys").text)
+        bodies.append(httpx.get(f"{chatty.url}/.well-known/jwks.json").text)
+        db = Database(chatty.database_url)
+        try:  # the webhook signing key's private half, in both of its spellings
+            with db.read() as conn:
+                seed = conn.scalar(select(webhook_signing_keys.c.private_key))
+        finally:
+            db.dispose()
+        padded = seed + "=" * (-len(seed) % 4)
+        secrets += [seed, base64.urlsafe_b64decode(padded).hex()]
         assert admin.delete(f"/admin/keys/{made['key_id']}").status_code == 200
     stop_server(chatty)  # flush everything the processes had to say
     log = chatty.log()

@@ -30,6 +30,7 @@ from fastsvd.store.db import Database
 from fastsvd.store.jobs import JobStore
 from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
+from fastsvd.store.signing import SigningKeyStore
 from fastsvd.store.tables import jobs as jobs_table
 from fastsvd.store.webhooks import WebhookOutbox
 from fastsvd.webhooks import Deliverer
@@ -311,7 +312,9 @@ def test_webhook_delivery_rechecks_the_address(tmp_path: Path, listener: Listene
         outbox = WebhookOutbox(db)
         (pending,) = outbox.claim_due(lease_s=30)
         settings = Settings(webhook_attempts=1)
-        deliverer = Deliverer(outbox, settings, resolver=lambda host, port: ["127.0.0.2"])
+        deliverer = Deliverer(
+            outbox, settings, SigningKeyStore(db), resolver=lambda host, port: ["127.0.0.2"]
+        )
         assert deliverer.deliver(pending) is False
         with db.read() as conn:
             error = conn.scalar(select(jobs_table.c.webhook_error))

@@ -7,6 +7,7 @@ the server is the documented way to use it with a self-hosted endpoint (see the 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,14 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
-from tests.service.conftest import Server, wait_for
+from fastsvd.progress import parse_first_frame_line
+from fastsvd.settings import Settings
+from fastsvd.storage import open_storage
+from fastsvd.store.db import Database
+from fastsvd.store.tables import files
+from tests.service.conftest import Server, start_server, stop_server, wait_for
 
 T2V = "fal-ai/fast-svd/text-to-video"
 I2V = "fal-ai/fast-svd"
@@ -29,6 +36,22 @@ FAMILIES = {
     "few-step": ("fal-ai/fast-svd-lcm/text-to-video", "fal-ai/fast-svd-lcm", 20),
 }
 family = pytest.mark.parametrize(("t2v", "i2v", "most_steps"), FAMILIES.values(), ids=FAMILIES)
+LIFECYCLE = "X-Fal-Object-Lifecycle-Preference"
+RETENTION_S = 600  # the server's own retention: the most a request may ask for
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) -> Iterator[Server]:
+    """The shared server, keeping files ten minutes at most and reaping expired ones five
+    times a second."""
+    running = start_server(
+        tmp_path_factory.mktemp("server"),
+        **backend,
+        FASTSVD_RETENTION_S=str(RETENTION_S),
+        FASTSVD_HOUSEKEEPING_INTERVAL_S="0.2",
+    )
+    yield running
+    stop_server(running)
 
 
 @pytest.fixture
@@ -172,3 +195,122 @@ def test_bad_input_raises_a_validation_error(
     assert caught.value.status_code == 422
     assert "image_url" in str(caught.value)
     assert "steps" in str(caught.value)
+
+
+# --- fal's platform headers, sent by the client ------------------------------------------------
+# Output lifetime (X-Fal-Object-Lifecycle-Preference), no retry (x-fal-no-retry), the start
+# deadline (start_timeout: X-Fal-Request-Timeout), and a clear 4xx naming a header whose value
+# is wrong. The module's last tests: one kills the worker (it is restarted).
+
+
+def file_rows(server: Server, request_id: str) -> list[tuple[str, float]]:
+    """(id, lifetime in seconds) of the files a request made: its preview and its video."""
+    db = Database(server.database_url)
+    try:
+        with db.read() as conn:
+            rows = conn.execute(
+                select(files.c.id, files.c.expires_at - files.c.created_at).where(
+                    files.c.file_name.startswith(request_id)
+                )
+            ).all()
+    finally:
+        db.dispose()
+    return [(row[0], float(row[1])) for row in rows]
+
+
+def test_output_lifetime_per_request_then_404_and_deleted(
+    server: Server,
+    fal: fal_client.SyncClient,
+    backend: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lifetime = {LIFECYCLE: json.dumps({"expiration_duration_seconds": 2})}
+    handle = fal.submit(T2V, {"prompt": "a", **SMALL}, headers=lifetime)
+    video = handle.get()["video"]["url"]
+    status = handle.status(with_logs=True)
+    assert isinstance(status, fal_client.Completed)
+    assert status.logs is not None
+    (preview,) = [u for log in status.logs if (u := parse_first_frame_line(log["message"]))]
+    rows = file_rows(server, handle.request_id)
+    assert sorted(seconds for _id, seconds in rows) == pytest.approx([2, 2])
+    wait_for(
+        lambda: all(httpx.get(url).status_code == 404 for url in (video, preview)),
+        "the preview and the video to expire",
+    )
+    for name, value in backend.items():  # the server's storage, opened here
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    storage = open_storage(
+        settings.storage_url,
+        server.data_dir,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+    )
+    wait_for(
+        lambda: not any(storage.exists(file_id) for file_id, _ in rows),
+        "the reaper to delete the expired files' bytes",
+    )
+
+    longer = {LIFECYCLE: json.dumps({"expiration_duration_seconds": 10**400, "initial_acl": {}})}
+    capped = fal.submit(T2V, {"prompt": "a", **SMALL}, headers=longer)
+    assert httpx.get(capped.get()["video"]["url"]).status_code == 200
+    rows = file_rows(server, capped.request_id)
+    assert [seconds for _id, seconds in rows] == pytest.approx([RETENTION_S] * 2)
+    never = {LIFECYCLE: json.dumps({"expiration_duration_seconds": 0})}  # fal: no expiration
+    for headers in ({}, never):  # the server's retention
+        plain = fal.submit(T2V, {"prompt": "a", **SMALL}, headers=headers)
+        plain.get()
+        lifetimes = [seconds for _id, seconds in file_rows(server, plain.request_id)]
+        assert lifetimes == pytest.approx([RETENTION_S] * 2)
+
+
+def test_no_retry_ends_with_runner_disconnected_when_the_worker_dies(
+    server: Server, fal: fal_client.SyncClient
+) -> None:
+    handle = fal.submit(T2V, {"prompt": "crash", **SMALL}, headers={"x-fal-no-retry": "yes"})
+    wait_for(lambda: isinstance(handle.status(), fal_client.Completed), "the request to be ended")
+    status = handle.status()
+    assert isinstance(status, fal_client.Completed)
+    assert status.error_type == "runner_disconnected"
+    with pytest.raises(fal_client.FalClientHTTPError) as failed:
+        handle.get()
+    assert failed.value.error_type == "runner_disconnected"
+    assert server.job(handle.request_id).attempts == 1  # never run again
+    # the restarted worker serves the next request
+    assert fal.subscribe(T2V, {"prompt": "fine", **SMALL})["video"]["url"]
+
+
+def test_start_timeout_answers_504_with_the_users_timeout_type(
+    server: Server, fal: fal_client.SyncClient
+) -> None:
+    blocker = fal.submit(T2V, {"prompt": "slow", **SMALL, "steps": 4})  # 2 s on the one worker
+    late = fal.submit(T2V, {"prompt": "a", **SMALL}, start_timeout=1.05)  # fal-client: > 1 s
+    with pytest.raises(fal_client.FalClientHTTPError) as timed_out:
+        late.get()
+    assert timed_out.value.status_code == 504
+    assert timed_out.value.error_type == "request_timeout"
+    assert timed_out.value.response_headers["x-fal-request-timeout-type"] == "user"
+    blocker.get()
+
+
+MALFORMED = [
+    (LIFECYCLE, "3600"),
+    (LIFECYCLE, "{not json"),
+    (LIFECYCLE, '{"expiration_duration_seconds": -1}'),
+    (LIFECYCLE, '{"expiration_duration_seconds": "an hour"}'),
+    (LIFECYCLE, '{"expiration_duration_seconds": NaN}'),
+    (LIFECYCLE, '{"expiration_duration_seconds": 1e999}'),
+    ("x-fal-no-retry", "maybe"),
+    ("x-fal-request-timeout", "soon"),
+    ("x-fal-request-timeout", "0.1"),  # fal's minimum: more than 0.1 s
+    ("x-fal-request-start-timeout", "-5"),
+]
+
+
+def test_a_malformed_header_is_a_4xx_naming_it(fal: fal_client.SyncClient) -> None:
+    for header, value in MALFORMED:
+        with pytest.raises(fal_client.FalClientHTTPError) as refused:
+            fal.submit(T2V, {"prompt": "a", **SMALL}, headers={header: value})
+        assert refused.value.status_code == 422, (header, value)
+        detail = refused.value.response.json()["detail"]
+        assert detail[0]["loc"] == ["header", header.lower()], (header, value)

@@ -137,7 +137,7 @@ def test_keys_on_postgresql_by_option_and_by_environment(tmp_path: Path) -> None
 
 
 def test_files_are_deleted_after_the_retention_period(tmp_path: Path) -> None:
-    server = start_server(tmp_path, FASTSVD_RETENTION_S="2")
+    server = start_server(tmp_path, FASTSVD_RETENTION_S="2", FASTSVD_HOUSEKEEPING_INTERVAL_S="0.2")
     try:
         with server.client() as client:
             sub = client.post(T2V, json={"prompt": "a", "steps": 1}).json()

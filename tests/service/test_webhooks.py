@@ -15,7 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fastsvd.cli import main
 from fastsvd.schema import WebhookBody
 from tests.service.conftest import (
     Receiver,
@@ -197,9 +201,10 @@ def test_fal_client_submit_with_a_webhook(hooked: Server, receiver: Receiver) ->
             webhook_url=f"{receiver.url}/from-fal-client",
         )
         receiver.wait(1)
-        path, _headers, body = receiver.received[0]
+        path, headers, body = receiver.received[0]
         assert path == "/from-fal-client"
         assert json.loads(body)["request_id"] == handle.request_id
+        assert fal_verify(fal_public_keys(hooked), headers, body)
     finally:
         fal_module.QUEUE_URL_FORMAT = saved
         if "_client" in client.__dict__:
@@ -264,3 +269,115 @@ class FileSite:
     def close(self) -> None:
         self.http.shutdown()
         self.http.server_close()
+
+
+# --- fal's signatures, checked as fal's receivers check them ---------------------------------
+# Written from fal's documentation (docs.fal.ai, "Verifying your webhook") with `cryptography`
+# alone: nothing of fastsvd's signing code is used, so a wrong message layout, encoding or key
+# format in fastsvd fails here as it would fail a migrated receiver.
+
+FAL_SKEW_S = 300  # fal's receivers accept timestamps within five minutes
+
+
+def fal_public_keys(server: Server) -> list[Ed25519PublicKey]:
+    """The keys of the server's JWKS, fetched without a key as a receiver does."""
+    answer = httpx.get(f"{server.url}/.well-known/jwks.json")
+    assert answer.status_code == 200
+    keys = []
+    for jwk in answer.json()["keys"]:
+        assert (jwk["kty"], jwk["crv"]) == ("OKP", "Ed25519")
+        raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+        keys.append(Ed25519PublicKey.from_public_bytes(raw))
+    return keys
+
+
+def fal_verify(
+    keys: list[Ed25519PublicKey], headers: dict[str, str], body: bytes, now: float | None = None
+) -> bool:
+    """fal's algorithm: the timestamp within the skew, then an Ed25519 signature (hex) by any
+    published key over request_id, user_id, timestamp and the body's SHA-256 (hex), one a line."""
+    lower = {name.lower(): value for name, value in headers.items()}
+    try:
+        request_id = lower["x-fal-webhook-request-id"]
+        user_id = lower["x-fal-webhook-user-id"]
+        timestamp = lower["x-fal-webhook-timestamp"]
+        signature = bytes.fromhex(lower["x-fal-webhook-signature"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > FAL_SKEW_S:
+        return False
+    digest = hashlib.sha256(body).hexdigest()
+    message = f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
+    for key in keys:
+        try:
+            key.verify(signature, message)
+            return True
+        except InvalidSignature:
+            continue
+    return False
+
+
+def hooked_submit(server: Server, receiver: Receiver, count: int) -> tuple[dict[str, str], bytes]:
+    """Submit a request with a webhook; the ``count``-th webhook the receiver got."""
+    with server.client() as client:
+        client.post(
+            T2V, params={"fal_webhook": f"{receiver.url}/fal"}, json={"prompt": "a", **SMALL}
+        ).raise_for_status()
+    receiver.wait(count)
+    _path, headers, body = receiver.received[count - 1]
+    return headers, body
+
+
+def test_fal_signature_verifies_as_fals_receivers_check_it(
+    hooked: Server, receiver: Receiver
+) -> None:
+    headers, body = hooked_submit(hooked, receiver, 1)
+    keys = fal_public_keys(hooked)
+    assert fal_verify(keys, headers, body)
+    lower = {name.lower(): value for name, value in headers.items()}
+    payload = json.loads(body)
+    assert lower["x-fal-webhook-request-id"] == payload["request_id"]
+    assert lower["x-fal-webhook-user-id"] == hooked.key.split(":")[0]  # the key's owner
+    assert {"request_id", "gateway_request_id", "status", "payload"} <= set(payload)
+    assert payload["status"] == "OK"
+
+    for position in (0, len(body) // 2, len(body) - 1):  # one byte changed anywhere
+        tampered = bytearray(body)
+        tampered[position] ^= 0x01
+        assert not fal_verify(keys, headers, bytes(tampered))
+    sent_at = int(lower["x-fal-webhook-timestamp"])
+    assert fal_verify(keys, headers, body, now=sent_at + FAL_SKEW_S)
+    assert not fal_verify(keys, headers, body, now=sent_at + FAL_SKEW_S + 1)
+    assert not fal_verify(keys, headers, body, now=sent_at - FAL_SKEW_S - 1)
+    replayed = {**headers, "x-fal-webhook-timestamp": str(sent_at + 60)}  # a fresh-looking time
+    assert not fal_verify(keys, replayed, body, now=sent_at + 60)
+    assert verify(webhook_secret(hooked), headers, body)  # Standard Webhooks still signs too
+
+
+def rotate_signing_key(server: Server, overlap_s: float) -> None:
+    """``fastsvd keys rotate-webhook-signing-key`` on the server's database."""
+    env = {"FASTSVD_DATA_DIR": str(server.data_dir), "FASTSVD_DATABASE_URL": server.database_url}
+    result = CliRunner().invoke(
+        main, ["keys", "rotate-webhook-signing-key", "--overlap-s", str(overlap_s)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "signing with key" in result.output
+
+
+def test_a_rotated_key_still_verifies_during_the_overlap(
+    hooked: Server, receiver: Receiver
+) -> None:
+    before = fal_public_keys(hooked)
+    old_headers, old_body = hooked_submit(hooked, receiver, 1)
+    rotate_signing_key(hooked, overlap_s=3600)
+    during = fal_public_keys(hooked)
+    assert len(during) == len(before) + 1  # both published
+    assert fal_verify(during, old_headers, old_body)  # signed before the rotation
+    new_headers, new_body = hooked_submit(hooked, receiver, 2)
+    assert fal_verify(during, new_headers, new_body)
+    assert not fal_verify(before, new_headers, new_body)  # the new key signs now
+    rotate_signing_key(hooked, overlap_s=0)  # no overlap: the previous keys go at once
+    after = fal_public_keys(hooked)
+    assert len(after) == 1
+    assert not fal_verify(after, old_headers, old_body)
+    assert not fal_verify(after, new_headers, new_body)

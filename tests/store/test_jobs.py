@@ -42,15 +42,33 @@ def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
         conn.execute(text("ALTER TABLE workers DROP COLUMN host_id"))  # migration 4
         conn.execute(text("ALTER TABLE workers DROP COLUMN start_ticks"))
         conn.execute(text("ALTER TABLE workers DROP COLUMN endpoints"))  # migration 5
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN output_lifetime_s"))  # migration 6
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN no_retry"))
+        conn.execute(text("DROP TABLE webhook_signing_keys"))
         conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
-    job_id = submit(JobStore(db))  # data written before the upgrade survives it
+    with db.write() as conn:  # a job written before the upgrade, without the new columns
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, key_id, endpoint, input, state, priority, created_at, "
+                "attempts, lease_token, cancel_requested, webhook_attempts) VALUES "
+                "('old', 'k1', :endpoint, '{}', 'queued', 0, 1.0, 0, 0, false, 0)"
+            ),
+            {"endpoint": T2V},
+        )
     assert current_version(db) == 1
-    assert migrate(db) == len(MIGRATIONS) == 5
+    assert migrate(db) == len(MIGRATIONS) == 6
     with db.read() as conn:
         indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
         columns = {c["name"] for c in inspect(conn).get_columns("workers")}
+        job_columns = {c["name"] for c in inspect(conn).get_columns("jobs")}
+        assert inspect(conn).has_table("webhook_signing_keys")
     assert {"ix_jobs_start_deadline", "ix_jobs_key_created"} <= indexes
     assert {"host_id", "start_ticks", "endpoints"} <= columns
+    assert {"output_lifetime_s", "no_retry"} <= job_columns
+    job_id = "old"
+    old = JobStore(db).get(job_id)
+    assert old is not None
+    assert (old.output_lifetime_s, old.no_retry) == (None, False)
     assert JobStore(db).get(job_id) is not None
 
 
@@ -151,6 +169,22 @@ def test_a_job_whose_worker_keeps_dying_ends_after_max_attempts(store: JobStore)
     assert job is not None
     assert job.state == JobState.completed
     assert job.error_type == "runner_disconnected"
+
+
+def test_a_no_retry_job_ends_when_its_first_worker_dies(store: JobStore) -> None:
+    once, again = submit(store, no_retry=True), submit(store)
+    for _ in range(2):
+        assert store.claim("w", -1, [T2V]) is not None  # a lease that has already expired
+    store.reap()
+    ended, requeued = store.get(once), store.get(again)
+    assert ended is not None
+    assert requeued is not None
+    assert (ended.state, ended.error_type, ended.attempts) == (
+        JobState.completed,
+        "runner_disconnected",
+        1,
+    )
+    assert requeued.state == JobState.queued  # attempts left: runs again
 
 
 def test_cancel_queued_running_and_finished(store: JobStore) -> None:

@@ -3,6 +3,8 @@ and the fal request headers read once, with one message each when they are wrong
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from typing import Annotated
 
@@ -57,16 +59,61 @@ def idempotency_key(request: Request) -> str | None:
 
 
 def start_deadline(request: Request) -> float | None:
-    """``x-fal-request-timeout``: the time by which the request must have started."""
-    raw = request.headers.get("x-fal-request-start-timeout") or request.headers.get(
-        "x-fal-request-timeout"
-    )
+    """``x-fal-request-timeout`` (or its newer name ``x-fal-request-start-timeout``): the time
+    by which the request must have started, more than 0.1 s away as on fal."""
+    header = "x-fal-request-start-timeout"
+    raw = request.headers.get(header)
+    if raw is None:
+        header = "x-fal-request-timeout"
+        raw = request.headers.get(header)
     if raw is None:
         return None
     try:
         seconds = float(raw)
     except ValueError:
-        raise InvalidInput("x-fal-request-timeout", "must be a number of seconds") from None
-    if not 0 < seconds < 7 * 24 * 3600:
-        raise InvalidInput("x-fal-request-timeout", "must be between 0 and 604800 seconds")
+        raise InvalidInput(header, "must be a number of seconds") from None
+    if not c.START_TIMEOUT_MIN_S < seconds < c.START_TIMEOUT_MAX_S:
+        raise InvalidInput(
+            header,
+            f"must be more than {c.START_TIMEOUT_MIN_S} and less than "
+            f"{c.START_TIMEOUT_MAX_S:.0f} seconds",
+        )
     return time.time() + seconds
+
+
+def no_retry(request: Request) -> bool:
+    """``x-fal-no-retry``: 1, true or yes: the request is not run again if its worker dies."""
+    raw = request.headers.get("x-fal-no-retry")
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise InvalidInput("x-fal-no-retry", "must be 1, true or yes (or 0, false or no)")
+    return value in ("1", "true", "yes")
+
+
+def output_lifetime(request: Request, max_s: float) -> float | None:
+    """``x-fal-object-lifecycle-preference``: ``{"expiration_duration_seconds": N}``, how long
+    the request's files (the first-frame preview, the video) are kept; never beyond ``max_s``,
+    the server's own retention. None (no header, or 0, fal's "no expiration"): the server's
+    retention."""
+    header = "x-fal-object-lifecycle-preference"
+    raw = request.headers.get(header)
+    if raw is None:
+        return None
+    usage = 'must be a JSON object such as {"expiration_duration_seconds": 3600}'
+    try:
+        preference = json.loads(raw, parse_constant=lambda _name: None)
+    except ValueError:
+        raise InvalidInput(header, usage) from None
+    if not isinstance(preference, dict):
+        raise InvalidInput(header, usage)
+    if "expiration_duration_seconds" not in preference:
+        return None  # e.g. only fal's initial_acl, which has no meaning here
+    seconds = preference["expiration_duration_seconds"]
+    number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+    if not number or (isinstance(seconds, float) and not math.isfinite(seconds)) or seconds < 0:
+        raise InvalidInput(header, "expiration_duration_seconds must be a number of seconds")
+    if seconds == 0:
+        return None  # fal's "no expiration": here, the server's retention
+    return float(min(seconds, max_s))

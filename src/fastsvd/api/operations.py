@@ -74,4 +74,17 @@ def router(endpoints: Registry) -> APIRouter:
         body = await run_in_threadpool(render_metrics, s)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    @api.get(
+        "/.well-known/jwks.json",
+        summary="The public keys of fal-style webhook signatures (JWKS, no auth)",
+        responses={200: {"description": '`{"keys": [{"kty": "OKP", "crv": "Ed25519", ...}]}`'}},
+    )
+    async def jwks(s: ServicesDep) -> JSONResponse:
+        published = await run_in_threadpool(s.signing_keys.published)
+        # short-lived in caches: a rotation's new key must reach receivers soon
+        return JSONResponse(
+            {"keys": [key.jwk() for key in published]},
+            headers={"cache-control": "public, max-age=300"},
+        )
+
     return api

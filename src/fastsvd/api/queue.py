@@ -30,7 +30,7 @@ from fastsvd.errors import NotFound
 from fastsvd.net.guard import check_url
 from fastsvd.schema import RequestHistory, absolute_output
 from fastsvd.services import Services
-from fastsvd.store.jobs import CancelOutcome, Job, JobState
+from fastsvd.store.jobs import START_TIMEOUT, CancelOutcome, Job, JobState
 from fastsvd.store.keys import KeyInfo
 
 WebhookQuery = Annotated[
@@ -154,6 +154,8 @@ async def enqueue(
         webhook_url=fal_webhook,
         idempotency_key=deps.idempotency_key(request),
         base_url=base,
+        output_lifetime_s=deps.output_lifetime(request, s.settings.retention_s),
+        no_retry=deps.no_retry(request),
     )
     s.waker.wake_all()
     return job
@@ -168,6 +170,8 @@ def result_response(job: Job, base: str) -> JSONResponse:
         )
     if job.output is None:
         headers["x-fal-error-type"] = job.error_type or "internal_error"
+        if job.error_type == START_TIMEOUT.error_type:
+            headers["x-fal-request-timeout-type"] = "user"  # the caller's deadline: no retry
         return JSONResponse(
             {"detail": job.error, "error_type": job.error_type},
             status_code=job.http_status or 500,

@@ -126,7 +126,7 @@ def webhooks(store: dict[str, Any]) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
-    Deliverer(WebhookOutbox(services.db), settings).serve(stop)
+    Deliverer(WebhookOutbox(services.db), settings, services.signing_keys).serve(stop)
 
 
 @main.group()
@@ -189,3 +189,30 @@ def keys_webhook_secret(key_id: str, store: dict[str, Any]) -> None:
             click.echo(info.webhook_secret)
             return
     fail(f"key_id: no key {key_id} in {where}", EXIT_INVALID)
+
+
+@keys.command("rotate-webhook-signing-key")
+@click.option(
+    "--overlap-s",
+    type=click.FloatRange(min=0),
+    default=86400.0,
+    show_default=True,
+    help="How long the old key stays published in /.well-known/jwks.json.",
+)
+@store_options
+def keys_rotate_signing_key(overlap_s: float, store: dict[str, Any]) -> None:
+    """Sign fal-style webhooks with a new Ed25519 key from now on; the old one stays published
+    for OVERLAP_S seconds, so webhooks it signed still verify."""
+    from fastsvd.services import Services
+
+    settings = load_settings(**store)
+    services = Services.from_settings(settings)
+    try:
+        services.signing_keys.ensure()  # a deployment that never started has one to retire
+        key = services.signing_keys.rotate(overlap_s)
+    finally:
+        services.close()
+    click.echo(
+        f"signing with key {key.kid} in {store_name(settings)}; the old one stays "
+        f"published for {overlap_s:.0f} s"
+    )

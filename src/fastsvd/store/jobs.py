@@ -8,6 +8,7 @@ Life cycle (``JobState``)::
     running --cancel seen-->        completed   (error: cancelled)
     running --lease expired-->      queued      (attempts left)  or  completed (runner_disconnected)
     running --holder known dead-->  queued      (attempts left)  or  completed (runner_disconnected)
+    (a job submitted with x-fal-no-retry has no attempts left after its first)
 
 A holder is known dead when it ran on the judging worker's host and its process is gone
 (``requeue_dead_holders``); a holder elsewhere, or of unknown identity, keeps the job until its
@@ -78,6 +79,11 @@ RATE_WINDOW_S = 60.0  # the submit-rate limit's sliding window
 
 CANCELLED = Failure("Request cancelled", "cancelled", 499)
 START_TIMEOUT = Failure("Request start timeout exceeded", "request_timeout", 504)
+NOT_RETRIED = Failure(
+    "The worker running this request stopped, and x-fal-no-retry asked for no retry",
+    "runner_disconnected",
+    500,
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,8 @@ class Job:
     inference_time_s: float | None
     webhook_url: str | None
     base_url: str | None
+    output_lifetime_s: float | None = None  # how long its files live; None: the retention
+    no_retry: bool = False  # x-fal-no-retry: a lost worker ends it instead of a new attempt
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:
@@ -128,6 +136,8 @@ class Job:
             inference_time_s=row.inference_time_s,
             webhook_url=row.webhook_url,
             base_url=row.base_url,
+            output_lifetime_s=row.output_lifetime_s,
+            no_retry=bool(row.no_retry),
         )
 
 
@@ -202,6 +212,8 @@ class JobStore:
         webhook_url: str | None = None,
         idempotency_key: str | None = None,
         base_url: str | None = None,
+        output_lifetime_s: float | None = None,
+        no_retry: bool = False,
     ) -> tuple[Job, bool]:
         """Queue a job; returns it and whether it is new (False: an idempotent repeat).
 
@@ -227,6 +239,8 @@ class JobStore:
             "webhook_url": webhook_url,
             "idempotency_key": idempotency_key,
             "base_url": base_url,
+            "output_lifetime_s": output_lifetime_s,
+            "no_retry": no_retry,
         }
         try:
             with self.db.write() as conn:
@@ -547,17 +561,20 @@ class JobStore:
 
     def _requeue_or_give_up(self, conn: Connection, lost: Any, now: float) -> int:
         """The running jobs matching ``lost`` (their holder stopped): back to the queue, or
-        ended as ``runner_disconnected`` once they used their attempts (counted at claim)."""
+        ended as ``runner_disconnected`` once they used their attempts (counted at claim) or
+        when their submitter asked for no retry (``x-fal-no-retry``)."""
         # Locked in order, skipping rows another reaper holds: reapers never deadlock.
         rows = conn.execute(
-            select(jobs.c.id, jobs.c.attempts)
+            select(jobs.c.id, jobs.c.attempts, jobs.c.no_retry)
             .where(lost)
             .order_by(jobs.c.seq)
             .with_for_update(skip_locked=True)
         ).all()
         requeued = False
         for row in rows:
-            if row.attempts >= self.max_attempts:
+            if row.no_retry:
+                self._finish(conn, row.id, None, failure=NOT_RETRIED, now=now)
+            elif row.attempts >= self.max_attempts:
                 failure = Failure(
                     f"The worker running this request stopped {row.attempts} times; giving up",
                     "runner_disconnected",

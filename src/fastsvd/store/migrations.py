@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, func, insert, inspect, select, text
+from sqlalchemy import Connection, Table, func, insert, inspect, select, text
 
 from fastsvd.store import tables
 from fastsvd.store.db import Database
@@ -41,22 +41,28 @@ def _v3_key_created_index(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
-def _add_worker_columns(conn: Connection, *names: str) -> None:
-    have = {column["name"] for column in inspect(conn).get_columns(tables.workers.name)}
+def _add_columns(conn: Connection, table: Table, *names: str) -> None:
+    have = {column["name"] for column in inspect(conn).get_columns(table.name)}
     for name in names:
         if name not in have:  # a database made by _v1_initial of today has them already
-            kind = tables.workers.c[name].type.compile(dialect=conn.dialect)
-            conn.execute(text(f"ALTER TABLE {tables.workers.name} ADD COLUMN {name} {kind}"))
+            kind = table.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
 
 
 def _v4_worker_identity(conn: Connection) -> None:
     """Record each worker's host and process start, so the dead can be told from the stalled."""
-    _add_worker_columns(conn, "host_id", "start_ticks")
+    _add_columns(conn, tables.workers, "host_id", "start_ticks")
 
 
 def _v5_worker_endpoints(conn: Connection) -> None:
     """Record the endpoints each worker serves, for /ready and a waiting request's status."""
-    _add_worker_columns(conn, "endpoints")
+    _add_columns(conn, tables.workers, "endpoints")
+
+
+def _v6_fal_request_options_and_signing_keys(conn: Connection) -> None:
+    """fal's per-request output lifetime and no-retry flag; the keys of fal-style webhooks."""
+    _add_columns(conn, tables.jobs, "output_lifetime_s", "no_retry")
+    tables.webhook_signing_keys.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [
@@ -65,6 +71,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v3_key_created_index,
     _v4_worker_identity,
     _v5_worker_endpoints,
+    _v6_fal_request_options_and_signing_keys,
 ]
 
 

@@ -74,6 +74,9 @@ jobs = Table(
     Column("webhook_attempts", Integer, nullable=False, default=0),
     Column("webhook_next_at", Float),
     Column("webhook_error", Text),
+    # (migration 6) fal's request headers the worker and the reaper read
+    Column("output_lifetime_s", Float),  # X-Fal-Object-Lifecycle-Preference; None: retention_s
+    Column("no_retry", Boolean),  # x-fal-no-retry: a lost worker ends it; None: False
 )
 Index("ix_jobs_webhook", jobs.c.webhook_state, jobs.c.webhook_next_at)
 Index("ix_jobs_queue", jobs.c.state, jobs.c.priority, jobs.c.seq)
@@ -83,6 +86,16 @@ Index("ix_jobs_start_deadline", jobs.c.start_deadline_at)
 # (migration 3) a key's submits in the last minute (rate limit) and its history, newest first
 Index("ix_jobs_key_created", jobs.c.key_id, jobs.c.created_at)
 Index("ix_jobs_idempotency", jobs.c.key_id, jobs.c.idempotency_key, unique=True)
+
+# (migration 6) the deployment's Ed25519 keys that sign fal-style webhooks (fastsvd.store.signing)
+webhook_signing_keys = Table(
+    "webhook_signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("private_key", String(64), nullable=False),  # the 32-byte seed, base64url
+    Column("created_at", Float, nullable=False),
+    Column("retires_at", Float),  # None: the signing key; else published until then
+)
 
 job_logs = Table(
     "job_logs",
