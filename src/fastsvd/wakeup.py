@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from fastsvd.retry import Backoff
-from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL
+from fastsvd.store.db import CANCEL_CHANNEL, POSTGRES_LINK, WAKE_CHANNEL
 
 log = logging.getLogger("fastsvd.wakeup")
 
@@ -249,11 +249,13 @@ class _Hub:
 
     def _listen(self) -> None:
         import psycopg
+        from psycopg.conninfo import make_conninfo
 
         backoff = Backoff()
         while not self.stop.is_set():
             try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+                conninfo = make_conninfo(self.conninfo, **POSTGRES_LINK)
+                with psycopg.connect(conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {WAKE_CHANNEL}")
                     conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     if backoff.retrying:
