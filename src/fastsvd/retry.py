@@ -63,12 +63,12 @@ class Outage:
         """How long the current outage has lasted (0 when there is none)."""
         return 0.0 if self.since is None else time.monotonic() - self.since
 
-    def failed(self, exc: Unavailable) -> None:
-        """A call failed because ``exc``'s dependency is unavailable."""
+    def failed(self, reason: str) -> None:
+        """A call failed because the dependency is unavailable (``reason`` says how)."""
         if self.since is None:
             self.since = time.monotonic()
-            self.what = exc.message
-            self.log.warning("%s; waiting for it", exc.message)
+            self.what = reason
+            self.log.warning("%s; waiting for it", reason)
 
     def answered(self) -> None:
         """A call to the dependency worked."""
@@ -96,7 +96,7 @@ def until_available(
         try:
             result = call()
         except Unavailable as exc:
-            outage.failed(exc)
+            outage.failed(exc.message)
             if give_up():
                 return None
             wait(backoff.next())

@@ -159,7 +159,7 @@ def housekeeping(services: Services, stop: threading.Event) -> None:
             for file_id in services.files.take_expired():
                 services.storage.delete(file_id)
         except Unavailable as exc:  # retried at the next round
-            outage.failed(exc)
+            outage.failed(exc.message)
             continue
         except Exception:  # a failed round is retried at the next one
             log.exception("housekeeping failed")

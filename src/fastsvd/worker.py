@@ -204,7 +204,7 @@ class Worker:
             elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
                 ctx.release()  # shutting down: another worker takes it
             elif isinstance(exc, Unavailable) and mp4 is None:  # its input could not be read
-                self.outage.failed(exc)
+                self.outage.failed(exc.message)
                 ctx.release(count_attempt=False)
             else:
                 failure = failure_of(exc)
@@ -352,7 +352,7 @@ class JobContext:
         try:
             url = self.worker._store_preview(self.job.key_id, self.job.id, image, self.job.base_url)
         except Unavailable as exc:
-            self.worker.outage.failed(exc)
+            self.worker.outage.failed(exc.message)
             return
         self.log(first_frame_line(url))
 

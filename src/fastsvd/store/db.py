@@ -46,8 +46,11 @@ POSTGRES_LINK: dict[str, int] = {
     "keepalives_interval": 1,
     "keepalives_count": 2,
     # data sent and not acknowledged for this long (ms) ends the connection: a statement in
-    # flight when the link drops fails in seconds instead of waiting out TCP's retransmissions
-    "tcp_user_timeout": 2500,
+    # flight when the link drops fails in a second instead of waiting out TCP's retransmissions.
+    # Acknowledgements come from the server's kernel, busy or not: on a working network one
+    # later than a second means the path is gone (and a false alarm costs one retried call).
+    # With the connect timeout, an API call on a link that just dropped answers 503 in ~3 s.
+    "tcp_user_timeout": 1000,
 }
 # The server ends a statement that runs longer than this: well under a worker's lease, so a
 # write stuck behind a lock fails (and is retried) while the lease still holds.
