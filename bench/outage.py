@@ -22,6 +22,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -86,7 +88,10 @@ def main() -> None:
                     answers = []
                     for _ in range(5):
                         started = time.monotonic()
-                        status = client.get(sub["status_url"]).status_code
+                        try:
+                            status = str(client.get(sub["status_url"]).status_code)
+                        except httpx.TimeoutException:
+                            status = "no answer"
                         answers.append((status, time.monotonic() - started))
                     namespace.mend(api_relay.port)
                     wait_for(
@@ -100,7 +105,11 @@ def main() -> None:
                 namespace.mend(worker_relay.port)
                 mended_at = time.time()
                 log = folder / "worker.log"
-                wait_for(lambda: "lease lost; stopped" in log.read_text(), "the job thread freed")
+                wait_for(
+                    lambda: "lease lost; stopped" in log.read_text(),
+                    "the job thread freed",
+                    timeout_s=args.cut_s * 2 + args.lease_s,
+                )
                 freed_at = logged_at(log, "lease lost; stopped")
                 assert freed_at is not None
                 print(
