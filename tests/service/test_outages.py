@@ -9,6 +9,7 @@ and failed requests and 5xx answers (the 503s that an outage earns aside), and a
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ from tests.objectstore import free_port, s3_server
 from tests.service.conftest import Server, start_server, stop_server, wait_for
 from tests.service.test_topology import SMALL, T2V, start_worker
 
-OUTAGE_S = 2.0  # how long each dependency stays away
+# How long the object store stays away (plus its restart); FASTSVD_TEST_OUTAGE_S=10 for longer
+OUTAGE_S = float(os.environ.get("FASTSVD_TEST_OUTAGE_S", "2"))
 LEASE = {"FASTSVD_LEASE_S": "2"}
 
 pytestmark = [
