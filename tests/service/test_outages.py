@@ -8,6 +8,7 @@ and failed requests and 5xx answers (the 503s that an outage earns aside), and a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -126,6 +127,20 @@ def assert_quiet(path: Path) -> None:
     assert '"exc":' not in text, text[-3000:]
 
 
+def claims_while_down(path: Path) -> list[str]:
+    """The jobs a worker started between its warnings that an outage began and ended."""
+    down: set[int] = set()
+    claimed = []
+    for entry in log_entries(path):
+        if entry["msg"].endswith("; waiting for it"):
+            down.add(entry["pid"])
+        elif entry["msg"].startswith("back after"):
+            down.discard(entry["pid"])
+        elif entry["msg"] == "job started" and entry["pid"] in down:
+            claimed.append(entry["request_id"])
+    return claimed
+
+
 def all_completed(tally: Tally, client: httpx.Client, server: Server) -> bool:
     seen = tally.poll(client, server)  # a failed request is COMPLETED too (see ``videos``)
     return len(seen) == len(tally.request_ids) and set(seen.values()) == {"COMPLETED"}
@@ -135,10 +150,9 @@ def test_object_store_killed_and_restarted_mid_run(tmp_path: Path, namespace: Na
     """Jobs running and queued when the S3 server dies all complete, each with its video, once
     it is back: the preview is skipped, the video waits, no queued job is claimed meanwhile."""
     tally = Tally()
-    with namespace.inside():
+    with namespace.inside(), contextlib.ExitStack() as first_store:
         port = free_port()
-        store_process = s3_server(port)
-        store = store_process.__enter__()
+        store = first_store.enter_context(s3_server(port))
         bucket = store.new_bucket()
         server = start_server(
             tmp_path,
@@ -152,7 +166,7 @@ def test_object_store_killed_and_restarted_mid_run(tmp_path: Path, namespace: Na
             for i in range(4):  # two running, two queued
                 tally.submit(client, f"a lighthouse {i}", steps=6)
             wait_for(lambda: "IN_PROGRESS" in tally.poll(client, server).values(), "a job running")
-            store_process.__exit__(None, None, None)  # the store is gone, its objects with it
+            first_store.close()  # the S3 server is killed, its objects with it
             deadline = time.monotonic() + OUTAGE_S
             while time.monotonic() < deadline:  # the service carries on answering
                 tally.poll(client, server)
@@ -164,13 +178,13 @@ def test_object_store_killed_and_restarted_mid_run(tmp_path: Path, namespace: Na
         finally:
             client.close()
             stop_server(server)
-            store_process.__exit__(None, None, None)
 
     assert outcome == dict.fromkeys(tally.request_ids, "video"), outcome
     done = completions([server.log_path])
     assert done == Counter(tally.request_ids), done  # none lost, none twice
     assert tally.errors() == {}, tally.statuses
     assert_quiet(server.log_path)
+    assert claims_while_down(server.log_path) == []
     warnings = [e["msg"] for e in log_entries(server.log_path) if e["level"] == "WARNING"]
     assert any("the object store" in w and "waiting for it" in w for w in warnings), warnings
     assert any(w.startswith("back after") for w in warnings), warnings
