@@ -207,7 +207,14 @@ def test_a_full_disk_under_the_local_store_is_waited_out(tmp_path: Path) -> None
             fill(filler)
             for i in range(3):
                 tally.submit(client, f"a harbour {i}", steps=2)
-            wait_for(lambda: "its disk is full" in server.log(), "a worker to meet the full disk")
+            wait_for(
+                lambda: (
+                    "its disk is full" in server.log()
+                    or "COMPLETED" in tally.poll(client, server).values()
+                ),
+                "a worker to meet the full disk",
+            )
+            assert "COMPLETED" not in tally.poll(client, server).values()  # none ended on it
             filler.unlink()
             wait_for(lambda: all_completed(tally, client, server), "every request")
             outcome = videos(tally, client, server)
@@ -268,7 +275,7 @@ def test_database_cut_off_from_the_api_then_from_a_worker_past_its_lease(
 
                 # 2. A worker cut off past its lease, while it runs a job.
                 with namespace.inside():
-                    sub = tally.submit(client, "slow waves", steps=8)  # 0.5 s a step
+                    sub = tally.submit(client, "slow waves", steps=4)  # 0.5 s a step
                 wait_for(lambda: server.lease_owner(sub["request_id"]), "a worker")
                 owner = server.lease_owner(sub["request_id"])
                 index = next(i for i, w in enumerate(workers) if str(owner).endswith(f"-{w.pid}"))
