@@ -62,9 +62,9 @@ class ObjectStore:
 
 
 @contextmanager
-def s3_server() -> Iterator[ObjectStore]:
-    """Start ``moto_server`` on a free port; stop it on exit."""
-    port = free_port()
+def s3_server(port: int | None = None) -> Iterator[ObjectStore]:
+    """Start ``moto_server`` on ``port`` (by default a free one); stop it on exit."""
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env={**os.environ, **CREDENTIALS},

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from fastsvd.errors import FastSVDError, RangeNotSatisfiable
+from fastsvd.errors import FastSVDError, RangeNotSatisfiable, StorageUnavailable
 from fastsvd.storage import Storage, open_storage
 from fastsvd.storage.local import LocalStorage
 from fastsvd.storage.s3 import S3Storage
-from tests.objectstore import CREDENTIALS, ObjectStore, s3_server
+from tests.objectstore import CREDENTIALS, ObjectStore, free_port, s3_server
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,15 @@ def test_storage_urls(tmp_path: Path, s3: ObjectStore) -> None:
     missing = S3Storage("s3://no-such-bucket", endpoint_url=s3.endpoint)
     with pytest.raises(FastSVDError, match="no-such-bucket"):
         missing.check()
+
+
+def test_an_object_store_that_is_away_or_lost_its_bucket_is_unavailable(s3: ObjectStore) -> None:
+    """Waited out by the callers (``StorageUnavailable``), naming the store; not a bug."""
+    away = S3Storage("s3://gone/out", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StorageUnavailable, match=r"object store s3://gone/out/ is unavailable"):
+        away.put("ab", b"x")
+    emptied = S3Storage("s3://no-such-bucket/out", endpoint_url=s3.endpoint)
+    with pytest.raises(StorageUnavailable, match="no-such-bucket"):
+        emptied.put("ab", b"x")
+    with pytest.raises(StorageUnavailable, match="no-such-bucket"):
+        emptied.check()

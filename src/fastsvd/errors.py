@@ -10,7 +10,9 @@
     ├── TooManyRequests           come back after ``retry_after_s``               429
     │   ├── RateLimited           too many calls from one caller
     │   └── QueueFull             the queue, or a key's share of it, is full
-    ├── StoreUnavailable          the job store cannot be reached right now       503
+    ├── Unavailable               a dependency cannot be reached right now        503
+    │   ├── StoreUnavailable      the job store's database
+    │   └── StorageUnavailable    the file storage (object store or disk; a full disk too)
     ├── ProxyRefused              a proxied call fastsvd does not serve           403
     │   ├── BadProxyTarget        no x-fal-target-url, or not a URL               400
     │   └── ProxyMethodNotAllowed a method the proxy route does not take          405
@@ -25,7 +27,9 @@ do), so a subclass answers like its parent unless the table names it. The HTTP e
 handler for the whole tree (``fastsvd.api.errors``), and a worker records a failed job's status
 from the same table. Library errors (torch, diffusers, PyAV, OS, the database driver) are
 translated where they cross into fastsvd, with ``raise ... from exc``: the store turns an
-unreachable database into ``StoreUnavailable`` at its boundary (``fastsvd.store.db``).
+unreachable database into ``StoreUnavailable`` at its boundary (``fastsvd.store.db``), and each
+storage backend turns an object store it cannot reach, or a disk without room, into
+``StorageUnavailable`` (``fastsvd.storage``).
 """
 
 from __future__ import annotations
@@ -108,11 +112,24 @@ class QueueFull(TooManyRequests):
     error_type = "queue_full"
 
 
-class StoreUnavailable(FastSVDError):
+class Unavailable(FastSVDError):
+    """A service fastsvd depends on cannot be reached right now; retrying later may work."""
+
+    error_type = "service_unavailable"
+    retry_after_s = 2
+
+
+class StoreUnavailable(Unavailable):
     """The job store's database cannot be reached right now; retrying later may work."""
 
     error_type = "store_unavailable"
-    retry_after_s = 2
+
+
+class StorageUnavailable(Unavailable):
+    """The file storage (an object store, or a disk that is full) cannot take or give bytes
+    right now; retrying later may work."""
+
+    error_type = "storage_unavailable"
 
 
 class ProxyRefused(FastSVDError):
@@ -162,7 +179,7 @@ HTTP_STATUS: dict[type[FastSVDError], int] = {
     TooLarge: 413,
     RangeNotSatisfiable: 416,
     TooManyRequests: 429,
-    StoreUnavailable: 503,
+    Unavailable: 503,
     ProxyRefused: 403,
     BadProxyTarget: 400,
     ProxyMethodNotAllowed: 405,

@@ -1,8 +1,11 @@
-"""One way to wait out an unavailable job store: doubling delays, retried until it answers.
+"""One way to wait out an unavailable dependency: doubling delays, retried until it answers.
 
-The store raises ``StoreUnavailable`` (and only that) when its database cannot be reached; every
-loop that must survive a database restart (a worker's claims and writes, the webhook deliverer)
-calls ``until_available`` instead of writing its own backoff.
+The job store raises ``StoreUnavailable`` when its database cannot be reached, and the file
+storage ``StorageUnavailable`` when its object store cannot be reached or its disk is full (both
+``Unavailable``, and nothing else means "retry later"). Every loop that must survive an outage (a
+worker's claims and writes, the webhook deliverer, the server's housekeeping) calls
+``until_available`` instead of writing its own backoff, and reports the outage through an
+``Outage``: one warning when it starts and one when it ends, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from fastsvd.errors import StoreUnavailable
+from fastsvd.errors import Unavailable
 
 log = logging.getLogger("fastsvd.retry")
 
 T = TypeVar("T")
 FIRST_DELAY_S = 0.1
-MAX_DELAY_S = 10.0
+MAX_DELAY_S = 5.0  # so a dependency that is back is used again within seconds
 
 
 class Backoff:
@@ -43,25 +46,60 @@ class Backoff:
         return self.delay_s > self.first_s
 
 
+class Outage:
+    """Whether a dependency is down, logged once when an outage starts and once when it ends."""
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self.log = logger
+        self.since: float | None = None  # monotonic time of the first failure
+        self.what = ""
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    @property
+    def down_s(self) -> float:
+        """How long the current outage has lasted (0 when there is none)."""
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def failed(self, reason: str) -> None:
+        """A call failed because the dependency is unavailable (``reason`` says how)."""
+        if self.since is None:
+            self.since = time.monotonic()
+            self.what = reason
+            self.log.warning("%s; waiting for it", reason)
+
+    def answered(self) -> None:
+        """A call to the dependency worked."""
+        if self.since is not None:
+            self.log.warning("back after %.1f s: %s", self.down_s, self.what)
+            self.since = None
+
+
 def until_available(
     call: Callable[[], T],
     *,
     wait: Callable[[float], object] = time.sleep,
     give_up: Callable[[], bool] = lambda: False,
+    outage: Outage | None = None,
 ) -> T | None:
-    """``call()``, retried with backoff while the job store is unavailable.
+    """``call()``, retried with backoff while a dependency is unavailable.
 
     Returns its result, or None once ``give_up()`` is true after a failure (a lost lease, a
-    shutdown, a deadline). ``wait`` sleeps (pass an ``Event.wait`` to wake early on a stop).
+    shutdown, a deadline). ``wait`` sleeps (pass an ``Event.wait`` to wake early on a stop);
+    ``outage`` (by default one of this call's own) logs the start and the end of the wait.
     """
     backoff = Backoff()
+    outage = outage or Outage()
     while True:
         try:
-            return call()
-        except StoreUnavailable as exc:
+            result = call()
+        except Unavailable as exc:
+            outage.failed(exc.message)
             if give_up():
-                log.warning("%s; giving up", exc.message)
                 return None
-            delay = backoff.next()
-            log.warning("%s; retrying in %.1f s", exc.message, delay)
-            wait(delay)
+            wait(backoff.next())
+            continue
+        outage.answered()
+        return result

@@ -25,7 +25,8 @@ import uvicorn
 from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import configured
-from fastsvd.errors import FastSVDError
+from fastsvd.errors import FastSVDError, Unavailable
+from fastsvd.retry import Outage
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.keys import Scope
@@ -150,14 +151,19 @@ class Supervisor:
 def housekeeping(services: Services, stop: threading.Event) -> None:
     """Requeue jobs of dead workers and delete expired files, every
     ``housekeeping_interval_s``."""
+    outage = Outage(log)  # an unavailable store: one warning when it starts, one when it ends
     while not stop.wait(services.settings.housekeeping_interval_s):
         try:
             if services.jobs.requeue_abandoned():
                 services.waker.wake_all()  # one machine: no NOTIFY tells the idle workers
             for file_id in services.files.take_expired():
                 services.storage.delete(file_id)
+        except Unavailable as exc:  # retried at the next round
+            outage.failed(exc.message)
+            continue
         except Exception:  # a failed round is retried at the next one
             log.exception("housekeeping failed")
+        outage.answered()
 
 
 FIRST_KEY_FILE = "first-key"  # in the data folder, readable by its owner only

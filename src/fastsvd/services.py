@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fastsvd.settings import Settings
 from fastsvd.storage import Storage, open_storage
-from fastsvd.store.db import Database
+from fastsvd.store.db import Database, statement_timeout_s
 from fastsvd.store.files import FileStore
 from fastsvd.store.jobs import JobStore
 from fastsvd.store.keys import KeyStore
@@ -42,7 +42,11 @@ class Services:
             region=settings.s3_region,
         )
         storage.check()  # a wrong bucket or credentials: say so at start, not per request
-        db = Database(settings.db_url, pool_size=settings.db_pool_size)
+        db = Database(
+            settings.db_url,
+            pool_size=settings.db_pool_size,
+            statement_timeout_s=statement_timeout_s(settings.lease_s),
+        )
         migrate(db)
         return cls(
             settings=settings,

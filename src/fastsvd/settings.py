@@ -54,6 +54,9 @@ class Settings:
     auth: bool = True  # FASTSVD_AUTH=0 turns it off; allowed on loopback only
     workers: int | None = None  # FASTSVD_WORKERS (default: one per GPU, one on a CPU)
     lease_s: float = 30.0  # FASTSVD_LEASE_S: a worker silent this long loses its job
+    # FASTSVD_OUTAGE_WAIT_S: how long a worker waits out an unreachable file storage (or a full
+    # disk) with a job in hand before it fails the request as storage_unavailable
+    outage_wait_s: float = 300.0
     max_queued: int = 1000  # FASTSVD_MAX_QUEUED: waiting requests, all keys; beyond: 429
     max_active_per_key: int = 100  # FASTSVD_MAX_ACTIVE_PER_KEY: a key's unfinished requests
     submits_per_minute: int = 120  # FASTSVD_SUBMITS_PER_MINUTE: per key, all API processes; 0: off
@@ -126,6 +129,7 @@ class Settings:
             auth=auth is None or auth.lower() not in ("0", "false", "no", "off"),
             workers=int(workers) if workers is not None else None,
             lease_s=number("lease_s", defaults.lease_s),
+            outage_wait_s=number("outage_wait_s", defaults.outage_wait_s),
             max_queued=int(number("max_queued", defaults.max_queued)),
             max_active_per_key=int(number("max_active_per_key", defaults.max_active_per_key)),
             submits_per_minute=int(number("submits_per_minute", defaults.submits_per_minute)),

@@ -23,8 +23,8 @@ import threading
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from fastsvd.retry import Backoff
-from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL
+from fastsvd.retry import Backoff, Outage
+from fastsvd.store.db import CANCEL_CHANNEL, POSTGRES_LINK, WAKE_CHANNEL
 
 log = logging.getLogger("fastsvd.wakeup")
 
@@ -249,15 +249,17 @@ class _Hub:
 
     def _listen(self) -> None:
         import psycopg
+        from psycopg.conninfo import make_conninfo
 
         backoff = Backoff()
+        outage = Outage(log)
         while not self.stop.is_set():
             try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+                conninfo = make_conninfo(self.conninfo, **POSTGRES_LINK)
+                with psycopg.connect(conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {WAKE_CHANNEL}")
                     conn.execute(f"LISTEN {CANCEL_CHANNEL}")
-                    if backoff.retrying:
-                        log.info("listening again for jobs and cancels")
+                    outage.answered()
                     backoff.reset()
                     for listener in self._each():
                         listener.wake()  # whatever was sent while away: look at the queue
@@ -267,9 +269,8 @@ class _Hub:
                             self._dispatch(note.channel, note.payload)
             except psycopg.Error as exc:
                 self.connected.clear()
-                delay = backoff.next()
-                log.warning("lost the database notifications (%s); retrying in %.1f s", exc, delay)
-                self.stop.wait(delay)
+                outage.failed(f"lost the database notifications ({exc})")
+                self.stop.wait(backoff.next())
 
 
 class Waker:

@@ -10,6 +10,11 @@ tell that the holder's process is gone (``JobStore.requeue_dead_holders``).
 When the database goes away (a restart, a fail-over) the worker keeps what it has: an idle one
 retries with backoff, a running job keeps running while its lease may still hold, and its result
 is written once the database is back (the write is fenced, so retrying it is safe).
+
+The file storage is waited out the same way: the first-frame preview is skipped while it is
+away, the video is written once it is back (or, after ``outage_wait_s``, the request fails as
+``storage_unavailable``), a job whose input cannot be read is handed back with its attempt not
+counted, and no new job is claimed until the storage answers again.
 """
 
 from __future__ import annotations
@@ -34,13 +39,15 @@ from fastsvd.errors import (
     FastSVDError,
     GenerationCancelled,
     InvalidInput,
+    StorageUnavailable,
     StoreUnavailable,
+    Unavailable,
     http_status,
 )
 from fastsvd.net.fetch import fetch
 from fastsvd.pipeline.hooks import Hooks, StageClock, StepEvent
 from fastsvd.progress import first_frame_line, step_line
-from fastsvd.retry import until_available
+from fastsvd.retry import Outage, until_available
 from fastsvd.runner import Runner
 from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
 from fastsvd.storage import Storage
@@ -70,6 +77,7 @@ class WorkerServices:
     lease_s: float
     retention_s: float
     idle_poll_s: float
+    outage_wait_s: float = 300.0  # how long a finished job waits for the file storage
 
     @classmethod
     def from_services(cls, services: Services) -> WorkerServices:
@@ -84,6 +92,7 @@ class WorkerServices:
             lease_s=settings.lease_s,
             retention_s=settings.retention_s,
             idle_poll_s=settings.idle_poll_s,
+            outage_wait_s=settings.outage_wait_s,
         )
 
 
@@ -114,6 +123,7 @@ class Worker:
         self.stopping = threading.Event()  # finish the current job, then exit
         self.abort = threading.Event()  # stop the current job at its next step
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
+        self.outage = Outage(log)  # the job store or the file storage is away
 
     def serve(self, *, burst: bool = False) -> int:
         """Load the model, then run jobs until ``stopping`` (or, with ``burst``, the queue is
@@ -134,6 +144,8 @@ class Worker:
 
         def next_claim() -> Claim | None:
             nonlocal last_beat, last_reap
+            if self.outage.down:  # no new job until the storage answers again
+                self.s.storage.check()
             if time.monotonic() - last_reap > reap_every_s:
                 self.s.jobs.requeue_abandoned()
                 last_reap = time.monotonic()
@@ -146,7 +158,10 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 claim = until_available(
-                    next_claim, wait=self.stopping.wait, give_up=self.stopping.is_set
+                    next_claim,
+                    wait=self.stopping.wait,
+                    give_up=self.stopping.is_set,
+                    outage=self.outage,
                 )
                 if claim is None:
                     if burst or self.stopping.is_set():
@@ -172,6 +187,7 @@ class Worker:
         self.listener.pass_on()  # there may be more queued: another idle worker looks
         job = ctx.job
         log.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
+        mp4: bytes | None = None
         try:
             endpoint = self.endpoints[job.endpoint]
             request = endpoint.input.model_validate(job.input)
@@ -187,6 +203,9 @@ class Worker:
                 log.warning("job %s: lease lost; stopped without writing", job.id)
             elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
                 ctx.release()  # shutting down: another worker takes it
+            elif isinstance(exc, Unavailable) and mp4 is None:  # its input could not be read
+                self.outage.failed(exc.message)
+                ctx.release(count_attempt=False)
             else:
                 failure = failure_of(exc)
                 ctx.fail(failure)
@@ -229,14 +248,14 @@ class Worker:
                 give_up_at is not None and time.monotonic() > give_up_at
             )
 
-        return until_available(write, give_up=give_up)
+        return until_available(write, give_up=give_up, outage=self.outage)
 
     @staticmethod
     def _best_effort(read: Callable[[], T]) -> T | None:
-        """``read()``, or None while the job store is unavailable (logs, cancel checks)."""
+        """``read()``, or None while a store is unavailable (logs, cancel checks, previews)."""
         try:
             return read()
-        except StoreUnavailable:
+        except Unavailable:
             return None
 
     def _store_file(
@@ -326,16 +345,27 @@ class JobContext:
         return w._best_effort(lambda: self.s.jobs.cancel_requested(self.job.id)) is True
 
     def on_frame(self, image: Image.Image) -> None:
-        # Shown to whoever watches the logs while the video is still being made.
-        url = self.worker._best_effort(lambda: self.worker._store_preview(self.job, image))
-        if url is not None:
-            self.log(first_frame_line(url))
+        # Shown to whoever watches the logs while the video is still being made; skipped
+        # (the outage noted, so no new job is claimed) while a store is away.
+        try:
+            url = self.worker._store_preview(self.job, image)
+        except Unavailable as exc:
+            self.worker.outage.failed(exc.message)
+            return
+        self.log(first_frame_line(url))
 
     def complete(self, mp4: bytes, seed: int) -> bool:
-        """Store the video and record the result; False when the lease was lost first."""
+        """Store the video and record the result; False when the lease was lost first.
+        Raises ``StorageUnavailable`` when the video could not be stored for ``outage_wait_s``."""
         w, job = self.worker, self.job
-        output = w._until_written(lambda: w._store_output(job, mp4, seed), lost=self.lost)
+        output = w._until_written(
+            lambda: w._store_output(job, mp4, seed),
+            lost=self.lost,
+            deadline=self.s.outage_wait_s,
+        )
         if output is None:
+            if not self.lost.is_set():
+                raise self.storage_gone()  # the request fails as storage_unavailable
             return False
         elapsed = self.elapsed_s
         written = w._until_written(
@@ -350,10 +380,19 @@ class JobContext:
             lambda: self.s.jobs.fail(self.job.id, self.token, failure, elapsed), lost=self.lost
         )
 
-    def release(self) -> None:
-        """Hand the job back to the queue (this worker is shutting down)."""
+    def storage_gone(self) -> StorageUnavailable:
+        """The error of a video that could not be stored for ``outage_wait_s``."""
+        reason = self.worker.outage.what or "the file storage is unavailable"
+        return StorageUnavailable(
+            f"{reason}; the video was not stored after {self.s.outage_wait_s:.0f} s of retries"
+        )
+
+    def release(self, *, count_attempt: bool = True) -> None:
+        """Hand the job back to the queue (this worker is shutting down, or could not read the
+        job's input while a store was away: then the attempt is not counted)."""
         self.worker._until_written(
-            lambda: self.s.jobs.release(self.job.id, self.token), lost=self.lost
+            lambda: self.s.jobs.release(self.job.id, self.token, count_attempt=count_attempt),
+            lost=self.lost,
         )
 
 

@@ -270,3 +270,18 @@ def test_a_keys_submits_a_minute_are_capped(db: Database) -> None:
         submit(store)
     assert 1 <= caught.value.retry_after_s <= 60
     submit(store, key="k2")
+
+
+def test_a_job_handed_back_during_an_outage_keeps_its_attempts(store: JobStore) -> None:
+    """A worker that could not read a job's input while a store was away hands it back with
+    the attempt not counted: no number of outages uses up ``max_attempts``."""
+    job_id = submit(store)
+    for _ in range(3):  # more than max_attempts (2)
+        claim = store.claim("w1", 30, [T2V])
+        assert claim is not None
+        assert claim.job.attempts == 1
+        assert store.release(job_id, claim.token, count_attempt=False)
+    claim = store.claim("w1", 30, [T2V])
+    assert claim is not None
+    assert store.release(job_id, claim.token)  # a shutdown's hand-back counts
+    assert store.claim("w1", 30, [T2V]).job.attempts == 2  # type: ignore[union-attr]

@@ -25,12 +25,14 @@ from fastsvd.errors import (
     RangeNotSatisfiable,
     StoreUnavailable,
     TooManyRequests,
+    Unavailable,
     http_status,
 )
 
 log = logging.getLogger("fastsvd.api")
 
 STORE_UNAVAILABLE = "The job store is unavailable; retry shortly"
+STORAGE_UNAVAILABLE = "The file storage is unavailable; retry shortly"
 
 
 def install(app: FastAPI) -> None:
@@ -49,9 +51,10 @@ async def on_error(_request: Request, exc: FastSVDError) -> JSONResponse:
         content["detail"] = [{"loc": _loc(exc.field), "msg": exc.reason, "type": "value_error"}]
     elif isinstance(exc, TooManyRequests):
         headers["retry-after"] = str(exc.retry_after_s)
-    elif isinstance(exc, StoreUnavailable):
+    elif isinstance(exc, Unavailable):
         log.warning("%s", exc.message)
-        content["detail"] = STORE_UNAVAILABLE
+        store = isinstance(exc, StoreUnavailable)
+        content["detail"] = STORE_UNAVAILABLE if store else STORAGE_UNAVAILABLE
         headers["retry-after"] = str(exc.retry_after_s)
     elif isinstance(exc, RangeNotSatisfiable) and exc.size is not None:
         headers["content-range"] = f"bytes */{exc.size}"

@@ -8,6 +8,8 @@ Files are addressed by an unguessable id; their metadata (name, type, size, expi
 ``files`` table (``store.files``), written only after the bytes are stored, so a record always
 has its bytes. A local write goes to a temporary name first and is renamed into place; an object
 store's PUT is atomic by itself. Either way a crash never leaves half a file under a real id.
+A backend turns its library's errors for a store that cannot be reached (or a disk that is full)
+into ``StorageUnavailable``, which callers wait out (``fastsvd.retry``).
 A new backend is a class with the methods of ``Storage`` and an entry in ``SCHEMES``.
 """
 
@@ -63,7 +65,8 @@ class Storage(Protocol):
         """The bytes (or the single byte range asked for), streamed; None if missing."""
 
     def check(self) -> None:
-        """Fail now, with the reason, if the storage cannot be reached."""
+        """Fail now, with the reason, if the storage cannot be reached (``StorageUnavailable``
+        when it may come back: an object store that is away, a full disk)."""
 
 
 @dataclass(frozen=True)

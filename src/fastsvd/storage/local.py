@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from fastsvd.errors import StorageUnavailable
 from fastsvd.storage import CHUNK_BYTES, Download, check_id
+
+# Errors of the disk rather than of the call: waited out like an object store that is away.
+UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 
 
 class LocalStorage:
@@ -25,17 +31,18 @@ class LocalStorage:
     def put(self, file_id: str, data: bytes, content_type: str = "") -> None:
         """Store ``data`` under ``file_id`` atomically."""
         target = self.path(file_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        with self.reachable():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temp, target)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
 
     def exists(self, file_id: str) -> bool:
         """Whether ``file_id`` has bytes stored."""
@@ -43,7 +50,8 @@ class LocalStorage:
 
     def read(self, file_id: str) -> bytes:
         """The bytes of ``file_id``."""
-        return self.path(file_id).read_bytes()
+        with self.reachable():
+            return self.path(file_id).read_bytes()
 
     def delete(self, file_id: str) -> None:
         """Remove ``file_id``'s bytes, if any."""
@@ -68,4 +76,23 @@ class LocalStorage:
         return Download(200, chunks(), {"content-length": str(size)})
 
     def check(self) -> None:
-        """A folder is always there (it is made at start)."""
+        """A folder is always there (it is made at start); fails while its disk is full."""
+        with self.reachable():
+            fd, temp = tempfile.mkstemp(dir=self.root, prefix=".check-")
+            try:
+                os.write(fd, b"x")
+            finally:
+                os.close(fd)
+                os.unlink(temp)
+
+    @contextmanager
+    def reachable(self) -> Iterator[None]:
+        """The storage's boundary: a full or failing disk becomes ``StorageUnavailable``."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in UNAVAILABLE_ERRNOS:
+                raise
+            reason = "its disk is full" if exc.errno == errno.ENOSPC else exc.strerror
+            message = f"the file storage {self.root} is unavailable: {reason}"
+            raise StorageUnavailable(message) from exc

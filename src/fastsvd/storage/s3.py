@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastsvd.errors import FastSVDError, RangeNotSatisfiable
+from fastsvd.errors import FastSVDError, RangeNotSatisfiable, StorageUnavailable
 from fastsvd.storage import CHUNK_BYTES, Download, check_id
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+# Bounded waits, chosen so that a store that went away is noticed within seconds (and then
+# waited out by the caller, ``fastsvd.retry``), while a slow but working one still gets through:
+CONNECT_TIMEOUT_S = 2  # a TCP connect (a reachable store answers in milliseconds)
+READ_TIMEOUT_S = 10  # silence on an open connection (a large PUT's answer included)
+TOTAL_ATTEMPTS = 3  # botocore's own quick retries of one call (throttling, a reset connection)
 
 
 class S3Storage:
@@ -34,10 +42,12 @@ class S3Storage:
         self.bucket = parts.netloc
         prefix = parts.path.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
+        self.url = f"s3://{self.bucket}/{self.prefix}"
         config = Config(
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
+            retries={"total_max_attempts": TOTAL_ATTEMPTS, "mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+            tcp_keepalive=True,  # a dropped link under a pooled connection is noticed
             max_pool_connections=32,
         )
         self.client: Any = boto3.client(
@@ -51,12 +61,14 @@ class S3Storage:
     def put(self, file_id: str, data: bytes, content_type: str = "") -> None:
         """Store ``data`` (an S3 PUT is atomic: readers see all of it or nothing)."""
         extra = {"ContentType": content_type} if content_type else {}
-        self.client.put_object(Bucket=self.bucket, Key=self.key(file_id), Body=data, **extra)
+        with self.reachable():
+            self.client.put_object(Bucket=self.bucket, Key=self.key(file_id), Body=data, **extra)
 
     def exists(self, file_id: str) -> bool:
         """Whether the object exists."""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key(file_id))
+            with self.reachable():
+                self.client.head_object(Bucket=self.bucket, Key=self.key(file_id))
         except self.client.exceptions.ClientError as exc:
             if _status(exc) == 404:
                 return False
@@ -65,12 +77,14 @@ class S3Storage:
 
     def read(self, file_id: str) -> bytes:
         """The object's bytes."""
-        body = self.client.get_object(Bucket=self.bucket, Key=self.key(file_id))["Body"]
-        return bytes(body.read())
+        with self.reachable():
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(file_id))["Body"]
+            return bytes(body.read())
 
     def delete(self, file_id: str) -> None:
         """Remove the object (a missing one is not an error)."""
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(file_id))
+        with self.reachable():
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(file_id))
 
     def download(self, file_id: str, range_header: str | None) -> Download | None:
         """The object (or the single byte range asked for), streamed; None if missing."""
@@ -78,7 +92,8 @@ class S3Storage:
         if range_header and _RANGE.match(range_header.strip()):
             extra["Range"] = range_header.strip()  # one range; others get the whole object
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self.key(file_id), **extra)
+            with self.reachable():
+                answer = self.client.get_object(Bucket=self.bucket, Key=self.key(file_id), **extra)
         except self.client.exceptions.ClientError as exc:
             status = _status(exc)
             if status == 404:
@@ -104,9 +119,33 @@ class S3Storage:
     def check(self) -> None:
         """Fail now, with the reason, if the bucket cannot be reached."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            with self.reachable():
+                self.client.head_bucket(Bucket=self.bucket)
+        except StorageUnavailable:
+            raise
+        except self.client.exceptions.ClientError as exc:
+            if _status(exc) == 404:  # HEAD answers have no error code to tell more
+                raise StorageUnavailable(f"the object store {self.url} has no bucket") from exc
+            raise FastSVDError(f"storage bucket {self.bucket!r} is not reachable: {exc}") from exc
         except Exception as exc:
             raise FastSVDError(f"storage bucket {self.bucket!r} is not reachable: {exc}") from exc
+
+    @contextmanager
+    def reachable(self) -> Iterator[None]:
+        """The storage's boundary: a store that cannot be reached, answers 5xx or has lost its
+        bucket (a server restarted empty) becomes ``StorageUnavailable``; other errors pass."""
+        from botocore.exceptions import ClientError, HTTPClientError, ResponseStreamingError
+        from botocore.exceptions import ConnectionError as NoConnection
+
+        try:
+            yield
+        except (NoConnection, HTTPClientError, ResponseStreamingError) as exc:
+            raise StorageUnavailable(f"the object store {self.url} is unavailable: {exc}") from exc
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if _status(exc) < 500 and code != "NoSuchBucket":
+                raise
+            raise StorageUnavailable(f"the object store {self.url} is unavailable: {exc}") from exc
 
 
 def _status(exc: Any) -> int:

@@ -8,7 +8,10 @@ PostgreSQL (``postgresql://...``, through psycopg 3) runs at READ COMMITTED with
 pool whose connections are checked before use, so a restarted server costs the callers one
 failed transaction each, not a dead process: ``read`` and ``write`` turn a database that cannot
 be reached into ``StoreUnavailable`` here, once, and callers retry on that alone
-(``fastsvd.retry``). Notifications
+(``fastsvd.retry``). Every connection's waits are bounded (``POSTGRES_LINK``: a connect
+timeout, TCP keepalives and a TCP user timeout; a statement timeout well under the lease), so a
+link that silently drops packets is noticed within seconds, not after TCP's minutes of
+retransmissions. Notifications
 (``notify``) go out with the transaction that sends them, on commit; SQLite has none, and its
 processes wake each other through ``fastsvd.wakeup`` instead.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
 from fastsvd.errors import StoreUnavailable
@@ -32,7 +36,25 @@ from fastsvd.retry import Backoff
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_POOL_SIZE = 8
 POSTGRES_POOL_SIZE = 5
-POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_CONNECT_TIMEOUT_S = 2  # libpq's least; a reachable server answers in milliseconds
+# libpq parameters of every PostgreSQL connection (the pool's and the listener's):
+POSTGRES_LINK: dict[str, int] = {
+    "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+    # an idle connection (in the pool, or listening) whose peer went silent dies in about 3 s
+    "keepalives": 1,
+    "keepalives_idle": 1,
+    "keepalives_interval": 1,
+    "keepalives_count": 2,
+    # data sent and not acknowledged for this long (ms) ends the connection: a statement in
+    # flight when the link drops fails in a second instead of waiting out TCP's retransmissions.
+    # Acknowledgements come from the server's kernel, busy or not: on a working network one
+    # later than a second means the path is gone (and a false alarm costs one retried call).
+    # With the connect timeout, an API call on a link that just dropped answers 503 in ~3 s.
+    "tcp_user_timeout": 1000,
+}
+# The server ends a statement that runs longer than this: well under a worker's lease, so a
+# write stuck behind a lock fails (and is retried) while the lease still holds.
+POSTGRES_STATEMENT_TIMEOUT_S = 10.0
 
 # LISTEN/NOTIFY channels (PostgreSQL)
 WAKE_CHANNEL = "fastsvd_wake"  # a job was queued (payload: its endpoint)
@@ -63,12 +85,26 @@ def _translated() -> Iterator[None]:
         if not is_unavailable(exc):
             raise
         raise StoreUnavailable(f"the job store is unavailable: {exc.orig or exc}") from exc
+    except PoolTimeout as exc:  # every pooled connection is stuck on the database
+        raise StoreUnavailable(f"the job store is unavailable: {exc}") from exc
+
+
+def statement_timeout_s(lease_s: float) -> float:
+    """The statement timeout for workers holding ``lease_s`` leases: a third of the lease (at
+    least 1 s), at most ``POSTGRES_STATEMENT_TIMEOUT_S``."""
+    return max(1.0, min(POSTGRES_STATEMENT_TIMEOUT_S, lease_s / 3))
 
 
 class Database:
     """An engine plus ``read()`` and ``write()`` transactions."""
 
-    def __init__(self, url: str, *, pool_size: int = POSTGRES_POOL_SIZE) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = POSTGRES_POOL_SIZE,
+        statement_timeout_s: float = POSTGRES_STATEMENT_TIMEOUT_S,
+    ) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.is_postgres = self.url.startswith("postgresql")
@@ -85,8 +121,15 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=POSTGRES_CONNECT_TIMEOUT_S * 2,
-                connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+                connect_args=dict(POSTGRES_LINK),
             )
+            timeout_ms = int(statement_timeout_s * 1000)
+
+            @event.listens_for(self.engine, "connect")
+            def on_connect(dbapi_connection: Any, _record: Any) -> None:
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute(f"SET statement_timeout = {timeout_ms}")
+                dbapi_connection.commit()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -494,13 +494,20 @@ class JobStore:
                 conn, job_id, token, failure=failure, inference_time_s=inference_time_s
             )
 
-    def release(self, job_id: str, token: int) -> bool:
-        """Hand a held job back to the queue (its worker is shutting down)."""
+    def release(self, job_id: str, token: int, *, count_attempt: bool = True) -> bool:
+        """Hand a held job back to the queue (its worker is shutting down); with
+        ``count_attempt`` False its claim does not count as a try (a store was away)."""
+        attempts = jobs.c.attempts if count_attempt else jobs.c.attempts - 1
         with self.db.write() as conn:
             done = conn.execute(
                 update(jobs)
                 .where(self._held(job_id, token))
-                .values(state=JobState.queued.value, lease_owner=None, lease_expires_at=None)
+                .values(
+                    state=JobState.queued.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempts=attempts,
+                )
             )
             if done.rowcount == 1:
                 self.db.notify(conn, WAKE_CHANNEL)
