@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,9 @@ class Settings:
     max_attempts: int = 3  # FASTSVD_MAX_ATTEMPTS: tries before a crashing job is given up
     retention_s: float = 7 * 24 * 3600.0  # FASTSVD_RETENTION_S: how long files are kept
     idle_poll_s: float = 2.0  # FASTSVD_IDLE_POLL_S: an idle worker's safety-net poll
+    # FASTSVD_DRAIN_S: a worker told to stop (SIGTERM) finishes its job within this long, or
+    # stops it at its next step and hands it back to the queue (default: waits for the job)
+    drain_s: float | None = None
     # FASTSVD_ALLOW_PRIVATE_URLS=1 lets webhooks reach private addresses (development only)
     allow_private_urls: bool = False
     webhook_attempts: int = 10  # FASTSVD_WEBHOOK_ATTEMPTS: tries per webhook, as fal
@@ -128,6 +132,7 @@ class Settings:
             max_attempts=int(number("max_attempts", defaults.max_attempts)),
             retention_s=number("retention_s", defaults.retention_s),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
+            drain_s=_drain(get("drain_s")),
             allow_private_urls=(get("allow_private_urls") or "0").lower() in ("1", "true", "yes"),
             webhook_attempts=int(number("webhook_attempts", defaults.webhook_attempts)),
             webhook_window_s=number("webhook_window_s", defaults.webhook_window_s),
@@ -146,3 +151,15 @@ def _guidance(value: str | None) -> float | None:
     if not 1.0 <= scale <= 2.0:  # the range the AnimateLCM authors offer
         raise ValueError(f"FASTSVD_FEW_STEP_GUIDANCE must be 1.0-2.0, not {value}")
     return scale
+
+
+def _drain(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0 or math.isinf(seconds):
+        raise ValueError(f"FASTSVD_DRAIN_S must be a number of seconds >= 0, not {value}")
+    return seconds

@@ -115,6 +115,16 @@ class Worker:
         self.abort = threading.Event()  # stop the current job at its next step
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
 
+    def drain(self, within_s: float | None = None) -> None:
+        """Stop claiming; the current job finishes, or, past ``within_s`` seconds, stops at its
+        next step and goes back to the queue (``abort``). ``serve`` then returns."""
+        self.stopping.set()
+        self.listener.wake()
+        if within_s is not None:
+            timer = threading.Timer(within_s, self.abort.set)
+            timer.daemon = True
+            timer.start()
+
     def serve(self, *, burst: bool = False) -> int:
         """Load the model, then run jobs until ``stopping`` (or, with ``burst``, the queue is
         empty). Returns how many jobs it ran."""
