@@ -70,6 +70,9 @@ class Settings:
     # FASTSVD_DRAIN_S: a worker told to stop (SIGTERM) finishes its job within this long, or
     # stops it at its next step and hands it back to the queue (default: waits for the job)
     drain_s: float | None = None
+    # FASTSVD_METRICS_PORT: where `fastsvd worker` serves its own Prometheus metrics (unset: not
+    # served); the API's /metrics has the queue's
+    metrics_port: int | None = None
     # FASTSVD_ALLOW_PRIVATE_URLS=1 lets webhooks reach private addresses (development only)
     allow_private_urls: bool = False
     webhook_attempts: int = 10  # FASTSVD_WEBHOOK_ATTEMPTS: tries per webhook, as fal
@@ -133,6 +136,7 @@ class Settings:
             retention_s=number("retention_s", defaults.retention_s),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
             drain_s=_drain(get("drain_s")),
+            metrics_port=_port("FASTSVD_METRICS_PORT", get("metrics_port")),
             allow_private_urls=(get("allow_private_urls") or "0").lower() in ("1", "true", "yes"),
             webhook_attempts=int(number("webhook_attempts", defaults.webhook_attempts)),
             webhook_window_s=number("webhook_window_s", defaults.webhook_window_s),
@@ -163,3 +167,11 @@ def _drain(value: str | None) -> float | None:
     if not seconds >= 0 or math.isinf(seconds):
         raise ValueError(f"FASTSVD_DRAIN_S must be a number of seconds >= 0, not {value}")
     return seconds
+
+
+def _port(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError(f"{name} must be a TCP port, 1-65535, not {value}")
+    return int(value)

@@ -101,6 +101,8 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if settings.metrics_port is not None:
+        worker.metrics.serve(settings.metrics_port)
     try:
         worker.serve(burst=burst)
     except ModelNotAvailable as exc:

@@ -19,11 +19,13 @@ worker whose lease was taken (it stalled, the job was handed on) cannot write a 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +47,8 @@ from sqlalchemy.exc import IntegrityError
 from fastsvd import processes
 from fastsvd.errors import QueueFull
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
-from fastsvd.store.tables import job_logs, jobs, stage_timings, workers
+from fastsvd.store.files import FileRecord
+from fastsvd.store.tables import files, job_logs, jobs, stage_timings, workers
 
 
 class JobState(enum.StrEnum):
@@ -139,6 +142,9 @@ class LogLine:
     at: float
     level: str
     message: str
+
+
+LogEntry = tuple[float, str]  # a log line: when (UNIX seconds) and what
 
 
 @dataclass(frozen=True)
@@ -374,7 +380,7 @@ class JobStore:
         with self.db.write() as conn:
             self._expire_start_deadlines(conn, time.time())
             row = conn.execute(
-                select(jobs.c.id, jobs.c.lease_token)
+                select(jobs)
                 .where(jobs.c.state == JobState.queued.value, jobs.c.endpoint.in_(endpoints))
                 .order_by(jobs.c.priority, jobs.c.seq)
                 .limit(1)
@@ -382,21 +388,30 @@ class JobStore:
             ).first()
             if row is None:
                 return None
-            token = row.lease_token + 1
+            queued = Job.from_row(row)
+            token = queued.lease_token + 1
             now = time.time()  # after the lock: never before the job's created_at
             conn.execute(
                 update(jobs)
-                .where(jobs.c.id == row.id)
+                .where(jobs.c.id == queued.id)
                 .values(
                     state=JobState.running.value,
                     lease_owner=owner,
                     lease_expires_at=now + lease_s,
                     lease_token=token,
-                    attempts=jobs.c.attempts + 1,
+                    attempts=queued.attempts + 1,
                     started_at=now,
                 )
             )
-            return Claim(self._get(conn, row.id), token)
+            # the row as the update left it, without reading it again
+            job = dataclasses.replace(
+                queued,
+                state=JobState.running,
+                lease_token=token,
+                attempts=queued.attempts + 1,
+                started_at=now,
+            )
+            return Claim(job, token)
 
     def renew(self, job_id: str, token: int, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer this worker's job."""
@@ -413,16 +428,22 @@ class JobStore:
         with self.db.read() as conn:
             return bool(conn.scalar(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
 
-    def log(self, job_id: str, token: int, message: str, level: str = "INFO") -> bool:
-        """Append a log line, if the job is still this worker's."""
+    def log(self, job_id: str, token: int, lines: Sequence[LogEntry]) -> bool:
+        """Append log lines in one transaction, if the job is still this worker's."""
         with self.db.write() as conn:
             held = conn.scalar(select(jobs.c.id).where(self._held(job_id, token)))
             if held is None:
                 return False
-            conn.execute(
-                insert(job_logs).values(job_id=job_id, at=time.time(), level=level, message=message)
-            )
+            self._append_logs(conn, job_id, lines)
         return True
+
+    @staticmethod
+    def _append_logs(conn: Connection, job_id: str, lines: Sequence[LogEntry]) -> None:
+        if lines:
+            conn.execute(
+                insert(job_logs),
+                [{"job_id": job_id, "at": at, "level": "INFO", "message": m} for at, m in lines],
+            )
 
     def complete(
         self,
@@ -431,13 +452,22 @@ class JobStore:
         output: dict[str, Any],
         inference_time_s: float,
         stage_seconds: dict[str, float] | None = None,
+        *,
+        logs: Sequence[LogEntry] = (),
+        output_file: FileRecord | None = None,
     ) -> bool:
-        """Record the output (and how long each stage took); False when the lease was lost."""
+        """Record the output, in one transaction with the last log lines, the output file's
+        record and how long each stage took; False (nothing written) when the lease was lost."""
         with self.db.write() as conn:
             done = self._finish(
                 conn, job_id, token, output=output, inference_time_s=inference_time_s
             )
-            if done and stage_seconds:
+            if not done:
+                return False
+            self._append_logs(conn, job_id, logs)
+            if output_file is not None:
+                conn.execute(insert(files).values(**dataclasses.asdict(output_file)))
+            if stage_seconds:
                 conn.execute(
                     insert(stage_timings),
                     [
@@ -447,18 +477,20 @@ class JobStore:
                 )
             return done
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Jobs by (state, outcome): outcome is "ok", an error_type, or "" while unfinished."""
+    def counts(self) -> dict[tuple[str, str, int, str], int]:
+        """Jobs by (state, endpoint, priority, outcome): outcome is "ok", an error_type, or ""
+        while unfinished."""
         with self.db.read() as conn:
             rows = conn.execute(
-                select(jobs.c.state, jobs.c.error_type, func.count()).group_by(
-                    jobs.c.state, jobs.c.error_type
-                )
+                select(
+                    jobs.c.state, jobs.c.endpoint, jobs.c.priority, jobs.c.error_type, func.count()
+                ).group_by(jobs.c.state, jobs.c.endpoint, jobs.c.priority, jobs.c.error_type)
             ).all()
-        out: dict[tuple[str, str], int] = {}
-        for state, error_type, count in rows:
+        out: dict[tuple[str, str, int, str], int] = {}
+        for state, endpoint, priority, error_type, count in rows:
             outcome = (error_type or "ok") if state == JobState.completed else ""
-            out[(state, outcome)] = out.get((state, outcome), 0) + int(count)
+            key = (state, endpoint, int(priority), outcome)
+            out[key] = out.get(key, 0) + int(count)
         return out
 
     def stage_totals(self) -> dict[str, tuple[int, float]]:
@@ -472,16 +504,27 @@ class JobStore:
         return {stage: (int(count), float(total or 0.0)) for stage, count, total in rows}
 
     def fail(
-        self, job_id: str, token: int, failure: Failure, inference_time_s: float | None = None
+        self,
+        job_id: str,
+        token: int,
+        failure: Failure,
+        inference_time_s: float | None = None,
+        *,
+        logs: Sequence[LogEntry] = (),
     ) -> bool:
-        """Record a failure; False (and nothing written) when the lease was lost."""
+        """Record a failure with the last log lines; False (and nothing written) when the lease
+        was lost."""
         with self.db.write() as conn:
-            return self._finish(
+            done = self._finish(
                 conn, job_id, token, failure=failure, inference_time_s=inference_time_s
             )
+            if done:
+                self._append_logs(conn, job_id, logs)
+            return done
 
-    def release(self, job_id: str, token: int) -> bool:
-        """Hand a held job back to the queue (its worker is shutting down)."""
+    def release(self, job_id: str, token: int, *, logs: Sequence[LogEntry] = ()) -> bool:
+        """Hand a held job back to the queue (its worker is shutting down), with its last log
+        lines."""
         with self.db.write() as conn:
             done = conn.execute(
                 update(jobs)
@@ -489,6 +532,7 @@ class JobStore:
                 .values(state=JobState.queued.value, lease_owner=None, lease_expires_at=None)
             )
             if done.rowcount == 1:
+                self._append_logs(conn, job_id, logs)
                 self.db.notify(conn, WAKE_CHANNEL)
         return done.rowcount == 1
 
