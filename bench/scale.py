@@ -6,7 +6,8 @@ same run), and status reads through two API processes.
 
 Workers are real ``fastsvd.worker.Worker``s (claims, leases, heartbeats, logs, outputs stored,
 results written), ``--workers`` of them in 8 processes, running a stand-in model that sleeps
-50 ms per job (the GPU's time, which costs the host nothing) and returns a fixed MP4.
+50 ms per job (the GPU's time, which costs the host nothing) in 4 steps, calling the pipeline's
+hooks at each (a cancel check, a progress line), and returns a fixed MP4.
 
 Measured for each backend:
 
@@ -46,11 +47,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.service import percentile, poll  # noqa: E402
 from tests.databases import postgres_database  # noqa: E402
-from tests.service.conftest import start_server, stop_server  # noqa: E402
+from tests.service.conftest import PYTHONPATH, start_server, stop_server  # noqa: E402
 
 T2V = "/fal-ai/fast-svd/text-to-video"
 PROCESSES = 8
 JOB_S = 0.05
+STEPS = 4  # a few-step request's denoising steps: a progress line each
 
 
 def worker_process(count: int) -> None:
@@ -59,6 +61,7 @@ def worker_process(count: int) -> None:
 
     from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
     from fastsvd.pipeline.encode import encode_mp4
+    from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
     from fastsvd.services import Services
     from fastsvd.settings import Settings
     from fastsvd.worker import Worker, WorkerServices, worker_name
@@ -71,8 +74,12 @@ def worker_process(count: int) -> None:
         def load(self) -> None:
             return None
 
-        def run(self, capability: str, request: object, seed: int, hooks: object) -> bytes:
-            time.sleep(JOB_S)
+        def run(self, capability: str, request: object, seed: int, hooks: Hooks) -> bytes:
+            # as the pipeline does: a cancel check and a progress line per step
+            for step in range(1, STEPS + 1):
+                hooks.check_cancel(Stage.video, step)
+                time.sleep(JOB_S / STEPS)
+                hooks.on_step(StepEvent(Stage.video, step, STEPS))
             return mp4
 
     count_database_work(Path(os.environ["FASTSVD_BENCH_TALLY_DIR"]) / f"{os.getpid()}.json")
@@ -209,7 +216,7 @@ def start_workers(env: dict[str, str], total: int) -> list[subprocess.Popen[byte
             [sys.executable, __file__, "--worker-process", str(n)],
             # 8 workers share a process's pool: 3 kept, 6 at most, so 64 workers stay within
             # PostgreSQL's default 100 connections (one LISTEN per process)
-            env={**os.environ, **env, "FASTSVD_DB_POOL_SIZE": "3", "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **env, "FASTSVD_DB_POOL_SIZE": "3", "PYTHONPATH": PYTHONPATH},
         )
         for n in per
         if n
@@ -446,7 +453,8 @@ def main() -> None:
         if key not in results["sqlite"]:
             continue
         a, b = results["sqlite"][key], results["postgresql"][key]
-        print(f"{label:24}{fmt.format(a):>12}{fmt.format(b):>12}{b / a:>10.2f}x")
+        ratio = f"{b / a:>10.2f}x" if a else f"{'':>11}"
+        print(f"{label:24}{fmt.format(a):>12}{fmt.format(b):>12}{ratio}")
 
 
 if __name__ == "__main__":
