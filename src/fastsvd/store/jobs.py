@@ -176,6 +176,72 @@ _LOGS_AFTER = (
     .order_by(job_logs.c.id)
 )
 
+# So are a job's writes from its worker, a few for every job: the claim, the batches of log
+# lines, the lease renewals, the result. Parameters: h_id and h_token (the held job), v_* (values).
+_HELD = and_(
+    jobs.c.id == bindparam("h_id"),
+    jobs.c.lease_token == bindparam("h_token"),
+    jobs.c.state == JobState.running.value,
+)
+_UNFINISHED = and_(jobs.c.id == bindparam("h_id"), jobs.c.state != JobState.completed.value)
+_HELD_ID = select(jobs.c.id).where(_HELD)
+_NEXT_QUEUED = (
+    select(jobs)
+    .where(
+        jobs.c.state == JobState.queued.value,
+        jobs.c.endpoint.in_(bindparam("endpoints", expanding=True)),
+    )
+    .order_by(jobs.c.priority, jobs.c.seq)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_START = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("h_id"))
+    .values(
+        state=JobState.running.value,
+        lease_owner=bindparam("v_owner"),
+        lease_expires_at=bindparam("v_expires_at"),
+        lease_token=bindparam("v_token"),
+        attempts=bindparam("v_attempts"),
+        started_at=bindparam("v_now"),
+    )
+)
+_PAST_START_DEADLINE = (
+    select(jobs.c.id)
+    .where(jobs.c.state == JobState.queued.value, jobs.c.start_deadline_at < bindparam("v_now"))
+    .order_by(jobs.c.seq)
+    .with_for_update(skip_locked=True)
+)
+_RENEW = update(jobs).where(_HELD).values(lease_expires_at=bindparam("v_expires_at"))
+
+
+def _finishing(where: Any) -> Any:
+    return (
+        update(jobs)
+        .where(where)
+        .values(
+            webhook_state=case((jobs.c.webhook_url.is_not(None), "pending"), else_=None),
+            webhook_next_at=bindparam("v_finished_at"),
+            state=JobState.completed.value,
+            finished_at=bindparam("v_finished_at"),
+            lease_owner=None,
+            lease_expires_at=None,
+            output=bindparam("v_output"),
+            error=bindparam("v_error"),
+            error_type=bindparam("v_error_type"),
+            http_status=bindparam("v_http_status"),
+            inference_time_s=bindparam("v_inference_time_s"),
+        )
+    )
+
+
+_FINISH_HELD = _finishing(_HELD)  # by its worker: only while it holds the job
+_FINISH_UNFINISHED = _finishing(_UNFINISHED)  # by anyone else (cancel, reaper, deadline)
+_INSERT_LOGS = insert(job_logs)
+_INSERT_FILE = insert(files)
+_INSERT_STAGES = insert(stage_timings)
+
 
 class JobStore:
     """Every read and write of jobs goes through here."""
@@ -379,29 +445,22 @@ class JobStore:
         """
         with self.db.write() as conn:
             self._expire_start_deadlines(conn, time.time())
-            row = conn.execute(
-                select(jobs)
-                .where(jobs.c.state == JobState.queued.value, jobs.c.endpoint.in_(endpoints))
-                .order_by(jobs.c.priority, jobs.c.seq)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
+            row = conn.execute(_NEXT_QUEUED, {"endpoints": endpoints}).first()
             if row is None:
                 return None
             queued = Job.from_row(row)
             token = queued.lease_token + 1
             now = time.time()  # after the lock: never before the job's created_at
             conn.execute(
-                update(jobs)
-                .where(jobs.c.id == queued.id)
-                .values(
-                    state=JobState.running.value,
-                    lease_owner=owner,
-                    lease_expires_at=now + lease_s,
-                    lease_token=token,
-                    attempts=queued.attempts + 1,
-                    started_at=now,
-                )
+                _START,
+                {
+                    "h_id": queued.id,
+                    "v_owner": owner,
+                    "v_expires_at": now + lease_s,
+                    "v_token": token,
+                    "v_attempts": queued.attempts + 1,
+                    "v_now": now,
+                },
             )
             # the row as the update left it, without reading it again
             job = dataclasses.replace(
@@ -417,9 +476,8 @@ class JobStore:
         """Extend the lease; False when it is no longer this worker's job."""
         with self.db.write() as conn:
             done = conn.execute(
-                update(jobs)
-                .where(self._held(job_id, token))
-                .values(lease_expires_at=time.time() + lease_s)
+                _RENEW,
+                {"h_id": job_id, "h_token": token, "v_expires_at": time.time() + lease_s},
             )
         return done.rowcount == 1
 
@@ -431,7 +489,7 @@ class JobStore:
     def log(self, job_id: str, token: int, lines: Sequence[LogEntry]) -> bool:
         """Append log lines in one transaction, if the job is still this worker's."""
         with self.db.write() as conn:
-            held = conn.scalar(select(jobs.c.id).where(self._held(job_id, token)))
+            held = conn.scalar(_HELD_ID, {"h_id": job_id, "h_token": token})
             if held is None:
                 return False
             self._append_logs(conn, job_id, lines)
@@ -441,7 +499,7 @@ class JobStore:
     def _append_logs(conn: Connection, job_id: str, lines: Sequence[LogEntry]) -> None:
         if lines:
             conn.execute(
-                insert(job_logs),
+                _INSERT_LOGS,
                 [{"job_id": job_id, "at": at, "level": "INFO", "message": m} for at, m in lines],
             )
 
@@ -466,10 +524,10 @@ class JobStore:
                 return False
             self._append_logs(conn, job_id, logs)
             if output_file is not None:
-                conn.execute(insert(files).values(**dataclasses.asdict(output_file)))
+                conn.execute(_INSERT_FILE, dataclasses.asdict(output_file))
             if stage_seconds:
                 conn.execute(
-                    insert(stage_timings),
+                    _INSERT_STAGES,
                     [
                         {"job_id": job_id, "stage": k, "seconds": v}
                         for k, v in stage_seconds.items()
@@ -528,8 +586,9 @@ class JobStore:
         with self.db.write() as conn:
             done = conn.execute(
                 update(jobs)
-                .where(self._held(job_id, token))
-                .values(state=JobState.queued.value, lease_owner=None, lease_expires_at=None)
+                .where(_HELD)
+                .values(state=JobState.queued.value, lease_owner=None, lease_expires_at=None),
+                {"h_id": job_id, "h_token": token},
             )
             if done.rowcount == 1:
                 self._append_logs(conn, job_id, logs)
@@ -622,24 +681,11 @@ class JobStore:
     # --- helpers --------------------------------------------------------------------------
 
     @staticmethod
-    def _held(job_id: str, token: int) -> Any:
-        return and_(
-            jobs.c.id == job_id,
-            jobs.c.lease_token == token,
-            jobs.c.state == JobState.running.value,
-        )
-
-    @staticmethod
     def _get(conn: Connection, job_id: str) -> Job:
         return Job.from_row(conn.execute(select(jobs).where(jobs.c.id == job_id)).one())
 
     def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
-        late = conn.scalars(
-            select(jobs.c.id)
-            .where(jobs.c.state == JobState.queued.value, jobs.c.start_deadline_at < now)
-            .order_by(jobs.c.seq)
-            .with_for_update(skip_locked=True)
-        ).all()
+        late = conn.scalars(_PAST_START_DEADLINE, {"v_now": now}).all()
         for job_id in late:
             self._finish(conn, job_id, None, failure=START_TIMEOUT, now=now)
 
@@ -655,27 +701,19 @@ class JobStore:
         now: float | None = None,
     ) -> bool:
         """Make a job completed; with a token, only if the caller still holds it."""
-        where = (
-            self._held(job_id, token)
-            if token is not None
-            else and_(jobs.c.id == job_id, jobs.c.state != JobState.completed.value)
-        )
-        finished_at = time.time() if now is None else now
         done = conn.execute(
-            update(jobs)
-            .where(where)
-            .values(
-                webhook_state=case((jobs.c.webhook_url.is_not(None), "pending"), else_=None),
-                webhook_next_at=finished_at,
-                state=JobState.completed.value,
-                finished_at=finished_at,
-                lease_owner=None,
-                lease_expires_at=None,
-                output=json.dumps(output, separators=(",", ":")) if output is not None else None,
-                error=failure.message if failure else None,
-                error_type=failure.error_type if failure else None,
-                http_status=failure.http_status if failure else None,
-                inference_time_s=inference_time_s,
-            )
+            _FINISH_HELD if token is not None else _FINISH_UNFINISHED,
+            {
+                "h_id": job_id,
+                "h_token": token,
+                "v_finished_at": time.time() if now is None else now,
+                "v_output": json.dumps(output, separators=(",", ":"))
+                if output is not None
+                else None,
+                "v_error": failure.message if failure else None,
+                "v_error_type": failure.error_type if failure else None,
+                "v_http_status": failure.http_status if failure else None,
+                "v_inference_time_s": inference_time_s,
+            },
         )
         return done.rowcount == 1
