@@ -286,7 +286,7 @@ class Worker:
     ) -> str:
         jpeg = media.encode_jpeg(image)
         record = self._put_file(key_id, "preview", f"{job_id}-first-frame.jpg", "image/jpeg", jpeg)
-        self.s.files.write(record)
+        self.s.files.add(record)
         return (base_url or "") + record.path
 
     def _store_output(

@@ -85,36 +85,11 @@ class FileStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(
-        self,
-        *,
-        key_id: str,
-        kind: str,
-        file_name: str,
-        content_type: str,
-        size: int,
-        retention_s: float | None,
-        file_id: str | None = None,
-        upload_token: str | None = None,
-    ) -> FileRecord:
-        """Record a file (its bytes are stored by the caller)."""
-        record = new_record(
-            key_id=key_id,
-            kind=kind,
-            file_name=file_name,
-            content_type=content_type,
-            size=size,
-            retention_s=retention_s,
-            file_id=file_id,
-            upload_token=upload_token,
-        )
-        self.write(record)
-        return record
-
-    def write(self, record: FileRecord) -> None:
-        """Write a record made by ``new_record``."""
+    def add(self, record: FileRecord) -> FileRecord:
+        """Write a record made by ``new_record`` (its bytes are stored by the caller)."""
         with self.db.write() as conn:
             conn.execute(insert(files).values(**asdict(record)))
+        return record
 
     def get(self, file_id: str) -> FileRecord | None:
         """The record, unless missing or expired."""
