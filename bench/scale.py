@@ -21,7 +21,8 @@ Measured for each backend:
   the jobs;
 - submit to start: requests submitted through the API at ``--rate`` per second for
   ``--seconds``; the delay is the job's ``started_at`` minus its ``created_at`` (both written by
-  this machine's clock), p50 and p99;
+  this machine's clock), p50 and p99; and host CPU per job end to end (the submit through the
+  API, the job, the result, and the cluster's idle work over those seconds), as above;
 - status reads per second: 100 clients polling (0.1 s between answers, as fal-client does)
   through two API processes (PostgreSQL) or one (SQLite, the single-machine layout).
 """
@@ -354,6 +355,8 @@ def measure(
         # 2. submit to start, at a steady rate through the API
         clear_jobs(url)
         sent = 0
+        backends = backend_pids(url)
+        cpu_before = cpu_s(processes), cpu_s(backends)
         with httpx.Client(headers={"Authorization": f"Key {apis[0].key}"}) as client:
             started = time.monotonic()
             while time.monotonic() - started < args.seconds:
@@ -365,6 +368,12 @@ def measure(
                 if pause > 0:
                     time.sleep(pause)
         wait_all_finished(url, sent)
+        cpu_after = cpu_s(processes), cpu_s(backends + backend_pids(url))
+        # end to end: the submit through the API, the claim, the job, the result; and the
+        # idle cluster's own work (heartbeats, reaping) over those seconds
+        out["e2e_cpu_ms_per_job"] = (
+            ((cpu_after[0] - cpu_before[0]) + (cpu_after[1] - cpu_before[1])) * 1000 / sent
+        )
         delays = [(s - c) * 1000 for c, s, _f in job_times(url) if s is not None]
         out["submit_rate"] = sent / args.seconds
         out["start_p50_ms"] = percentile(delays, 50)
@@ -444,6 +453,7 @@ def main() -> None:
         ("write transactions/job", "write_transactions_per_job", "{:.2f}"),
         ("rows written/job", "rows_written_per_job", "{:.2f}"),
         ("submits/s offered", "submit_rate", "{:.0f}"),
+        ("  host CPU ms/job", "e2e_cpu_ms_per_job", "{:.2f}"),
         ("submit->start p50 ms", "start_p50_ms", "{:.1f}"),
         ("submit->start p99 ms", "start_p99_ms", "{:.1f}"),
         ("status reads/s", "status_per_s", "{:.0f}"),
