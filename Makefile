@@ -20,10 +20,8 @@ endif
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install-torch
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	./scripts/install-torch $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml scripts/install scripts/install-torch
+	PYTHON=$(PYTHON) ./scripts/install $(VENV) dev
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -2,19 +2,27 @@
 same run), and status reads through two API processes.
 
     .venv/bin/python bench/scale.py [--workers 64] [--jobs 1280] [--rate 100] [--seconds 10]
+        [--claims-only]
 
 Workers are real ``fastsvd.worker.Worker``s (claims, leases, heartbeats, logs, outputs stored,
 results written), ``--workers`` of them in 8 processes, running a stand-in model that sleeps
-50 ms per job (the GPU's time, which costs the host nothing) and returns a fixed MP4.
+50 ms per job (the GPU's time, which costs the host nothing) in 4 steps, calling the pipeline's
+hooks at each (a cancel check, a progress line), and returns a fixed MP4.
 
 Measured for each backend:
 
 - claims per second: ``--jobs`` requests queued at once (one transaction, one wake-up), then
   drained by the workers; jobs finished divided by the time from the first start to the last
   finish;
+- the control plane's cost per job over that drain: the workers' database transactions and rows
+  written (counted in each worker process by SQLAlchemy events), and host CPU per job: the
+  process CPU time (user + system, from ``/proc``) of the worker processes, the API processes
+  and the PostgreSQL backends serving this database (SQLite runs inside the workers), divided by
+  the jobs;
 - submit to start: requests submitted through the API at ``--rate`` per second for
   ``--seconds``; the delay is the job's ``started_at`` minus its ``created_at`` (both written by
-  this machine's clock), p50 and p99;
+  this machine's clock), p50 and p99; and host CPU per job end to end (the submit through the
+  API, the job, the result, and the cluster's idle work over those seconds), as above;
 - status reads per second: 100 clients polling (0.1 s between answers, as fal-client does)
   through two API processes (PostgreSQL) or one (SQLite, the single-machine layout).
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -39,11 +48,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.service import percentile, poll  # noqa: E402
 from tests.databases import postgres_database  # noqa: E402
-from tests.service.conftest import start_server, stop_server  # noqa: E402
+from tests.service.conftest import PYTHONPATH, start_server, stop_server  # noqa: E402
 
 T2V = "/fal-ai/fast-svd/text-to-video"
 PROCESSES = 8
 JOB_S = 0.05
+STEPS = 4  # a few-step request's denoising steps: a progress line each
 
 
 def worker_process(count: int) -> None:
@@ -52,6 +62,7 @@ def worker_process(count: int) -> None:
 
     from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
     from fastsvd.pipeline.encode import encode_mp4
+    from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
     from fastsvd.services import Services
     from fastsvd.settings import Settings
     from fastsvd.worker import Worker, WorkerServices, worker_name
@@ -64,10 +75,15 @@ def worker_process(count: int) -> None:
         def load(self) -> None:
             return None
 
-        def run(self, capability: str, request: object, seed: int, hooks: object) -> bytes:
-            time.sleep(JOB_S)
+        def run(self, capability: str, request: object, seed: int, hooks: Hooks) -> bytes:
+            # as the pipeline does: a cancel check and a progress line per step
+            for step in range(1, STEPS + 1):
+                hooks.check_cancel(Stage.video, step)
+                time.sleep(JOB_S / STEPS)
+                hooks.on_step(StepEvent(Stage.video, step, STEPS))
             return mp4
 
+    count_database_work(Path(os.environ["FASTSVD_BENCH_TALLY_DIR"]) / f"{os.getpid()}.json")
     shared = WorkerServices.from_services(Services.from_settings(Settings.from_env()))
     workers = [
         Worker(shared, SleepRunner(), f"{worker_name()}-{i}")  # type: ignore[arg-type]
@@ -86,6 +102,114 @@ def worker_process(count: int) -> None:
         t.join(10)
 
 
+WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def count_database_work(path: Path) -> None:
+    """Count this process's transactions, those that wrote, and rows written; write the tally
+    to ``path`` on SIGUSR1."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Connection, Engine
+
+    tally = {"transactions": 0, "write_transactions": 0, "rows_written": 0}
+    lock = threading.Lock()
+
+    @event.listens_for(Engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.info["bench_wrote"] = False
+        with lock:
+            tally["transactions"] += 1
+
+    @event.listens_for(Engine, "commit")
+    def on_commit(conn: Connection) -> None:
+        if conn.info.get("bench_wrote"):
+            with lock:
+                tally["write_transactions"] += 1
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def on_execute(conn: Connection, cursor, statement, params, context, many) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip()[:6].upper() in WRITES and cursor.rowcount > 0:
+            conn.info["bench_wrote"] = True
+            with lock:
+                tally["rows_written"] += cursor.rowcount
+
+    def report(_signum: int, _frame: object) -> None:
+        with lock:
+            path.write_text(json.dumps(tally))
+
+    signal.signal(signal.SIGUSR1, report)
+    report(0, None)  # the file's presence says the handler is in place
+
+
+def database_tally(processes: list[subprocess.Popen[bytes]], folder: Path) -> dict[str, int]:
+    """The workers' summed tallies (``count_database_work``), asked for now."""
+    for p in processes:  # a process without a handler would die of the signal: wait for it
+        path = folder / f"{p.pid}.json"
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker process {p.pid} did not start")
+            time.sleep(0.05)
+    for p in processes:
+        (folder / f"{p.pid}.json").unlink()
+        p.send_signal(signal.SIGUSR1)
+    total: dict[str, int] = {}
+    for p in processes:
+        path = folder / f"{p.pid}.json"
+        deadline = time.monotonic() + 10
+        while not path.exists() or not path.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker process {p.pid} did not report its tally")
+            time.sleep(0.01)
+        for k, v in json.loads(path.read_text()).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` and their live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    wanted, total, frontier = set(), 0.0, list(pids)
+    while frontier:
+        pid = frontier.pop()
+        if pid in wanted or pid not in stats:
+            continue
+        wanted.add(pid)
+        total += stats[pid][1]
+        frontier.extend(child for child, (parent, _) in stats.items() if parent == pid)
+    return total
+
+
+def backend_pids(database_url: str) -> list[int]:
+    """The PostgreSQL server processes connected to this database (none for SQLite)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from fastsvd.store.db import Database
+
+    if not database_url.startswith("postgresql"):
+        return []
+    db = Database(database_url)
+    try:
+        with db.read() as conn:
+            pids = conn.scalars(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+                {"name": make_url(database_url).database},
+            ).all()
+    finally:
+        db.dispose()
+    return [int(p) for p in pids]
+
+
 def start_workers(env: dict[str, str], total: int) -> list[subprocess.Popen[bytes]]:
     per = [total // PROCESSES + (1 if i < total % PROCESSES else 0) for i in range(PROCESSES)]
     return [
@@ -93,7 +217,7 @@ def start_workers(env: dict[str, str], total: int) -> list[subprocess.Popen[byte
             [sys.executable, __file__, "--worker-process", str(n)],
             # 8 workers share a process's pool: 3 kept, 6 at most, so 64 workers stay within
             # PostgreSQL's default 100 connections (one LISTEN per process)
-            env={**os.environ, **env, "FASTSVD_DB_POOL_SIZE": "3", "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **env, "FASTSVD_DB_POOL_SIZE": "3", "PYTHONPATH": PYTHONPATH},
         )
         for n in per
         if n
@@ -202,19 +326,37 @@ def measure(
         # Let every worker register and start listening.
         time.sleep(5)
 
-        # 1. claims per second, draining a full queue
+        # 1. claims per second, draining a full queue, and what each job cost the host
         clear_jobs(url)
         os.environ["FASTSVD_BENCH_WAKE_DIR"] = str(Path(env.get("FASTSVD_DATA_DIR", "")) / "wake")
+        tally_dir = Path(env["FASTSVD_BENCH_TALLY_DIR"])
+        processes = [p.pid for p in workers] + [api.process.pid for api in apis]
+        backends = backend_pids(url)  # the pools' connections, open since the workers started
+        tally_before = database_tally(workers, tally_dir)
+        cpu_before = cpu_s(processes), cpu_s(backends)
         queue_jobs(url, args.jobs)
         wait_all_finished(url, args.jobs)
+        cpu_after = cpu_s(processes), cpu_s(backends + backend_pids(url))
+        tally_after = database_tally(workers, tally_dir)
         times = job_times(url)
         first = min(s for _c, s, _f in times if s is not None)
         last = max(f for _c, _s, f in times if f is not None)
         out["claims_per_s"] = len(times) / (last - first)
+        for k, v in tally_after.items():
+            out[f"{k}_per_job"] = (v - tally_before.get(k, 0)) / len(times)
+        out["cpu_ms_per_job"] = (
+            ((cpu_after[0] - cpu_before[0]) + (cpu_after[1] - cpu_before[1])) * 1000 / len(times)
+        )
+        out["db_cpu_ms_per_job"] = (cpu_after[1] - cpu_before[1]) * 1000 / len(times)
+
+        if args.claims_only:
+            return out
 
         # 2. submit to start, at a steady rate through the API
         clear_jobs(url)
         sent = 0
+        backends = backend_pids(url)
+        cpu_before = cpu_s(processes), cpu_s(backends)
         with httpx.Client(headers={"Authorization": f"Key {apis[0].key}"}) as client:
             started = time.monotonic()
             while time.monotonic() - started < args.seconds:
@@ -226,6 +368,12 @@ def measure(
                 if pause > 0:
                     time.sleep(pause)
         wait_all_finished(url, sent)
+        cpu_after = cpu_s(processes), cpu_s(backends + backend_pids(url))
+        # end to end: the submit through the API, the claim, the job, the result; and the
+        # idle cluster's own work (heartbeats, reaping) over those seconds
+        out["e2e_cpu_ms_per_job"] = (
+            ((cpu_after[0] - cpu_before[0]) + (cpu_after[1] - cpu_before[1])) * 1000 / sent
+        )
         delays = [(s - c) * 1000 for c, s, _f in job_times(url) if s is not None]
         out["submit_rate"] = sent / args.seconds
         out["start_p50_ms"] = percentile(delays, 50)
@@ -267,6 +415,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pollers", type=int, default=100)
+    parser.add_argument(
+        "--claims-only", action="store_true", help="Measure the drain (claims/s, cost) only."
+    )
     parser.add_argument("--worker-process", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker_process:
@@ -277,6 +428,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        common["FASTSVD_BENCH_TALLY_DIR"] = str(folder)
         sqlite_env = {
             **common,
             "FASTSVD_DATABASE_URL": f"sqlite:///{folder / 'fastsvd.db'}",
@@ -295,15 +447,24 @@ def main() -> None:
     print(f"{'':24}{'sqlite':>12}{'postgresql':>12}{'pg/sqlite':>11}")
     rows = [
         ("claims/s", "claims_per_s", "{:.0f}"),
+        ("host CPU ms/job", "cpu_ms_per_job", "{:.2f}"),
+        ("  of which database", "db_cpu_ms_per_job", "{:.2f}"),
+        ("transactions/job", "transactions_per_job", "{:.2f}"),
+        ("write transactions/job", "write_transactions_per_job", "{:.2f}"),
+        ("rows written/job", "rows_written_per_job", "{:.2f}"),
         ("submits/s offered", "submit_rate", "{:.0f}"),
+        ("  host CPU ms/job", "e2e_cpu_ms_per_job", "{:.2f}"),
         ("submit->start p50 ms", "start_p50_ms", "{:.1f}"),
         ("submit->start p99 ms", "start_p99_ms", "{:.1f}"),
         ("status reads/s", "status_per_s", "{:.0f}"),
         ("status p50 ms", "status_p50_ms", "{:.1f}"),
     ]
     for label, key, fmt in rows:
+        if key not in results["sqlite"]:
+            continue
         a, b = results["sqlite"][key], results["postgresql"][key]
-        print(f"{label:24}{fmt.format(a):>12}{fmt.format(b):>12}{b / a:>10.2f}x")
+        ratio = f"{b / a:>10.2f}x" if a else f"{'':>11}"
+        print(f"{label:24}{fmt.format(a):>12}{fmt.format(b):>12}{ratio}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -74,6 +75,12 @@ class Settings:
     # jobs of dead workers
     housekeeping_interval_s: float = 5.0
     idle_poll_s: float = 2.0  # FASTSVD_IDLE_POLL_S: an idle worker's safety-net poll
+    # FASTSVD_DRAIN_S: a worker told to stop (SIGTERM) finishes its job within this long, or
+    # stops it at its next step and hands it back to the queue (default: waits for the job)
+    drain_s: float | None = None
+    # FASTSVD_METRICS_PORT: where `fastsvd worker` serves its own Prometheus metrics (unset: not
+    # served); the API's /metrics has the queue's
+    metrics_port: int | None = None
     # FASTSVD_ALLOW_PRIVATE_URLS=1 lets webhooks reach private addresses (development only)
     allow_private_urls: bool = False
     # FASTSVD_WEBHOOK_ATTEMPTS: tries per webhook: the first and, as fal, 10 retries
@@ -142,6 +149,8 @@ class Settings:
                 number("housekeeping_interval_s", defaults.housekeeping_interval_s),
             ),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
+            drain_s=_drain(get("drain_s")),
+            metrics_port=_port("FASTSVD_METRICS_PORT", get("metrics_port")),
             allow_private_urls=(get("allow_private_urls") or "0").lower() in ("1", "true", "yes"),
             webhook_attempts=int(number("webhook_attempts", defaults.webhook_attempts)),
             webhook_window_s=number("webhook_window_s", defaults.webhook_window_s),
@@ -166,3 +175,23 @@ def _guidance(value: str | None) -> float | None:
     if not 1.0 <= scale <= 2.0:  # the range the AnimateLCM authors offer
         raise ValueError(f"FASTSVD_FEW_STEP_GUIDANCE must be 1.0-2.0, not {value}")
     return scale
+
+
+def _drain(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0 or math.isinf(seconds):
+        raise ValueError(f"FASTSVD_DRAIN_S must be a number of seconds >= 0, not {value}")
+    return seconds
+
+
+def _port(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError(f"{name} must be a TCP port, 1-65535, not {value}")
+    return int(value)

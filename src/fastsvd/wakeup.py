@@ -106,7 +106,7 @@ class WakeupListener:
         self._sock.settimeout(timeout_s)
         try:
             self._sock.recv(64)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # a timeout of 0 makes the socket non-blocking
             return False
         self._sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):

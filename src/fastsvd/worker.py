@@ -51,9 +51,10 @@ from fastsvd.retry import Outage, until_available
 from fastsvd.runner import Runner
 from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
 from fastsvd.storage import Storage
-from fastsvd.store.files import FileRecord, FileStore, new_file_id
-from fastsvd.store.jobs import CANCELLED, Claim, Failure, Job, JobStore
+from fastsvd.store.files import FileRecord, FileStore, new_file_id, new_record
+from fastsvd.store.jobs import CANCELLED, Claim, Failure, Job, JobStore, LogEntry
 from fastsvd.store.workers import WorkerRegistry
+from fastsvd.telemetry import WorkerMetrics
 from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ log = logging.getLogger("fastsvd.worker")
 
 T = TypeVar("T")
 REAP_EVERY_S = 5.0  # how often a worker looks for jobs of dead workers (also: housekeeping)
+# A job's progress lines are kept in the worker and written together: at most this late (the
+# heartbeat writes them), at once for the first frame, and with the result in its transaction.
+LOG_FLUSH_S = 0.5
 
 
 @dataclass
@@ -110,8 +114,10 @@ class Worker:
         runner: Runner,
         name: str | None = None,
         endpoints: Registry = ENDPOINTS,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.s = services
+        self.metrics = metrics or WorkerMetrics()
         self.runner = runner
         self.name = name or worker_name()
         # what this worker claims: the endpoints whose capability its runner has
@@ -125,6 +131,16 @@ class Worker:
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
         self.outage = Outage(log)  # the job store or the file storage is away
 
+    def drain(self, within_s: float | None = None) -> None:
+        """Stop claiming; the current job finishes, or, past ``within_s`` seconds, stops at its
+        next step and goes back to the queue (``abort``). ``serve`` then returns."""
+        self.stopping.set()
+        self.listener.wake()
+        if within_s is not None:
+            timer = threading.Timer(within_s, self.abort.set)
+            timer.daemon = True
+            timer.start()
+
     def serve(self, *, burst: bool = False) -> int:
         """Load the model, then run jobs until ``stopping`` (or, with ``burst``, the queue is
         empty). Returns how many jobs it ran."""
@@ -135,6 +151,7 @@ class Worker:
         self.s.registry.register(self.name, endpoints=self.endpoints.ids())
         self.runner.load()
         self.s.registry.beat(self.name, ready=True)
+        self.metrics.serving(self.endpoints.ids())
         self.listener = self.s.open_listener(self.name)
         log.info("worker %s ready", self.name)
         ran = 0
@@ -188,6 +205,7 @@ class Worker:
         job = ctx.job
         log.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         mp4: bytes | None = None
+        self.metrics.started(job.endpoint, (job.started_at or job.created_at) - job.created_at)
         try:
             endpoint = self.endpoints[job.endpoint]
             request = endpoint.input.model_validate(job.input)
@@ -195,6 +213,7 @@ class Worker:
             ctx.log(f"seed {seed}")
             mp4 = self.runner.run(endpoint.capability, request, seed, ctx.hooks())
             if ctx.complete(mp4, seed):
+                self.metrics.finished(job.endpoint, ctx.stage_seconds)
                 log.info("job completed", extra={"request_id": job.id, "seconds": ctx.elapsed_s})
             else:
                 log.warning("job %s: lease lost before the result; result dropped", job.id)
@@ -222,7 +241,13 @@ class Worker:
         # but once the lease may have expired someone else may hold the job: stop.
         job_id, lost = ctx.job.id, ctx.lost
         held_until = time.monotonic() + self.s.lease_s
-        while not ctx.done.wait(self.s.lease_s / 3):
+        renew_every_s = self.s.lease_s / 3
+        next_renewal = time.monotonic() + renew_every_s
+        while not ctx.done.wait(min(LOG_FLUSH_S, renew_every_s)):
+            ctx.flush_logs()
+            if time.monotonic() < next_renewal:
+                continue
+            next_renewal = time.monotonic() + renew_every_s
             try:
                 renewed = self.s.jobs.renew(job_id, ctx.token, self.s.lease_s)
             except StoreUnavailable:
@@ -258,38 +283,43 @@ class Worker:
         except Unavailable:
             return None
 
-    def _store_file(
+    def _put_file(
         self, job: Job, kind: str, file_name: str, content_type: str, data: bytes
     ) -> FileRecord:
-        """The bytes first, then the record: a record never points at nothing. The file lives
-        as long as the request asked (X-Fal-Object-Lifecycle-Preference), else the retention."""
-        file_id = new_file_id()
-        self.s.storage.put(file_id, data, content_type)
+        """Store the bytes; returns their record, for the caller to write after them (a record
+        never points at nothing). The file lives as long as the request asked
+        (X-Fal-Object-Lifecycle-Preference), else the retention."""
         lifetime_s = job.output_lifetime_s
-        return self.s.files.add(
+        record = new_record(
             key_id=job.key_id,
             kind=kind,
             file_name=file_name,
             content_type=content_type,
             size=len(data),
             retention_s=lifetime_s if lifetime_s is not None else self.s.retention_s,
-            file_id=file_id,
+            file_id=new_file_id(),
         )
+        self.s.storage.put(record.id, data, content_type)
+        return record
 
     def _store_preview(self, job: Job, image: Image.Image) -> str:
         jpeg = media.encode_jpeg(image)
-        record = self._store_file(job, "preview", f"{job.id}-first-frame.jpg", "image/jpeg", jpeg)
+        record = self._put_file(job, "preview", f"{job.id}-first-frame.jpg", "image/jpeg", jpeg)
+        self.s.files.add(record)
         return (job.base_url or "") + record.path
 
-    def _store_output(self, job: Job, mp4: bytes, seed: int) -> dict[str, object]:
-        record = self._store_file(job, "output", f"{job.id}.mp4", c.VIDEO_CONTENT_TYPE, mp4)
+    def _store_output(
+        self, job: Job, mp4: bytes, seed: int
+    ) -> tuple[dict[str, object], FileRecord]:
+        """The video's bytes stored; its fal output and its record, written with the result."""
+        record = self._put_file(job, "output", f"{job.id}.mp4", c.VIDEO_CONTENT_TYPE, mp4)
         file = File(
             url=record.path,  # relative: the API makes it absolute for whoever asks
             content_type=record.content_type,
             file_name=record.file_name,
             file_size=record.size,
         )
-        return VideoOutput(video=file, seed=seed).model_dump(mode="json")
+        return VideoOutput(video=file, seed=seed).model_dump(mode="json"), record
 
 
 class JobContext:
@@ -310,9 +340,12 @@ class JobContext:
             )
         )
         # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
-        # read now and then, in case a notification was missed. Without them, every step.
-        self._poll_s = CANCEL_POLL_S if worker.listener.pushes_cancels else 0.0
+        # read now and then, in case a notification was missed. Without them, as often as the
+        # progress lines are written.
+        self._poll_s = CANCEL_POLL_S if worker.listener.pushes_cancels else LOG_FLUSH_S
         self._next_poll = 0.0
+        self._lines: list[LogEntry] = []  # not yet written (``flush_logs``)
+        self._lines_lock = threading.Lock()  # held while lines are taken and written, in order
 
     @property
     def elapsed_s(self) -> float:
@@ -328,8 +361,23 @@ class JobContext:
         return {str(stage): seconds for stage, seconds in self.clock.timings_s.items()}
 
     def log(self, line: str) -> None:
-        """A line of the request's log (skipped while the job store is away)."""
-        self.worker._best_effort(lambda: self.s.jobs.log(self.job.id, self.token, line))
+        """A line of the request's log: written within ``LOG_FLUSH_S`` by the heartbeat, or
+        with the job's final write, whichever is first."""
+        with self._lines_lock:
+            self._lines.append((time.time(), line))
+
+    def flush_logs(self) -> None:
+        """Write the lines logged so far (dropped while the job store is away)."""
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+            if lines:
+                self.worker._best_effort(lambda: self.s.jobs.log(self.job.id, self.token, lines))
+
+    def _last_lines(self) -> list[LogEntry]:
+        """The lines not written yet, for the job's final write (taken once)."""
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+        return lines
 
     def on_step(self, event: StepEvent) -> None:
         self.log(step_line(event))
@@ -353,31 +401,42 @@ class JobContext:
             self.worker.outage.failed(exc.message)
             return
         self.log(first_frame_line(url))
+        self.flush_logs()  # the preview is shown now, not with the next batch
 
     def complete(self, mp4: bytes, seed: int) -> bool:
         """Store the video and record the result; False when the lease was lost first.
         Raises ``StorageUnavailable`` when the video could not be stored for ``outage_wait_s``."""
         w, job = self.worker, self.job
-        output = w._until_written(
+        stored = w._until_written(
             lambda: w._store_output(job, mp4, seed),
             lost=self.lost,
             deadline=self.s.outage_wait_s,
         )
-        if output is None:
+        if stored is None:
             if not self.lost.is_set():
                 raise self.storage_gone()  # the request fails as storage_unavailable
             return False
-        elapsed = self.elapsed_s
+        output, record = stored
+        elapsed, lines = self.elapsed_s, self._last_lines()
         written = w._until_written(
-            lambda: self.s.jobs.complete(job.id, self.token, output, elapsed, self.stage_seconds),
+            lambda: self.s.jobs.complete(
+                job.id,
+                self.token,
+                output,
+                elapsed,
+                self.stage_seconds,
+                logs=lines,
+                output_file=record,
+            ),
             lost=self.lost,
         )
         return bool(written)
 
     def fail(self, failure: Failure) -> None:
-        elapsed = self.elapsed_s
+        elapsed, lines = self.elapsed_s, self._last_lines()
         self.worker._until_written(
-            lambda: self.s.jobs.fail(self.job.id, self.token, failure, elapsed), lost=self.lost
+            lambda: self.s.jobs.fail(self.job.id, self.token, failure, elapsed, logs=lines),
+            lost=self.lost,
         )
 
     def storage_gone(self) -> StorageUnavailable:
@@ -390,8 +449,11 @@ class JobContext:
     def release(self, *, count_attempt: bool = True) -> None:
         """Hand the job back to the queue (this worker is shutting down, or could not read the
         job's input while a store was away: then the attempt is not counted)."""
+        lines = self._last_lines()
         self.worker._until_written(
-            lambda: self.s.jobs.release(self.job.id, self.token, count_attempt=count_attempt),
+            lambda: self.s.jobs.release(
+                self.job.id, self.token, count_attempt=count_attempt, logs=lines
+            ),
             lost=self.lost,
         )
 

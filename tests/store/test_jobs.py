@@ -4,6 +4,7 @@ idempotency, migrations."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import inspect, text
 
 from fastsvd.errors import QueueFull
 from fastsvd.store.db import Database
+from fastsvd.store.files import FileRecord, FileStore, new_record
 from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
@@ -152,7 +154,7 @@ def test_result_after_lost_lease_is_ignored(store: JobStore) -> None:
     assert second.job.id == job_id
     assert second.token == first.token + 1
     assert not store.complete(job_id, first.token, {"late": True}, 1.0)
-    assert not store.log(job_id, first.token, "late line")
+    assert not store.log(job_id, first.token, [(time.time(), "late line")])
     assert store.complete(job_id, second.token, {"video": 1}, 1.0)
     job = store.get(job_id)
     assert job is not None
@@ -229,7 +231,7 @@ def test_failure_is_recorded_with_its_type(store: JobStore) -> None:
     job_id = submit(store)
     claim = store.claim("w", 30, [T2V])
     assert claim is not None
-    assert store.log(job_id, claim.token, "step 1/2")
+    assert store.log(job_id, claim.token, [(time.time(), "step 1/2")])
     assert store.fail(job_id, claim.token, Failure("boom", "generation_failed", 500), 0.5)
     job = store.get(job_id)
     assert job is not None
@@ -285,3 +287,45 @@ def test_a_job_handed_back_during_an_outage_keeps_its_attempts(store: JobStore) 
     assert claim is not None
     assert store.release(job_id, claim.token)  # a shutdown's hand-back counts
     assert store.claim("w1", 30, [T2V]).job.attempts == 2  # type: ignore[union-attr]
+
+
+def test_a_claim_returns_the_row_as_stored(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = store.claim("w", 30, [T2V])
+    assert claim is not None
+    assert claim.job == store.get(job_id)  # built without reading it again
+
+
+def test_the_result_its_last_lines_and_its_file_are_one_write(
+    store: JobStore, db: Database
+) -> None:
+    files = FileStore(db)
+    job_id = submit(store)
+    first = store.claim("w1", 0.0, [T2V])  # expires at once
+    assert first is not None
+    assert store.reap() == 1
+    second = store.claim("w2", 30, [T2V])
+    assert second is not None
+
+    def record() -> FileRecord:
+        return new_record(
+            key_id="k1",
+            kind="output",
+            file_name="v.mp4",
+            content_type="video/mp4",
+            size=3,
+            retention_s=60,
+        )
+
+    late = record()
+    assert not store.complete(
+        job_id, first.token, {"video": 1}, 1.0, logs=[(time.time(), "late")], output_file=late
+    )
+    assert files.get(late.id) is None  # the lost lease wrote nothing at all
+    assert store.logs(job_id) == []
+
+    mine = record()
+    lines = [(time.time(), "video: step 1/2"), (time.time(), "video: step 2/2")]
+    assert store.complete(job_id, second.token, {"video": 2}, 1.0, logs=lines, output_file=mine)
+    assert files.get(mine.id) == mine
+    assert [line.message for line in store.logs(job_id)] == [m for _at, m in lines]

@@ -5,7 +5,6 @@ one-shot upload, and the JS client's initiate-then-PUT), plus the submit-time ch
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import secrets
 import urllib.parse
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ from fastsvd.net.fetch import url_schemes
 from fastsvd.net.guard import check_url
 from fastsvd.schema import ErrorResponse
 from fastsvd.services import Services
-from fastsvd.store.files import FileRecord, new_file_id
+from fastsvd.store.files import FileRecord, new_file_id, new_record
 from fastsvd.store.keys import KeyInfo
 
 router = APIRouter(tags=["files"], route_class=StrictJSONRoute)
@@ -117,18 +116,16 @@ async def _add_upload(
     s: Services, key: KeyInfo, name: str, content_type: str, **details: Any
 ) -> FileRecord:
     """The record of an uploaded file, kept as long as the outputs are."""
-    record: FileRecord = await run_in_threadpool(
-        functools.partial(
-            s.files.add,
-            key_id=key.key_id,
-            kind="upload",
-            file_name=name,
-            content_type=content_type,
-            retention_s=s.settings.retention_s,
-            **details,
-        )
+    record = new_record(
+        key_id=key.key_id,
+        kind="upload",
+        file_name=name,
+        content_type=content_type,
+        retention_s=s.settings.retention_s,
+        **details,
     )
-    return record
+    added: FileRecord = await run_in_threadpool(s.files.add, record)
+    return added
 
 
 @router.post("/storage/auth/token", summary="Upload token (fal-client)", responses=responses.KEYED)

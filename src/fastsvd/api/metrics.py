@@ -13,35 +13,51 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from fastsvd.endpoints import Registry
 from fastsvd.services import Services
 from fastsvd.store.jobs import JobState
 
+PRIORITIES = (0, 1)  # normal, low (fal's X-Fal-Queue-Priority)
+
 
 class StoreCollector(Collector):
-    """Queue depth, jobs by outcome, per-stage time, ready workers."""
+    """Queue depth and running jobs per endpoint and priority, finished jobs by outcome,
+    per-stage time, ready workers (in all, and per endpoint)."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, endpoints: Registry) -> None:
         self.services = services
+        self.endpoints = endpoints
 
     def collect(self) -> Iterator[Metric]:
         s = self.services
         counts = s.jobs.counts()
-        depth = GaugeMetricFamily("fastsvd_queue_depth", "Jobs waiting for a worker.")
-        depth.add_metric([], sum(n for (state, _), n in counts.items() if state == JobState.queued))
-        yield depth
-        running = GaugeMetricFamily("fastsvd_jobs_running", "Jobs a worker is running.")
-        running.add_metric(
-            [], sum(n for (state, _), n in counts.items() if state == JobState.running)
+        labels = ["endpoint", "priority"]
+        depth = GaugeMetricFamily(
+            "fastsvd_queue_depth", "Jobs waiting for a worker.", labels=labels
         )
-        yield running
+        running = GaugeMetricFamily(
+            "fastsvd_jobs_running", "Jobs a worker is running.", labels=labels
+        )
+        for gauge, state in ((depth, JobState.queued), (running, JobState.running)):
+            # every endpoint and priority, zeros included: a queue that empties reads 0
+            by_queue = {(e, p): 0 for e in self.endpoints.ids() for p in PRIORITIES}
+            for (st, endpoint, priority, _), n in counts.items():
+                if st == state:
+                    by_queue[(endpoint, priority)] = by_queue.get((endpoint, priority), 0) + n
+            for (endpoint, priority), n in sorted(by_queue.items()):
+                gauge.add_metric([endpoint, str(priority)], n)
+            yield gauge
         finished = CounterMetricFamily(
             "fastsvd_jobs_completed",
-            "Finished jobs by outcome (ok or error_type).",
-            labels=["outcome"],
+            "Finished jobs by endpoint and outcome (ok, or the failure's error_type).",
+            labels=["endpoint", "outcome"],
         )
-        for (state, outcome), n in sorted(counts.items()):
-            if state == JobState.completed:
-                finished.add_metric([outcome], n)
+        by_outcome: dict[tuple[str, str], int] = {}
+        for (st, endpoint, _, outcome), n in counts.items():
+            if st == JobState.completed:
+                by_outcome[(endpoint, outcome)] = by_outcome.get((endpoint, outcome), 0) + n
+        for (endpoint, outcome), n in sorted(by_outcome.items()):
+            finished.add_metric([endpoint, outcome], n)
         yield finished
         stages = SummaryMetricFamily(
             "fastsvd_stage_seconds", "Time spent in each pipeline stage.", labels=["stage"]
@@ -50,13 +66,21 @@ class StoreCollector(Collector):
             stages.add_metric([stage], count_value=count, sum_value=total)
         yield stages
         ready = GaugeMetricFamily("fastsvd_workers_ready", "Workers with their model loaded.")
-        count, _serving, _serve_all = s.registry.ready_endpoints(3 * s.settings.lease_s)
+        count, serving, serve_all = s.registry.ready_endpoints(3 * s.settings.lease_s)
         ready.add_metric([], count)
         yield ready
+        per_endpoint = GaugeMetricFamily(
+            "fastsvd_endpoint_workers_ready",
+            "Workers with their models loaded that serve the endpoint.",
+            labels=["endpoint"],
+        )
+        for endpoint in self.endpoints.ids():
+            per_endpoint.add_metric([endpoint], serve_all + serving[endpoint])
+        yield per_endpoint
 
 
-def render(services: Services) -> bytes:
-    """The Prometheus text exposition of the store's metrics."""
+def render(services: Services, endpoints: Registry) -> bytes:
+    """The Prometheus text exposition of the store's metrics, for ``endpoints``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(services))
+    registry.register(StoreCollector(services, endpoints))
     return generate_latest(registry)

@@ -71,7 +71,7 @@ def router(endpoints: Registry) -> APIRouter:
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
     async def metrics(s: ServicesDep) -> Response:
-        body = await run_in_threadpool(render_metrics, s)
+        body = await run_in_threadpool(render_metrics, s, endpoints)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @api.get(

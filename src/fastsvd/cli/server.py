@@ -92,15 +92,17 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
         fail(exc.message, EXIT_INVALID)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        # SIGTERM (and a first Ctrl-C): finish the current job, then exit. A second Ctrl-C
-        # stops the job at its next step and hands it back to the queue.
+        # SIGTERM (and a first Ctrl-C): finish the current job (within FASTSVD_DRAIN_S, else
+        # hand it back), then exit. A second Ctrl-C hands the job back at its next step.
         if signum == signal.SIGINT and worker.stopping.is_set():
             worker.abort.set()
-        worker.stopping.set()
-        worker.listener.wake()
+        elif not worker.stopping.is_set():
+            worker.drain(settings.drain_s)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if settings.metrics_port is not None:
+        worker.metrics.serve(settings.metrics_port)
     try:
         worker.serve(burst=burst)
     except ModelNotAvailable as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Row, delete, insert, select, update
@@ -52,40 +52,44 @@ def new_file_id() -> str:
     return secrets.token_hex(16)
 
 
+def new_record(
+    *,
+    key_id: str,
+    kind: str,
+    file_name: str,
+    content_type: str,
+    size: int,
+    retention_s: float | None,
+    file_id: str | None = None,
+    upload_token: str | None = None,
+) -> FileRecord:
+    """A file's record, not yet written: ``FileStore.add`` writes it, or ``JobStore.complete``
+    with the result it belongs to."""
+    now = time.time()
+    return FileRecord(
+        id=file_id or new_file_id(),
+        key_id=key_id,
+        kind=kind,
+        file_name=file_name,
+        content_type=content_type,
+        size=size,
+        created_at=now,
+        expires_at=now + retention_s if retention_s is not None else None,
+        upload_token=upload_token,
+    )
+
+
 class FileStore:
     """Creates, finds and expires file records."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(
-        self,
-        *,
-        key_id: str,
-        kind: str,
-        file_name: str,
-        content_type: str,
-        size: int,
-        retention_s: float | None,
-        file_id: str | None = None,
-        upload_token: str | None = None,
-    ) -> FileRecord:
-        """Record a file (its bytes are stored by the caller)."""
-        now = time.time()
-        values = {
-            "id": file_id or new_file_id(),
-            "key_id": key_id,
-            "kind": kind,
-            "file_name": file_name,
-            "content_type": content_type,
-            "size": size,
-            "created_at": now,
-            "expires_at": now + retention_s if retention_s is not None else None,
-            "upload_token": upload_token,
-        }
+    def add(self, record: FileRecord) -> FileRecord:
+        """Write a record made by ``new_record`` (its bytes are stored by the caller)."""
         with self.db.write() as conn:
-            conn.execute(insert(files).values(**values))
-        return FileRecord(**values)  # type: ignore[arg-type]
+            conn.execute(insert(files).values(**asdict(record)))
+        return record
 
     def get(self, file_id: str) -> FileRecord | None:
         """The record, unless missing or expired."""

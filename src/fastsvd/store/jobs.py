@@ -20,11 +20,13 @@ worker whose lease was taken (it stalled, the job was handed on) cannot write a 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +48,8 @@ from sqlalchemy.exc import IntegrityError
 from fastsvd import processes
 from fastsvd.errors import QueueFull
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
-from fastsvd.store.tables import job_logs, jobs, stage_timings, workers
+from fastsvd.store.files import FileRecord
+from fastsvd.store.tables import files, job_logs, jobs, stage_timings, workers
 
 
 class JobState(enum.StrEnum):
@@ -151,6 +154,9 @@ class LogLine:
     message: str
 
 
+LogEntry = tuple[float, str]  # a log line: when (UNIX seconds) and what
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job a worker holds, and the fencing token its writes must carry."""
@@ -179,6 +185,72 @@ _LOGS_AFTER = (
     .where(job_logs.c.job_id == bindparam("job_id"), job_logs.c.id > bindparam("after_id"))
     .order_by(job_logs.c.id)
 )
+
+# So are a job's writes from its worker, a few for every job: the claim, the batches of log
+# lines, the lease renewals, the result. Parameters: h_id and h_token (the held job), v_* (values).
+_HELD = and_(
+    jobs.c.id == bindparam("h_id"),
+    jobs.c.lease_token == bindparam("h_token"),
+    jobs.c.state == JobState.running.value,
+)
+_UNFINISHED = and_(jobs.c.id == bindparam("h_id"), jobs.c.state != JobState.completed.value)
+_HELD_ID = select(jobs.c.id).where(_HELD)
+_NEXT_QUEUED = (
+    select(jobs)
+    .where(
+        jobs.c.state == JobState.queued.value,
+        jobs.c.endpoint.in_(bindparam("endpoints", expanding=True)),
+    )
+    .order_by(jobs.c.priority, jobs.c.seq)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_START = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("h_id"))
+    .values(
+        state=JobState.running.value,
+        lease_owner=bindparam("v_owner"),
+        lease_expires_at=bindparam("v_expires_at"),
+        lease_token=bindparam("v_token"),
+        attempts=bindparam("v_attempts"),
+        started_at=bindparam("v_now"),
+    )
+)
+_PAST_START_DEADLINE = (
+    select(jobs.c.id)
+    .where(jobs.c.state == JobState.queued.value, jobs.c.start_deadline_at < bindparam("v_now"))
+    .order_by(jobs.c.seq)
+    .with_for_update(skip_locked=True)
+)
+_RENEW = update(jobs).where(_HELD).values(lease_expires_at=bindparam("v_expires_at"))
+
+
+def _finishing(where: Any) -> Any:
+    return (
+        update(jobs)
+        .where(where)
+        .values(
+            webhook_state=case((jobs.c.webhook_url.is_not(None), "pending"), else_=None),
+            webhook_next_at=bindparam("v_finished_at"),
+            state=JobState.completed.value,
+            finished_at=bindparam("v_finished_at"),
+            lease_owner=None,
+            lease_expires_at=None,
+            output=bindparam("v_output"),
+            error=bindparam("v_error"),
+            error_type=bindparam("v_error_type"),
+            http_status=bindparam("v_http_status"),
+            inference_time_s=bindparam("v_inference_time_s"),
+        )
+    )
+
+
+_FINISH_HELD = _finishing(_HELD)  # by its worker: only while it holds the job
+_FINISH_UNFINISHED = _finishing(_UNFINISHED)  # by anyone else (cancel, reaper, deadline)
+_INSERT_LOGS = insert(job_logs)
+_INSERT_FILE = insert(files)
+_INSERT_STAGES = insert(stage_timings)
 
 
 class JobStore:
@@ -387,38 +459,39 @@ class JobStore:
         """
         with self.db.write() as conn:
             self._expire_start_deadlines(conn, time.time())
-            row = conn.execute(
-                select(jobs.c.id, jobs.c.lease_token)
-                .where(jobs.c.state == JobState.queued.value, jobs.c.endpoint.in_(endpoints))
-                .order_by(jobs.c.priority, jobs.c.seq)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
+            row = conn.execute(_NEXT_QUEUED, {"endpoints": endpoints}).first()
             if row is None:
                 return None
-            token = row.lease_token + 1
+            queued = Job.from_row(row)
+            token = queued.lease_token + 1
             now = time.time()  # after the lock: never before the job's created_at
             conn.execute(
-                update(jobs)
-                .where(jobs.c.id == row.id)
-                .values(
-                    state=JobState.running.value,
-                    lease_owner=owner,
-                    lease_expires_at=now + lease_s,
-                    lease_token=token,
-                    attempts=jobs.c.attempts + 1,
-                    started_at=now,
-                )
+                _START,
+                {
+                    "h_id": queued.id,
+                    "v_owner": owner,
+                    "v_expires_at": now + lease_s,
+                    "v_token": token,
+                    "v_attempts": queued.attempts + 1,
+                    "v_now": now,
+                },
             )
-            return Claim(self._get(conn, row.id), token)
+            # the row as the update left it, without reading it again
+            job = dataclasses.replace(
+                queued,
+                state=JobState.running,
+                lease_token=token,
+                attempts=queued.attempts + 1,
+                started_at=now,
+            )
+            return Claim(job, token)
 
     def renew(self, job_id: str, token: int, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer this worker's job."""
         with self.db.write() as conn:
             done = conn.execute(
-                update(jobs)
-                .where(self._held(job_id, token))
-                .values(lease_expires_at=time.time() + lease_s)
+                _RENEW,
+                {"h_id": job_id, "h_token": token, "v_expires_at": time.time() + lease_s},
             )
         return done.rowcount == 1
 
@@ -427,16 +500,22 @@ class JobStore:
         with self.db.read() as conn:
             return bool(conn.scalar(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
 
-    def log(self, job_id: str, token: int, message: str, level: str = "INFO") -> bool:
-        """Append a log line, if the job is still this worker's."""
+    def log(self, job_id: str, token: int, lines: Sequence[LogEntry]) -> bool:
+        """Append log lines in one transaction, if the job is still this worker's."""
         with self.db.write() as conn:
-            held = conn.scalar(select(jobs.c.id).where(self._held(job_id, token)))
+            held = conn.scalar(_HELD_ID, {"h_id": job_id, "h_token": token})
             if held is None:
                 return False
-            conn.execute(
-                insert(job_logs).values(job_id=job_id, at=time.time(), level=level, message=message)
-            )
+            self._append_logs(conn, job_id, lines)
         return True
+
+    @staticmethod
+    def _append_logs(conn: Connection, job_id: str, lines: Sequence[LogEntry]) -> None:
+        if lines:
+            conn.execute(
+                _INSERT_LOGS,
+                [{"job_id": job_id, "at": at, "level": "INFO", "message": m} for at, m in lines],
+            )
 
     def complete(
         self,
@@ -445,15 +524,24 @@ class JobStore:
         output: dict[str, Any],
         inference_time_s: float,
         stage_seconds: dict[str, float] | None = None,
+        *,
+        logs: Sequence[LogEntry] = (),
+        output_file: FileRecord | None = None,
     ) -> bool:
-        """Record the output (and how long each stage took); False when the lease was lost."""
+        """Record the output, in one transaction with the last log lines, the output file's
+        record and how long each stage took; False (nothing written) when the lease was lost."""
         with self.db.write() as conn:
             done = self._finish(
                 conn, job_id, token, output=output, inference_time_s=inference_time_s
             )
-            if done and stage_seconds:
+            if not done:
+                return False
+            self._append_logs(conn, job_id, logs)
+            if output_file is not None:
+                conn.execute(_INSERT_FILE, dataclasses.asdict(output_file))
+            if stage_seconds:
                 conn.execute(
-                    insert(stage_timings),
+                    _INSERT_STAGES,
                     [
                         {"job_id": job_id, "stage": k, "seconds": v}
                         for k, v in stage_seconds.items()
@@ -461,18 +549,20 @@ class JobStore:
                 )
             return done
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Jobs by (state, outcome): outcome is "ok", an error_type, or "" while unfinished."""
+    def counts(self) -> dict[tuple[str, str, int, str], int]:
+        """Jobs by (state, endpoint, priority, outcome): outcome is "ok", an error_type, or ""
+        while unfinished."""
         with self.db.read() as conn:
             rows = conn.execute(
-                select(jobs.c.state, jobs.c.error_type, func.count()).group_by(
-                    jobs.c.state, jobs.c.error_type
-                )
+                select(
+                    jobs.c.state, jobs.c.endpoint, jobs.c.priority, jobs.c.error_type, func.count()
+                ).group_by(jobs.c.state, jobs.c.endpoint, jobs.c.priority, jobs.c.error_type)
             ).all()
-        out: dict[tuple[str, str], int] = {}
-        for state, error_type, count in rows:
+        out: dict[tuple[str, str, int, str], int] = {}
+        for state, endpoint, priority, error_type, count in rows:
             outcome = (error_type or "ok") if state == JobState.completed else ""
-            out[(state, outcome)] = out.get((state, outcome), 0) + int(count)
+            key = (state, endpoint, int(priority), outcome)
+            out[key] = out.get(key, 0) + int(count)
         return out
 
     def stage_totals(self) -> dict[str, tuple[int, float]]:
@@ -486,30 +576,50 @@ class JobStore:
         return {stage: (int(count), float(total or 0.0)) for stage, count, total in rows}
 
     def fail(
-        self, job_id: str, token: int, failure: Failure, inference_time_s: float | None = None
+        self,
+        job_id: str,
+        token: int,
+        failure: Failure,
+        inference_time_s: float | None = None,
+        *,
+        logs: Sequence[LogEntry] = (),
     ) -> bool:
-        """Record a failure; False (and nothing written) when the lease was lost."""
+        """Record a failure with the last log lines; False (and nothing written) when the lease
+        was lost."""
         with self.db.write() as conn:
-            return self._finish(
+            done = self._finish(
                 conn, job_id, token, failure=failure, inference_time_s=inference_time_s
             )
+            if done:
+                self._append_logs(conn, job_id, logs)
+            return done
 
-    def release(self, job_id: str, token: int, *, count_attempt: bool = True) -> bool:
-        """Hand a held job back to the queue (its worker is shutting down); with
-        ``count_attempt`` False its claim does not count as a try (a store was away)."""
+    def release(
+        self,
+        job_id: str,
+        token: int,
+        *,
+        count_attempt: bool = True,
+        logs: Sequence[LogEntry] = (),
+    ) -> bool:
+        """Hand a held job back to the queue (its worker is shutting down), with its last log
+        lines; with ``count_attempt`` False its claim does not count as a try (a store was
+        away)."""
         attempts = jobs.c.attempts if count_attempt else jobs.c.attempts - 1
         with self.db.write() as conn:
             done = conn.execute(
                 update(jobs)
-                .where(self._held(job_id, token))
+                .where(_HELD)
                 .values(
                     state=JobState.queued.value,
                     lease_owner=None,
                     lease_expires_at=None,
                     attempts=attempts,
-                )
+                ),
+                {"h_id": job_id, "h_token": token},
             )
             if done.rowcount == 1:
+                self._append_logs(conn, job_id, logs)
                 self.db.notify(conn, WAKE_CHANNEL)
         return done.rowcount == 1
 
@@ -602,24 +712,11 @@ class JobStore:
     # --- helpers --------------------------------------------------------------------------
 
     @staticmethod
-    def _held(job_id: str, token: int) -> Any:
-        return and_(
-            jobs.c.id == job_id,
-            jobs.c.lease_token == token,
-            jobs.c.state == JobState.running.value,
-        )
-
-    @staticmethod
     def _get(conn: Connection, job_id: str) -> Job:
         return Job.from_row(conn.execute(select(jobs).where(jobs.c.id == job_id)).one())
 
     def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
-        late = conn.scalars(
-            select(jobs.c.id)
-            .where(jobs.c.state == JobState.queued.value, jobs.c.start_deadline_at < now)
-            .order_by(jobs.c.seq)
-            .with_for_update(skip_locked=True)
-        ).all()
+        late = conn.scalars(_PAST_START_DEADLINE, {"v_now": now}).all()
         for job_id in late:
             self._finish(conn, job_id, None, failure=START_TIMEOUT, now=now)
 
@@ -635,27 +732,19 @@ class JobStore:
         now: float | None = None,
     ) -> bool:
         """Make a job completed; with a token, only if the caller still holds it."""
-        where = (
-            self._held(job_id, token)
-            if token is not None
-            else and_(jobs.c.id == job_id, jobs.c.state != JobState.completed.value)
-        )
-        finished_at = time.time() if now is None else now
         done = conn.execute(
-            update(jobs)
-            .where(where)
-            .values(
-                webhook_state=case((jobs.c.webhook_url.is_not(None), "pending"), else_=None),
-                webhook_next_at=finished_at,
-                state=JobState.completed.value,
-                finished_at=finished_at,
-                lease_owner=None,
-                lease_expires_at=None,
-                output=json.dumps(output, separators=(",", ":")) if output is not None else None,
-                error=failure.message if failure else None,
-                error_type=failure.error_type if failure else None,
-                http_status=failure.http_status if failure else None,
-                inference_time_s=inference_time_s,
-            )
+            _FINISH_HELD if token is not None else _FINISH_UNFINISHED,
+            {
+                "h_id": job_id,
+                "h_token": token,
+                "v_finished_at": time.time() if now is None else now,
+                "v_output": json.dumps(output, separators=(",", ":"))
+                if output is not None
+                else None,
+                "v_error": failure.message if failure else None,
+                "v_error_type": failure.error_type if failure else None,
+                "v_http_status": failure.http_status if failure else None,
+                "v_inference_time_s": inference_time_s,
+            },
         )
         return done.rowcount == 1

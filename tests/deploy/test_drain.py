@@ -1,0 +1,114 @@
+"""The drain a Kubernetes pod gets: SIGTERM to a ``fastsvd worker`` mid-job.
+
+The worker stops claiming and finishes its job, or, past ``FASTSVD_DRAIN_S``, stops the job at
+its next step and hands it back to the queue; then it exits, well inside the grace period the
+manifests give it (``FASTSVD_DRAIN_S`` + 60 s, checked in test_kubernetes.py). Nothing is lost:
+a job handed back runs on the next worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fastsvd.store.db import Database, sqlite_url
+from fastsvd.store.jobs import Job, JobState, JobStore
+from fastsvd.store.migrations import migrate
+from tests.service.conftest import CEILING_S, PYTHONPATH, ROOT, wait_for
+
+GRACE_MARGIN_S = 60.0  # the manifests' terminationGracePeriodSeconds - FASTSVD_DRAIN_S
+
+
+def start_worker(data_dir: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastsvd.cli", "worker", *args],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "FASTSVD_DATA_DIR": str(data_dir),
+            "FASTSVD_RUNNER": "tests.fakes.runner:Runner",
+            "FASTSVD_IDLE_POLL_S": "0.1",
+            "PYTHONPATH": PYTHONPATH,
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def terminate_mid_job(worker: subprocess.Popen[str], store: JobStore, job_id: str) -> float:
+    """SIGTERM once the job has logged a step; returns seconds from the signal to the exit."""
+
+    def stepping() -> bool:
+        job = store.get(job_id)
+        return job is not None and job.state == JobState.running and len(store.logs(job_id)) > 2
+
+    wait_for(stepping, "the job to be running")
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code = worker.wait(CEILING_S)
+    elapsed = time.monotonic() - sent
+    assert code == 0
+    return elapsed
+
+
+def job(store: JobStore, job_id: str) -> Job:
+    found = store.get(job_id)
+    assert found is not None
+    return found
+
+
+def test_sigterm_finishes_the_running_job_and_leaves_the_queue(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "fastsvd.db"))
+    migrate(db)
+    store = JobStore(db)
+    submit = {"key_id": "k", "endpoint": "fal-ai/fast-svd/text-to-video"}
+    running, _ = store.submit(**submit, input={"prompt": "a", "steps": 20})
+    worker = start_worker(tmp_path, FAKE_STEP_S="0.05")
+    wait_for(lambda: job(store, running.id).state == JobState.running, "the claim")
+    waiting, _ = store.submit(**submit, input={"prompt": "b", "steps": 2})
+    elapsed = terminate_mid_job(worker, store, running.id)
+
+    finished = job(store, running.id)
+    assert finished.state == JobState.completed
+    assert finished.output is not None
+    assert finished.attempts == 1
+    left = job(store, waiting.id)  # not claimed after the signal
+    assert left.state == JobState.queued
+    assert left.attempts == 0
+    assert elapsed < GRACE_MARGIN_S
+    db.dispose()
+
+
+def test_past_the_drain_time_the_job_is_handed_back_and_runs_again(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "fastsvd.db"))
+    migrate(db)
+    store = JobStore(db)
+    long_job, _ = store.submit(
+        key_id="k", endpoint="fal-ai/fast-svd/text-to-video", input={"prompt": "a", "steps": 50}
+    )
+    drain_s = 0.3  # a 50-step job at 0.2 s a step needs 10 s: far more than the drain
+    worker = start_worker(tmp_path, FAKE_STEP_S="0.2", FASTSVD_DRAIN_S=str(drain_s))
+    elapsed = terminate_mid_job(worker, store, long_job.id)
+
+    handed_back = job(store, long_job.id)
+    assert handed_back.state == JobState.queued, handed_back
+    assert handed_back.output is None
+    assert handed_back.attempts == 1
+    assert elapsed < drain_s + GRACE_MARGIN_S
+    # stopped mid-way: handed back, not run to its end first
+    assert not any(line.message == "video: step 50/50" for line in store.logs(long_job.id))
+
+    # nothing lost: the next worker runs it to the end
+    again = start_worker(tmp_path, "--burst", FAKE_STEP_S="0.001")
+    assert again.wait(CEILING_S) == 0
+    done = job(store, long_job.id)
+    assert done.state == JobState.completed
+    assert done.output is not None
+    assert done.attempts == 2
+    db.dispose()
