@@ -76,7 +76,7 @@ class ModelRunner:
         from fastsvd.pipeline.quiet import quiet_libraries
 
         quiet_libraries()
-        from fastsvd.pipeline import compile, optimize
+        from fastsvd.pipeline import compile, optimize, weights
         from fastsvd.pipeline.core import Models, load_pipeline
         from fastsvd.pipeline.device import choose
         from fastsvd.pipeline.presets import PRESETS
@@ -87,6 +87,9 @@ class ModelRunner:
         if options is not None:  # compiled kernels survive restarts in the data folder
             compile.use_cache_dir(s.data_dir / "compile-cache")
         have = self.capabilities
+        report = weights.check(s, have)
+        if not report.complete and weights.hub_offline():  # every missing model, at once
+            raise report.error()
         # compiled and warmed up here, so a worker reports ready only after warm-up
         self._pipeline = load_pipeline(
             PRESETS[s.preset],

@@ -27,7 +27,7 @@ from PIL import Image
 from fastsvd import constants as c
 from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationFailed, OutOfMemory
-from fastsvd.pipeline import deepcache, optimize, tiny
+from fastsvd.pipeline import deepcache, optimize, tiny, weights
 from fastsvd.pipeline import model_configs as configs
 from fastsvd.pipeline.compile import CompileOptions, compile_regions, configure
 from fastsvd.pipeline.consistency import ConsistencySampler
@@ -35,7 +35,7 @@ from fastsvd.pipeline.device import Placement
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
-from fastsvd.pipeline.loading import load_pretrained, load_single_file
+from fastsvd.pipeline.loading import Placements, load_pretrained, load_single_file, placement_of
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ANIMATE_LCM, SDXL_LIGHTNING_4STEP, ModelPreset
 from fastsvd.pipeline.video import VideoSettings, animate
@@ -375,10 +375,12 @@ def load_pipeline(
     ``deep_cache`` level runs at the default size, so no request pays for compilation.
     """
     few = preset.few_step
+    released = weights.manifest(preset)
     video, few_video = _load_stage(
         VIDEO_STAGE,
         video_model or preset.video_model,
-        placement.dtype,
+        placement,
+        released,
         base=models.video,
         few_step=models.few_step_video,
         reference=few_step_video_model or few.video_unet,
@@ -387,7 +389,8 @@ def load_pipeline(
     first_frame, few_first = _load_stage(
         FIRST_FRAME_STAGE,
         first_frame_model or preset.first_frame_model,
-        placement.dtype,
+        placement,
+        released,
         base=models.first_frame,
         few_step=models.few_step_first_frame,
         reference=few_step_first_frame_model or few.first_frame_unet,
@@ -431,6 +434,7 @@ class _Stage:
 
     pipeline: type[StableVideoDiffusionPipeline] | type[StableDiffusionXLPipeline]
     unet: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel]
+    key: str  # the model's key in the weights manifest (its few-step U-Net's: "few_step_" + key)
     role: str
     env_var: str
     few_step_role: str
@@ -444,6 +448,7 @@ class _Stage:
 VIDEO_STAGE = _Stage(
     StableVideoDiffusionPipeline,
     UNetSpatioTemporalConditionModel,
+    weights.VIDEO,
     "video (SVD-XT)",
     "FASTSVD_VIDEO_MODEL",
     "few-step video (AnimateLCM-SVD-xt)",
@@ -456,6 +461,7 @@ VIDEO_STAGE = _Stage(
 FIRST_FRAME_STAGE = _Stage(
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    weights.FIRST_FRAME,
     "first-frame (SDXL)",
     "FASTSVD_FIRST_FRAME_MODEL",
     "few-step first-frame (SDXL-Lightning)",
@@ -470,7 +476,8 @@ FIRST_FRAME_STAGE = _Stage(
 def _load_stage(
     stage: _Stage,
     model: str | None,
-    dtype: torch.dtype,
+    placements: Placements,
+    released: dict[str, weights.ModelWeights],
     *,
     base: bool,
     few_step: bool,
@@ -487,9 +494,10 @@ def _load_stage(
         return load_pretrained(
             stage.pipeline,
             model,
-            dtype=dtype,
+            placements,
             role=stage.role,
             env_var=stage.env_var,
+            weights=released.get(stage.key),
             components=components,
         )
 
@@ -508,10 +516,11 @@ def _load_stage(
             stage.unet,
             config,
             reference,
+            placement_of(placements, "unet"),
             default_file=default_file,
-            dtype=dtype,
             role=stage.few_step_role,
             env_var=stage.few_step_env_var,
+            weights=released.get(f"few_step_{stage.key}"),
         )
     if pipe is not None:
         return pipe, (pipe, unet)

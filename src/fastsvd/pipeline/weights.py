@@ -28,6 +28,7 @@ from fastsvd.endpoints import (
     TEXT_TO_VIDEO,
     configured,
 )
+from fastsvd.errors import ModelNotAvailable
 from fastsvd.pipeline.presets import PRESETS, ModelPreset
 from fastsvd.settings import Settings
 
@@ -322,6 +323,17 @@ class WeightsReport:
         """One line per missing model with its download command ("" when nothing is missing)."""
         return "\n".join(p.line() for p in self.missing)
 
+    def error(self) -> ModelNotAvailable:
+        """The error a worker that cannot fetch weights stops with: "weights missing", a line
+        per missing model with its command, and what else can be done."""
+        env_vars = ", ".join(dict.fromkeys(p.requirement.model.env_var for p in self.missing))
+        return ModelNotAvailable(
+            "model weights are missing and offline mode is on (HF_HUB_OFFLINE=1):\n"
+            f"{self.message()}\n"
+            f"Download them, or set {env_vars} to local folders or files; or try everything "
+            "without weights on the tiny preset (--preset tiny)."
+        )
+
 
 def check(settings: Settings, capabilities: Iterable[str] | None = None) -> WeightsReport:
     """Which models the settings' endpoints (or ``capabilities``) need are present, as local
@@ -426,6 +438,11 @@ def _default_reference(model: ModelWeights) -> str:
     if model.single_file:
         return f"{model.repo}/{model.components[0].stem}"
     return model.repo
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids downloads."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def token_set() -> bool:
