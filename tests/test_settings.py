@@ -92,3 +92,11 @@ def test_an_unknown_endpoint_or_guidance_out_of_range_is_refused() -> None:
         configured(Settings.from_env({"FASTSVD_ENDPOINTS": "fal-ai/nope"}))
     with pytest.raises(ValueError, match=r"FASTSVD_FEW_STEP_GUIDANCE must be 1\.0-2\.0"):
         Settings.from_env({"FASTSVD_FEW_STEP_GUIDANCE": "3"})
+
+
+def test_fps_conditioning_is_preset_or_request() -> None:
+    assert Settings.from_env({}).fps_conditioning == "preset"
+    env = {"FASTSVD_FPS_CONDITIONING": "Request"}
+    assert Settings.from_env(env).fps_conditioning == "request"
+    with pytest.raises(ValueError, match="FASTSVD_FPS_CONDITIONING must be preset or request"):
+        Settings.from_env({"FASTSVD_FPS_CONDITIONING": "fps-1"})

@@ -105,6 +105,7 @@ class ModelRunner:
             few_step_video_model=s.few_step_video_model,
             few_step_first_frame_model=s.few_step_first_frame_model,
             few_step_guidance=s.few_step_guidance,
+            fps_conditioning=s.fps_conditioning,
             optimizations=optimize.parse(s.optimize),
             compile=options,
             warm_up=self.warm_up and options is not None,

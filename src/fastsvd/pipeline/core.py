@@ -38,7 +38,12 @@ from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
 from fastsvd.pipeline.loading import Placements, load_pretrained, load_single_file, placement_of
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ANIMATE_LCM, SDXL_LIGHTNING_4STEP, ModelPreset
-from fastsvd.pipeline.video import VideoSettings, animate
+from fastsvd.pipeline.video import VideoSettings, animate, upcasts_vae
+
+# FASTSVD_FPS_CONDITIONING: the video model is conditioned on the preset's fps id (what it was
+# fine-tuned at), or on the request's fps - 1 (what diffusers' pipeline does)
+FPS_FROM_PRESET = "preset"
+FPS_FROM_REQUEST = "request"
 
 # fal's default video_size (landscape_16_9), where ``warm_up`` compiles
 WARM_UP_SIZE = (1024, 576)
@@ -121,6 +126,8 @@ class VideoPipeline:
             deepcache.UNetGraphs(video.unet, deepcache.BRANCHES) if video is not None else None
         )
         self.compiled: CompileOptions | None = None
+        # where the video's fps conditioning comes from: FPS_FROM_PRESET or FPS_FROM_REQUEST
+        self.fps_conditioning = FPS_FROM_PRESET
         # low-memory mode (24 GB cards): the first-frame model waits on the CPU between requests
         # and the decode chunk is picked from free GPU memory (``optimize`` "low_memory")
         self.low_memory = False
@@ -223,7 +230,7 @@ class VideoPipeline:
             height=params.height,
             num_frames=self.preset.num_frames,
             steps=params.steps,
-            fps=params.fps,
+            fps_id=self.fps_id(params.fps),
             motion_bucket_id=params.motion_bucket_id,
             noise_aug_strength=params.noise_aug_strength,
             seed=params.seed,
@@ -243,6 +250,11 @@ class VideoPipeline:
             fps=params.fps,
             timings_s=clock.timings_s,
         )
+
+    def fps_id(self, fps: int) -> int:
+        """The fps conditioning of a request at ``fps``: the preset's (what its model was
+        fine-tuned at), or with ``fps_conditioning == "request"`` diffusers' ``fps - 1``."""
+        return fps - 1 if self.fps_conditioning == FPS_FROM_REQUEST else self.preset.fps_id
 
     def _family(self, few_step: bool) -> _Family:
         """One family's loaded models and settings (the few-step guidance as set now)."""
@@ -311,7 +323,8 @@ class VideoPipeline:
         if not self.low_memory or self.placement.device.type != "cuda":
             return preset
         free_bytes, _total = torch.cuda.mem_get_info(self.placement.device)
-        dtype_bytes = self.placement.dtype.itemsize
+        # an fp16 VAE that upcasts (video.upcasts_vae) decodes in fp32
+        dtype_bytes = 4 if upcasts_vae(self.video) else self.placement.dtype.itemsize
         return min(preset, decode_chunk_for(free_bytes, width, height, dtype_bytes))
 
     def to_mp4(self, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
@@ -364,6 +377,7 @@ def load_pipeline(
     few_step_video_model: str | None = None,
     few_step_first_frame_model: str | None = None,
     few_step_guidance: float | None = None,
+    fps_conditioning: str = FPS_FROM_PRESET,
     optimizations: tuple[str, ...] = (),
     compile: CompileOptions | None = None,
     warm_up: bool = False,
@@ -414,6 +428,7 @@ def load_pipeline(
         few_step_first_frame=few_step_first_frame,
         few_step_guidance=few_step_guidance,
     )
+    pipeline.fps_conditioning = fps_conditioning
     optimize.apply(pipeline.pipes(), optimizations)
     pipeline.low_memory = "low_memory" in optimizations
     if pipeline.low_memory:

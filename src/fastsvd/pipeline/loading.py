@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,7 +97,7 @@ def resolve_folder(model: str, weights: ModelWeights | None, skip: Iterable[str]
 
 def weighted_components(folder: Path, skip: Iterable[str] = ()) -> list[tuple[str, type[Any]]]:
     """The components of the pipeline in ``folder`` that hold weights, with their classes
-    (from its ``model_index.json``), except those in ``skip``."""
+    (from its ``model_index.json``), except those in ``skip``; the largest first."""
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     found: list[tuple[str, type[Any]]] = []
     for name, spec in index.items():
@@ -106,7 +107,13 @@ def weighted_components(folder: Path, skip: Iterable[str] = ()) -> list[tuple[st
         if library is None or not any((folder / name).glob("*.safetensors*")):
             continue
         found.append((name, getattr(importlib.import_module(library), class_name)))
-    return found
+    # the largest first: while a component loads, its file's pages count in the host's memory
+    # too; loaded before the others, that peak is not stacked on what is already loaded
+    return sorted(found, key=lambda part: -_weights_bytes(folder / part[0]))
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
 def load_component(cls: type[Any], folder: Path, name: str, placement: Placement) -> Any:
@@ -165,16 +172,10 @@ def load_single_file(
     """A ``cls`` of ``config`` with the full state dict in ``reference``'s safetensors file,
     loaded strictly (every key of the architecture, no other), tensor by tensor into
     ``placement``'s dtype and device: the host never holds the file's own (fp32) copy whole."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         path = weights_file(reference, default_file)
-        state: dict[str, torch.Tensor] = {}
-        device = "cpu" if placement.device.type == "cpu" else str(placement.device)
-        with safe_open(path, framework="pt", device=device) as f:
-            for key in f.keys():  # noqa: SIM118 (a safetensors file is not a dict)
-                state[key] = f.get_tensor(key).to(placement.dtype)
-    except (OSError, ValueError, SafetensorError) as exc:
+        state = dict(read_tensors(path, placement))
+    except (OSError, ValueError) as exc:
         raise not_available(exc, role, reference, env_var, weights, default_file) from exc
     assert issubclass(cls, ConfigMixin)
     with torch.device("meta"):
@@ -192,6 +193,51 @@ def load_single_file(
         raise ModelNotAvailable(f"{role} weights {path} leave {left[0]} unset")
     loaded: M = module.to(device=placement.device)
     return loaded
+
+
+# safetensors' dtype names
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_tensors(path: Path, placement: Placement) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a safetensors file, one at a time, each read with plain reads (not
+    mapped: a mapped file's pages would count in the host's memory until it is closed) and
+    cast and moved to ``placement`` before the next is read. The format: a little-endian u64
+    header size, a JSON header of names, dtypes, shapes and byte offsets, then the data."""
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header of {size} bytes)")
+        header = json.loads(f.read(size))
+        start = 8 + size
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            buffer = bytearray(end - begin)
+            f.seek(start + begin)
+            if f.readinto(buffer) != len(buffer):
+                raise ValueError(f"{path} is truncated (tensor {name})")
+            dtype = _DTYPES[info["dtype"]]
+            tensor = (
+                torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            )
+            # (the tensor keeps its buffer alive when the cast is no copy)
+            target = placement.dtype if tensor.is_floating_point() else dtype
+            yield name, tensor.reshape(info["shape"]).to(device=placement.device, dtype=target)
 
 
 def not_available(
