@@ -242,6 +242,16 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
     )
 
 
+def generates(env: dict[str, str], cwd: Path, output: str, *flags: str) -> None:
+    """``fastsvd generate`` makes a video at 64x64 (one step unless ``flags`` say otherwise)."""
+    out = run_cli(
+        "generate", "a rocket", "--video-size", "64x64", "--steps", "1", "--seed", "1", *flags,
+        "-q", "-o", output, env=env, cwd=cwd,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (cwd / output).stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_cli_loads_fp16_folders_and_hub_ids_from_the_cache_offline(
     saved_models: Path, saved_fp16: Path, tmp_path: Path
@@ -256,34 +266,19 @@ def test_cli_loads_fp16_folders_and_hub_ids_from_the_cache_offline(
         "FASTSVD_FIRST_FRAME_MODEL": str(saved_fp16 / "first-frame"),
     }
     env.pop("FASTSVD_PRESET", None)  # the default preset, its models in local fp16 folders
-    out = run_cli(
-        "generate", "a rocket", "--video-size", "64x64", "--steps", "1", "--seed", "1",
-        "-q", "-o", "folders.mp4", env=env, cwd=tmp_path,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert (tmp_path / "folders.mp4").stat().st_size > 0
+    generates(env, tmp_path, "folders.mp4")
     # hub ids in the cache: fp16 variant files for the video model, plain ones for SDXL
     put_in_hf_cache(cache, "example/tiny-svd", saved_fp16 / "video")
     put_in_hf_cache(cache, "example/tiny-sdxl", saved_models / "first-frame")
     env["FASTSVD_VIDEO_MODEL"] = "example/tiny-svd"
     env["FASTSVD_FIRST_FRAME_MODEL"] = "example/tiny-sdxl"
-    out = run_cli(
-        "generate", "a rocket", "--video-size", "64x64", "--steps", "1", "--seed", "1",
-        "-q", "-o", "cached.mp4", env=env, cwd=tmp_path,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert (tmp_path / "cached.mp4").stat().st_size > 0
+    generates(env, tmp_path, "cached.mp4")
     # the few-step family: a repo id alone (its default file) and a repo id with a file
     put_in_hf_cache(cache, "example/tiny-lcm", saved_models / "lcm")
     put_in_hf_cache(cache, "example/tiny-lightning", saved_models / "lightning")
     env["FASTSVD_FEW_STEP_VIDEO_MODEL"] = "example/tiny-lcm"
     env["FASTSVD_FEW_STEP_FIRST_FRAME_MODEL"] = f"example/tiny-lightning/{LIGHTNING_FILE}"
-    out = run_cli(
-        "generate", "a rocket", "--few-step", "--video-size", "64x64", "--steps", "2",
-        "-q", "-o", "few.mp4", env=env, cwd=tmp_path,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert (tmp_path / "few.mp4").stat().st_size > 0
+    generates(env, tmp_path, "few.mp4", "--few-step", "--steps", "2")
 
 
 @pytest.mark.slow

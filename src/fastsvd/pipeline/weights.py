@@ -103,30 +103,23 @@ _SVD_FILES = (
     Component("vae", "diffusion_pytorch_model", 97_742_847 * 2),
     Component("image_encoder", "model", 632_076_800 * 2),
 )
-_SVD_CONFIGS = (
-    "model_index.json",
-    "unet/config.json",
-    "vae/config.json",
-    "image_encoder/config.json",
-    "scheduler/scheduler_config.json",
-    "feature_extractor/preprocessor_config.json",
-)
 _SDXL_FILES = (
     Component("unet", "diffusion_pytorch_model", 2_567_463_684 * 2),
     Component("vae", "diffusion_pytorch_model", 83_653_863 * 2),
     Component("text_encoder", "model", 123_060_480 * 2),
     Component("text_encoder_2", "model", 694_659_840 * 2),
 )
-_SDXL_CONFIGS = (
-    "model_index.json",
-    "unet/config.json",
-    "vae/config.json",
-    "text_encoder/config.json",
-    "text_encoder_2/config.json",
-    "scheduler/scheduler_config.json",
-    "tokenizer/*",
-    "tokenizer_2/*",
-)
+
+
+def _configs(files: tuple[Component, ...], *extra: str) -> tuple[str, ...]:
+    """A pipeline's small files: its index, each weighted component's config, the scheduler's,
+    and ``extra`` (the feature extractor's, the tokenizers)."""
+    each = (f"{c.folder}/config.json" for c in files)
+    return ("model_index.json", *each, "scheduler/scheduler_config.json", *extra)
+
+
+_SVD_CONFIGS = _configs(_SVD_FILES, "feature_extractor/preprocessor_config.json")
+_SDXL_CONFIGS = _configs(_SDXL_FILES, "tokenizer/*", "tokenizer_2/*")
 # the single files: AnimateLCM-SVD-xt is released in fp32 only (6,098,682,464 bytes, the size of
 # an fp32 SVD-XT U-Net); SDXL-Lightning's U-Nets in fp16
 _ANIMATE_LCM_BYTES = 1_524_623_082 * 4
@@ -136,30 +129,21 @@ _LIGHTNING_BYTES = 2_567_463_684 * 2
 GATED_REPOS = frozenset({"stabilityai/stable-video-diffusion-img2vid-xt-1-1"})
 
 
+def _model(
+    key: str, role: str, env_var: str, repo: str, configs: tuple[str, ...], *files: Component
+) -> ModelWeights:
+    return ModelWeights(key, role, env_var, repo, repo in GATED_REPOS, configs, files)
+
+
 def _pipeline_model(key: str, role: str, env_var: str, repo: str) -> ModelWeights:
-    svd = key == VIDEO
-    return ModelWeights(
-        key=key,
-        role=role,
-        env_var=env_var,
-        repo=repo,
-        gated=repo in GATED_REPOS,
-        configs=_SVD_CONFIGS if svd else _SDXL_CONFIGS,
-        components=_SVD_FILES if svd else _SDXL_FILES,
-    )
+    if key == VIDEO:
+        return _model(key, role, env_var, repo, _SVD_CONFIGS, *_SVD_FILES)
+    return _model(key, role, env_var, repo, _SDXL_CONFIGS, *_SDXL_FILES)
 
 
 def _file_model(key: str, role: str, env_var: str, reference: str, size: int) -> ModelWeights:
     repo, _, file = _split_file_reference(reference)
-    return ModelWeights(
-        key=key,
-        role=role,
-        env_var=env_var,
-        repo=repo,
-        gated=repo in GATED_REPOS,
-        configs=(),
-        components=(Component("", file, size),),
-    )
+    return _model(key, role, env_var, repo, (), Component("", file, size))
 
 
 def manifest(preset: ModelPreset) -> dict[str, ModelWeights]:
@@ -366,15 +350,7 @@ def locate(requirement: Requirement) -> Presence:
             return Presence(requirement, None, command, f"no file or folder {reference}")
         repo, _, file = _split_file_reference(reference, default)
         command = download_command(
-            ModelWeights(
-                model.key,
-                model.role,
-                model.env_var,
-                repo,
-                model.gated,
-                (),
-                (Component("", file, model.components[0].bytes),),
-            )
+            _model(model.key, model.role, model.env_var, repo, (), Component("", file, 0))
         )
         cached = _cached(repo, file)
         if cached is not None:
