@@ -80,11 +80,14 @@ def resolve_folder(model: str, weights: ModelWeights | None, skip: Iterable[str]
     holding the manifest's configs and, per component not in ``skip``, its fp16 files, else
     its plain ones."""
     local = Path(model).expanduser()
-    if local.is_dir() or weights is None or local.is_absolute() or model.startswith("."):
+    if local.is_dir() or local.is_absolute() or model.startswith((".", "~")):
         if not (local / "model_index.json").is_file():
             raise FileNotFoundError(f"{local} has no model_index.json")
         return local
     from huggingface_hub import snapshot_download
+
+    if weights is None:  # a repo the manifest does not know: all of it
+        return Path(snapshot_download(model))
 
     needed = [c for c in weights.components if c.folder not in set(skip)]
     patterns = [*weights.configs, *(c.variant_file for c in needed)]
