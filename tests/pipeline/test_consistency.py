@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -185,7 +186,7 @@ def test_bf16_consistency_steps_run_in_fp32() -> None:
     from fastsvd.pipeline.presets import TINY
 
     few = load_pipeline(
-        TINY,
+        replace(TINY, num_frames=4),  # bf16 kernels are slow on a CPU: a short clip
         choose("cpu", "bf16"),
         models=Models(video=False, first_frame=False, few_step_first_frame=False),
     )
@@ -203,8 +204,8 @@ def test_bf16_consistency_steps_run_in_fp32() -> None:
 
     sampler.step = recorded  # type: ignore[method-assign]
     request = FewStepImageToVideoInput(
-        image_url="data:,", steps=3, video_size={"width": 64, "height": 64}
+        image_url="data:,", steps=2, video_size={"width": 64, "height": 64}
     )
     few.generate(params_of(request, 1, Image.new("RGB", (64, 64), (90, 120, 30))))
     # c_skip * x + c_out * F + sigma * z: the U-Net's bf16 output mixed in fp32, for every step
-    assert seen == [(torch.float32, torch.float32, torch.float32)] * 3
+    assert seen == [(torch.float32, torch.float32, torch.float32)] * 2
