@@ -1,9 +1,10 @@
 """fastsvd's pipeline against the stock diffusers pipelines, on the tiny preset, in one run.
 
-Both sides run the same models with the same request: the stock ``StableDiffusionXLPipeline``
-then ``StableVideoDiffusionPipeline.__call__`` called directly, versus ``VideoPipeline``
-(hooks, timings, its own denoising loop). Runs alternate so drift hits both alike; the figure
-is the ratio of medians (target: within 5%).
+Both sides run the same models with the same request: the tiny models are saved to a folder,
+then loaded twice, by diffusers' own ``StableDiffusionXLPipeline`` and
+``StableVideoDiffusionPipeline.from_pretrained`` (called directly) and by fastsvd's loader into
+``VideoPipeline`` (hooks, timings, its own denoising loop). Runs alternate so drift hits both
+alike; the figure is the ratio of medians (target: within 5%).
 
     .venv/bin/python bench/overhead.py [--repeats 7] [--steps 8] [--size 64x64]
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,18 +28,14 @@ from fastsvd.pipeline.quiet import quiet_libraries
 
 quiet_libraries()
 
-from fastsvd.pipeline import stock  # noqa: E402
-from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
+from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
 from fastsvd.pipeline.hooks import Hooks, StepEvent  # noqa: E402
 from fastsvd.pipeline.params import GenerationParams  # noqa: E402
 from fastsvd.pipeline.presets import TINY  # noqa: E402
+from fastsvd.pipeline.stock import Stock  # noqa: E402
 from fastsvd.runner import params_of  # noqa: E402
 from fastsvd.schema import TextToVideoInput  # noqa: E402
-
-
-def baseline(pipeline: VideoPipeline, params: GenerationParams) -> np.ndarray:
-    return stock.generate(pipeline, params)[1]
 
 
 def ours(pipeline: VideoPipeline, params: GenerationParams) -> np.ndarray:
@@ -53,7 +52,24 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
-    pipeline = load_pipeline(TINY, choose("cpu", "fp32"))
+    base = Models(few_step_video=False, few_step_first_frame=False)
+    built = load_pipeline(TINY, choose("cpu", "fp32"), models=base)
+    assert built.first_frame is not None
+    folder = Path(tempfile.mkdtemp(prefix="fastsvd-overhead-"))
+    built.video.save_pretrained(folder / "video")
+    built.first_frame.save_pretrained(folder / "first-frame")
+    pipeline = load_pipeline(
+        TINY,
+        choose("cpu", "fp32"),
+        models=base,
+        video_model=str(folder / "video"),
+        first_frame_model=str(folder / "first-frame"),
+    )
+    stock = Stock.load(TINY, folder / "video", folder / "first-frame", torch.float32)
+
+    def baseline(_pipeline: VideoPipeline, params: GenerationParams) -> np.ndarray:
+        return stock.generate(params, pipeline.fps_id(params.fps))[1]
+
     req = TextToVideoInput(
         prompt="A rocket flying that is about to take off",
         video_size={"width": width, "height": height},  # type: ignore[arg-type]

@@ -101,3 +101,11 @@ def test_the_housekeeping_interval_must_be_positive() -> None:
     for value in ("0", "-1"):
         with pytest.raises(ValueError, match="FASTSVD_HOUSEKEEPING_INTERVAL_S must be more than 0"):
             Settings.from_env({"FASTSVD_HOUSEKEEPING_INTERVAL_S": value})
+
+
+def test_fps_conditioning_is_preset_or_request() -> None:
+    assert Settings.from_env({}).fps_conditioning == "preset"
+    env = {"FASTSVD_FPS_CONDITIONING": "Request"}
+    assert Settings.from_env(env).fps_conditioning == "request"
+    with pytest.raises(ValueError, match="FASTSVD_FPS_CONDITIONING must be preset or request"):
+        Settings.from_env({"FASTSVD_FPS_CONDITIONING": "fps-1"})

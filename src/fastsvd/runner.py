@@ -76,7 +76,7 @@ class ModelRunner:
         from fastsvd.pipeline.quiet import quiet_libraries
 
         quiet_libraries()
-        from fastsvd.pipeline import compile, optimize
+        from fastsvd.pipeline import compile, optimize, weights
         from fastsvd.pipeline.core import Models, load_pipeline
         from fastsvd.pipeline.device import choose
         from fastsvd.pipeline.presets import PRESETS
@@ -87,6 +87,9 @@ class ModelRunner:
         if options is not None:  # compiled kernels survive restarts in the data folder
             compile.use_cache_dir(s.data_dir / "compile-cache")
         have = self.capabilities
+        report = weights.check(s, have)
+        if not report.complete and weights.hub_offline():  # every missing model, at once
+            raise report.error()
         # compiled and warmed up here, so a worker reports ready only after warm-up
         self._pipeline = load_pipeline(
             PRESETS[s.preset],
@@ -102,6 +105,7 @@ class ModelRunner:
             few_step_video_model=s.few_step_video_model,
             few_step_first_frame_model=s.few_step_first_frame_model,
             few_step_guidance=s.few_step_guidance,
+            fps_conditioning=s.fps_conditioning,
             optimizations=optimize.parse(s.optimize),
             compile=options,
             warm_up=self.warm_up and options is not None,

@@ -30,6 +30,10 @@ class Settings:
     # FASTSVD_FEW_STEP_GUIDANCE: where the few-step video's per-frame guidance ramp ends
     # (default 1.2, the AnimateLCM authors'; 1.0: no guidance, one U-Net batch instead of two)
     few_step_guidance: float | None = None
+    # FASTSVD_FPS_CONDITIONING: "preset" (default): the video model is conditioned on the fps
+    # its preset's model was fine-tuned at, and a request's fps is the MP4's playback rate;
+    # "request": on the request's fps - 1, as diffusers' StableVideoDiffusionPipeline does
+    fps_conditioning: str = "preset"
     # FASTSVD_ENDPOINTS: the endpoints a worker loads models for and serves, comma-separated
     # (default: all of them)
     endpoints: tuple[str, ...] = ()
@@ -119,6 +123,7 @@ class Settings:
             few_step_video_model=get("few_step_video_model"),
             few_step_first_frame_model=get("few_step_first_frame_model"),
             few_step_guidance=_guidance(get("few_step_guidance")),
+            fps_conditioning=_fps_conditioning(get("fps_conditioning")),
             endpoints=tuple(e.strip() for e in (get("endpoints") or "").split(",") if e.strip()),
             runner=get("runner"),
             optimize=get("optimize"),
@@ -166,6 +171,14 @@ def _positive(name: str, value: float) -> float:
     if not value > 0:
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be more than 0, not {value}")
     return value
+
+
+def _fps_conditioning(value: str | None) -> str:
+    if value is None:
+        return "preset"
+    if value.lower() not in ("preset", "request"):
+        raise ValueError(f"FASTSVD_FPS_CONDITIONING must be preset or request, not {value}")
+    return value.lower()
 
 
 def _guidance(value: str | None) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -175,3 +176,36 @@ def test_lightning_samples_trailing_euler_timesteps(tiny_pipeline: VideoPipeline
     assert tiny_pipeline.first_frame is not None
     assert lightning.vae is tiny_pipeline.first_frame.vae  # shared, not a copy
     assert lightning.unet is not tiny_pipeline.first_frame.unet
+
+
+def test_bf16_consistency_steps_run_in_fp32() -> None:
+    from PIL import Image
+
+    from fastsvd.pipeline.core import Models, load_pipeline
+    from fastsvd.pipeline.device import choose
+    from fastsvd.pipeline.presets import TINY
+
+    few = load_pipeline(
+        replace(TINY, num_frames=4),  # bf16 kernels are slow on a CPU: a short clip
+        choose("cpu", "bf16"),
+        models=Models(video=False, first_frame=False, few_step_first_frame=False),
+    )
+    assert few.few_step_video is not None
+    assert few.few_step_video.unet.dtype == torch.bfloat16
+    sampler = few.few_step_video.scheduler
+    assert isinstance(sampler, ConsistencySampler)
+    seen: list[tuple[torch.dtype, torch.dtype, torch.dtype]] = []
+    step = sampler.step
+
+    def recorded(output: torch.Tensor, t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        after = step(output, t, sample)
+        seen.append((output.dtype, sample.dtype, after.dtype))
+        return after
+
+    sampler.step = recorded  # type: ignore[method-assign]
+    request = FewStepImageToVideoInput(
+        image_url="data:,", steps=2, video_size={"width": 64, "height": 64}
+    )
+    few.generate(params_of(request, 1, Image.new("RGB", (64, 64), (90, 120, 30))))
+    # c_skip * x + c_out * F + sigma * z: the U-Net's bf16 output mixed in fp32, for every step
+    assert seen == [(torch.float32, torch.float32, torch.float32)] * 2

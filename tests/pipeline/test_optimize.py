@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastsvd.errors import FastSVDError
-from fastsvd.pipeline import optimize, stock
+from fastsvd.pipeline import optimize
 from fastsvd.pipeline.core import (
     DECODE_BYTES_PER_PIXEL_BYTE,
     VideoPipeline,
@@ -17,6 +17,7 @@ from fastsvd.pipeline.core import (
 )
 from fastsvd.pipeline.device import choose
 from fastsvd.pipeline.presets import TINY
+from fastsvd.pipeline.stock import Stock
 from fastsvd.runner import params_of
 from fastsvd.schema import TextToVideoInput
 
@@ -25,7 +26,7 @@ TOLERANCE = 1  # levels of 255: float reordering may flip a rounding, nothing mo
 
 @pytest.mark.parametrize("names", [("channels_last",), ("fuse_qkv",), ("low_memory",)])
 def test_lossless_optimizations_match_the_stock_pipelines(
-    tiny_pipeline: VideoPipeline, names: tuple[str, ...]
+    stock_fp32: Stock, names: tuple[str, ...]
 ) -> None:
     req = TextToVideoInput.model_validate(
         {"prompt": "a rocket", "video_size": {"width": 64, "height": 64}, "steps": 3}
@@ -37,7 +38,8 @@ def test_lossless_optimizations_match_the_stock_pipelines(
         processors = optimized.video.unet.attn_processors.values()
         assert {type(p).__name__ for p in processors} == {"FusedAttnProcessor2_0"}
     ours = optimized.generate(params_of(req, seed=5)).frames
-    _first_frame, baseline = stock.generate(tiny_pipeline, params_of(req, seed=5))
+    params = params_of(req, seed=5)
+    _first_frame, baseline = stock_fp32.generate(params, optimized.fps_id(params.fps))
     difference = np.abs(ours.astype(int) - baseline.astype(int))
     assert difference.max() <= TOLERANCE, difference.max()
 

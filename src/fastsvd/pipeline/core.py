@@ -27,7 +27,7 @@ from PIL import Image
 from fastsvd import constants as c
 from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationFailed, OutOfMemory
-from fastsvd.pipeline import deepcache, optimize, tiny
+from fastsvd.pipeline import deepcache, optimize, tiny, weights
 from fastsvd.pipeline import model_configs as configs
 from fastsvd.pipeline.compile import CompileOptions, compile_regions, configure
 from fastsvd.pipeline.consistency import ConsistencySampler
@@ -35,10 +35,15 @@ from fastsvd.pipeline.device import Placement
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
-from fastsvd.pipeline.loading import load_pretrained, load_single_file
+from fastsvd.pipeline.loading import Placements, load_pretrained, load_single_file, placement_of
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ANIMATE_LCM, SDXL_LIGHTNING_4STEP, ModelPreset
-from fastsvd.pipeline.video import VideoSettings, animate
+from fastsvd.pipeline.video import VideoSettings, animate, upcasts_vae
+
+# FASTSVD_FPS_CONDITIONING: the video model is conditioned on the preset's fps id (what it was
+# fine-tuned at), or on the request's fps - 1 (what diffusers' pipeline does)
+FPS_FROM_PRESET = "preset"
+FPS_FROM_REQUEST = "request"
 
 # fal's default video_size (landscape_16_9), where ``warm_up`` compiles
 WARM_UP_SIZE = (1024, 576)
@@ -121,6 +126,8 @@ class VideoPipeline:
             deepcache.UNetGraphs(video.unet, deepcache.BRANCHES) if video is not None else None
         )
         self.compiled: CompileOptions | None = None
+        # where the video's fps conditioning comes from: FPS_FROM_PRESET or FPS_FROM_REQUEST
+        self.fps_conditioning = FPS_FROM_PRESET
         # low-memory mode (24 GB cards): the first-frame model waits on the CPU between requests
         # and the decode chunk is picked from free GPU memory (``optimize`` "low_memory")
         self.low_memory = False
@@ -223,7 +230,7 @@ class VideoPipeline:
             height=params.height,
             num_frames=self.preset.num_frames,
             steps=params.steps,
-            fps=params.fps,
+            fps_id=self.fps_id(params.fps),
             motion_bucket_id=params.motion_bucket_id,
             noise_aug_strength=params.noise_aug_strength,
             seed=params.seed,
@@ -243,6 +250,11 @@ class VideoPipeline:
             fps=params.fps,
             timings_s=clock.timings_s,
         )
+
+    def fps_id(self, fps: int) -> int:
+        """The fps conditioning of a request at ``fps``: the preset's (what its model was
+        fine-tuned at), or with ``fps_conditioning == "request"`` diffusers' ``fps - 1``."""
+        return fps - 1 if self.fps_conditioning == FPS_FROM_REQUEST else self.preset.fps_id
 
     def _family(self, few_step: bool) -> _Family:
         """One family's loaded models and settings (the few-step guidance as set now)."""
@@ -311,7 +323,8 @@ class VideoPipeline:
         if not self.low_memory or self.placement.device.type != "cuda":
             return preset
         free_bytes, _total = torch.cuda.mem_get_info(self.placement.device)
-        dtype_bytes = self.placement.dtype.itemsize
+        # an fp16 VAE that upcasts (video.upcasts_vae) decodes in fp32
+        dtype_bytes = 4 if upcasts_vae(self.video) else self.placement.dtype.itemsize
         return min(preset, decode_chunk_for(free_bytes, width, height, dtype_bytes))
 
     def to_mp4(self, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
@@ -364,6 +377,7 @@ def load_pipeline(
     few_step_video_model: str | None = None,
     few_step_first_frame_model: str | None = None,
     few_step_guidance: float | None = None,
+    fps_conditioning: str = FPS_FROM_PRESET,
     optimizations: tuple[str, ...] = (),
     compile: CompileOptions | None = None,
     warm_up: bool = False,
@@ -375,10 +389,12 @@ def load_pipeline(
     ``deep_cache`` level runs at the default size, so no request pays for compilation.
     """
     few = preset.few_step
+    released = weights.manifest(preset)
     video, few_video = _load_stage(
         VIDEO_STAGE,
         video_model or preset.video_model,
-        placement.dtype,
+        placement,
+        released,
         base=models.video,
         few_step=models.few_step_video,
         reference=few_step_video_model or few.video_unet,
@@ -387,7 +403,8 @@ def load_pipeline(
     first_frame, few_first = _load_stage(
         FIRST_FRAME_STAGE,
         first_frame_model or preset.first_frame_model,
-        placement.dtype,
+        placement,
+        released,
         base=models.first_frame,
         few_step=models.few_step_first_frame,
         reference=few_step_first_frame_model or few.first_frame_unet,
@@ -411,6 +428,7 @@ def load_pipeline(
         few_step_first_frame=few_step_first_frame,
         few_step_guidance=few_step_guidance,
     )
+    pipeline.fps_conditioning = fps_conditioning
     optimize.apply(pipeline.pipes(), optimizations)
     pipeline.low_memory = "low_memory" in optimizations
     if pipeline.low_memory:
@@ -431,6 +449,7 @@ class _Stage:
 
     pipeline: type[StableVideoDiffusionPipeline] | type[StableDiffusionXLPipeline]
     unet: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel]
+    key: str  # the model's key in the weights manifest (its few-step U-Net's: "few_step_" + key)
     role: str
     env_var: str
     few_step_role: str
@@ -444,6 +463,7 @@ class _Stage:
 VIDEO_STAGE = _Stage(
     StableVideoDiffusionPipeline,
     UNetSpatioTemporalConditionModel,
+    weights.VIDEO,
     "video (SVD-XT)",
     "FASTSVD_VIDEO_MODEL",
     "few-step video (AnimateLCM-SVD-xt)",
@@ -456,6 +476,7 @@ VIDEO_STAGE = _Stage(
 FIRST_FRAME_STAGE = _Stage(
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    weights.FIRST_FRAME,
     "first-frame (SDXL)",
     "FASTSVD_FIRST_FRAME_MODEL",
     "few-step first-frame (SDXL-Lightning)",
@@ -470,7 +491,8 @@ FIRST_FRAME_STAGE = _Stage(
 def _load_stage(
     stage: _Stage,
     model: str | None,
-    dtype: torch.dtype,
+    placements: Placements,
+    released: dict[str, weights.ModelWeights],
     *,
     base: bool,
     few_step: bool,
@@ -487,9 +509,10 @@ def _load_stage(
         return load_pretrained(
             stage.pipeline,
             model,
-            dtype=dtype,
+            placements,
             role=stage.role,
             env_var=stage.env_var,
+            weights=released.get(stage.key),
             components=components,
         )
 
@@ -508,10 +531,11 @@ def _load_stage(
             stage.unet,
             config,
             reference,
+            placement_of(placements, "unet"),
             default_file=default_file,
-            dtype=dtype,
             role=stage.few_step_role,
             env_var=stage.few_step_env_var,
+            weights=released.get(f"few_step_{stage.key}"),
         )
     if pipe is not None:
         return pipe, (pipe, unet)

@@ -1,60 +1,143 @@
 """Loading the real models: a Hugging Face id, a local folder, or the Hugging Face cache.
 
-``huggingface_hub`` decides where weights come from: a folder path is read as it is; an id is
-looked up in the cache (``HF_HOME`` / ``HF_HUB_CACHE``) and downloaded when missing, unless
-``HF_HUB_OFFLINE=1``. Every way this can fail becomes one ``ModelNotAvailable`` naming the model
-and saying how to provide it.
+A hub id is first resolved to a folder: ``huggingface_hub`` finds its snapshot in the cache
+(``HF_HOME`` / ``HF_HUB_CACHE``) or downloads it, unless ``HF_HUB_OFFLINE=1``, fetching only the
+files the weights manifest names (``pipeline/weights.py``: configs and fp16 weights; a repo
+without fp16 files gives its plain ones). Then every component is loaded on its own, straight
+to the device and dtype it runs in: the fp16 variant files wherever they are there (folders
+too), with ``low_cpu_mem_usage`` (weights go into an empty model, tensor by tensor), so the host
+holds one component at a time, not the whole pipeline. A single-file U-Net (AnimateLCM,
+SDXL-Lightning) is read tensor by tensor into its target dtype and device.
+
+Every way this can fail becomes one ``ModelNotAvailable`` naming the model and saying what to
+do: a gated repo says where to accept its licence, a missing one gives the minimal
+``hf download`` command.
 """
 
 from __future__ import annotations
 
-import os
-import textwrap
+import importlib
+import json
+import struct
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.configuration_utils import ConfigMixin
 
 from fastsvd.errors import ModelNotAvailable
+from fastsvd.pipeline.device import Placement
+from fastsvd.pipeline.weights import FP16, ModelWeights, download_command, hub_offline, token_set
 
 P = TypeVar("P", bound=DiffusionPipeline)
 M = TypeVar("M", bound=torch.nn.Module)
+
+# where each component of a pipeline goes: one placement for all, or one per component name
+# ("unet", "vae", "text_encoder", ...; a name not in the mapping goes to its "" entry)
+Placements = Placement | Mapping[str, Placement]
+
+TINY_HINT = "or try everything without weights on the tiny preset (--preset tiny)"
+
+
+def placement_of(placements: Placements, component: str) -> Placement:
+    """Where ``component`` goes."""
+    if isinstance(placements, Placement):
+        return placements
+    return placements.get(component) or placements[""]
 
 
 def load_pretrained(
     cls: type[P],
     model: str,
+    placements: Placements,
     *,
-    dtype: torch.dtype,
     role: str,
     env_var: str,
+    weights: ModelWeights | None = None,
     components: dict[str, Any] | None = None,
 ) -> P:
-    """``cls.from_pretrained(model)`` in ``dtype``; half-precision weight files preferred.
-    ``components`` are used as given and not loaded (e.g. a distilled U-Net in place of the
-    repo's own)."""
-    attempts: list[dict[str, Any]] = [{}]
-    if dtype != torch.float32 and not os.path.isdir(model):
-        attempts.insert(0, {"variant": "fp16"})  # half the download, same numbers in bf16/fp16
-    error: Exception | None = None
-    for extra in attempts:
-        try:
-            pipe: P = cls.from_pretrained(model, dtype=dtype, **extra, **(components or {}))
-            return pipe
-        except (OSError, ValueError) as exc:  # hub, cache and file errors all land here
-            error = exc
-    assert error is not None
-    reason = " ".join(str(error).split()) or type(error).__name__
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    raise ModelNotAvailable(
-        f"{role} model '{model}' is not available ({textwrap.shorten(reason, 160)}). "
-        f"Download it with `hf download {model}` (gated models need HF_TOKEN)"
-        f"{', then run again; offline mode is on' if offline else ''}; "
-        f"or set {env_var} to a local folder; or try everything without weights on the "
-        "tiny preset (--preset tiny; make run PRESET=tiny)."
-    ) from error
+    """A ``cls`` from ``model`` (hub id or folder), each component loaded on its own onto its
+    placement; fp16 variant files used wherever they are there. ``components`` are used as
+    given and not loaded (e.g. a distilled U-Net in place of the repo's own). ``weights``, the
+    model's manifest entry, names the files a hub id needs and the download command."""
+    given = components or {}
+    try:
+        folder = resolve_folder(model, weights, skip=given)
+        parts = {
+            name: load_component(part_cls, folder, name, placement_of(placements, name))
+            for name, part_cls in weighted_components(folder, skip=given)
+        }
+        pipe: P = cls.from_pretrained(folder, **parts, **given)
+        return pipe
+    except (OSError, ValueError) as exc:  # hub, cache and file errors all land here
+        raise not_available(exc, role, model, env_var, weights, skip=given) from exc
+
+
+def resolve_folder(model: str, weights: ModelWeights | None, skip: Iterable[str] = ()) -> Path:
+    """The local folder of ``model``: itself, or a hub id's snapshot (cached or downloaded),
+    holding the manifest's configs and, per component not in ``skip``, its fp16 files, else
+    its plain ones."""
+    local = Path(model).expanduser()
+    if local.is_dir() or local.is_absolute() or model.startswith((".", "~")):
+        if not (local / "model_index.json").is_file():
+            raise FileNotFoundError(f"{local} has no model_index.json")
+        return local
+    from huggingface_hub import snapshot_download
+
+    if weights is None:  # a repo the manifest does not know: all of it
+        return Path(snapshot_download(model))
+
+    needed = [c for c in weights.components if c.folder not in set(skip)]
+    patterns = [*weights.configs, *(c.variant_file for c in needed)]
+    folder = Path(snapshot_download(model, allow_patterns=patterns))
+    plain = [c.plain_file for c in needed if not any((folder / c.folder).glob("*.safetensors"))]
+    if plain:  # a repo released without fp16 files
+        folder = Path(snapshot_download(model, allow_patterns=plain))
+    return folder
+
+
+def weighted_components(folder: Path, skip: Iterable[str] = ()) -> list[tuple[str, type[Any]]]:
+    """The components of the pipeline in ``folder`` that hold weights, with their classes
+    (from its ``model_index.json``), except those in ``skip``; the largest first."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    found: list[tuple[str, type[Any]]] = []
+    for name, spec in index.items():
+        if name.startswith("_") or name in set(skip) or not isinstance(spec, list):
+            continue
+        library, class_name = spec
+        if library is None or not any((folder / name).glob("*.safetensors*")):
+            continue
+        found.append((name, getattr(importlib.import_module(library), class_name)))
+    # the largest first: while a component loads, its file's pages count in the host's memory
+    # too; loaded before the others, that peak is not stacked on what is already loaded
+    return sorted(found, key=lambda part: -_weights_bytes(folder / part[0]))
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def load_component(cls: type[Any], folder: Path, name: str, placement: Placement) -> Any:
+    """Component ``name`` of the pipeline in ``folder``, read straight into ``placement``'s
+    dtype and device (the fp16 variant files where they are there)."""
+    variant = FP16 if any((folder / name).glob(f"*.{FP16}.*")) else None
+    device_map = None if placement.device.type == "cpu" else {"": placement.device}
+    if issubclass(cls, ModelMixin):
+        module = cls.from_pretrained(
+            folder,
+            subfolder=name,
+            variant=variant,
+            torch_dtype=placement.dtype,
+            low_cpu_mem_usage=True,
+            device_map=device_map,
+        )
+    else:  # transformers (text and image encoders)
+        module = cls.from_pretrained(
+            folder, subfolder=name, variant=variant, dtype=placement.dtype, device_map=device_map
+        )
+    return module
 
 
 def weights_file(reference: str, default_file: str) -> Path:
@@ -70,7 +153,7 @@ def weights_file(reference: str, default_file: str) -> Path:
             raise FileNotFoundError(f"{path} does not exist")
         return path
     parts = reference.split("/")
-    if len(parts) < 2 or not all(parts):
+    if len(parts) < 2 or not all(parts) or local.is_absolute():
         raise FileNotFoundError(f"no file or folder {reference} (nor is it owner/name[/file])")
     from huggingface_hub import hf_hub_download
 
@@ -82,36 +165,21 @@ def load_single_file(
     cls: type[M],
     config: dict[str, Any],
     reference: str,
+    placement: Placement,
     *,
     default_file: str,
-    dtype: torch.dtype,
     role: str,
     env_var: str,
+    weights: ModelWeights | None = None,
 ) -> M:
     """A ``cls`` of ``config`` with the full state dict in ``reference``'s safetensors file,
-    loaded strictly (every key of the architecture, no other), in ``dtype``."""
-    from huggingface_hub.errors import HfHubHTTPError
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    loaded strictly (every key of the architecture, no other), tensor by tensor into
+    ``placement``'s dtype and device: the host never holds the file's own (fp32) copy whole."""
     try:
         path = weights_file(reference, default_file)
-        state = load_file(path)
-    except (OSError, ValueError, HfHubHTTPError, SafetensorError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        parts = reference.split("/")
-        fetch = (
-            f"`hf download {'/'.join(parts[:2])} {'/'.join(parts[2:]) or default_file}`"
-            if len(parts) >= 2 and not Path(reference).exists()
-            else "it"
-        )
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise ModelNotAvailable(
-            f"{role} weights '{reference}' are not available ({textwrap.shorten(reason, 160)}). "
-            f"Download {fetch}{', then run again; offline mode is on' if offline else ''}; "
-            f"or set {env_var} to a local .safetensors file or a folder holding {default_file}; "
-            "or try everything without weights on the tiny preset (--preset tiny)."
-        ) from exc
+        state = dict(read_tensors(path, placement))
+    except (OSError, ValueError) as exc:
+        raise not_available(exc, role, reference, env_var, weights, default_file) from exc
     assert issubclass(cls, ConfigMixin)
     with torch.device("meta"):
         module = cls.from_config(config)
@@ -120,11 +188,132 @@ def load_single_file(
     except RuntimeError as exc:
         first = " ".join(str(exc).split())
         raise ModelNotAvailable(
-            f"{role} weights {path} do not fit {cls.__name__} ({textwrap.shorten(first, 200)}); "
+            f"{role} weights {path} do not fit {cls.__name__} ({_shorten(first, 200)}); "
             f"{env_var} must name a full state dict of that model"
         ) from exc
     left = [name for name, t in module.state_dict(keep_vars=True).items() if t.is_meta]
     if left:  # a tensor of the architecture the file did not give (not in its state dict)
         raise ModelNotAvailable(f"{role} weights {path} leave {left[0]} unset")
-    loaded: M = module.to(dtype=dtype)
+    loaded: M = module.to(device=placement.device)
     return loaded
+
+
+# safetensors' dtype names
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_tensors(path: Path, placement: Placement) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a safetensors file, one at a time, each read with plain reads (not
+    mapped: a mapped file's pages would count in the host's memory until it is closed) and
+    cast and moved to ``placement`` before the next is read. The format: a little-endian u64
+    header size, a JSON header of names, dtypes, shapes and byte offsets, then the data."""
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header of {size} bytes)")
+        header = json.loads(f.read(size))
+        start = 8 + size
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            buffer = bytearray(end - begin)
+            f.seek(start + begin)
+            if f.readinto(buffer) != len(buffer):
+                raise ValueError(f"{path} is truncated (tensor {name})")
+            dtype = _DTYPES[info["dtype"]]
+            tensor = (
+                torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            )
+            # (the tensor keeps its buffer alive when the cast is no copy)
+            target = placement.dtype if tensor.is_floating_point() else dtype
+            yield name, tensor.reshape(info["shape"]).to(device=placement.device, dtype=target)
+
+
+def not_available(
+    exc: BaseException,
+    role: str,
+    reference: str,
+    env_var: str,
+    weights: ModelWeights | None,
+    default_file: str | None = None,
+    skip: Iterable[str] = (),
+) -> ModelNotAvailable:
+    """The one error for weights that cannot be had, saying what a newcomer can do about it:
+    for a gated repo, where to accept its licence (and to set HF_TOKEN, if none is set); else
+    the minimal ``hf download`` command. The hub's last line of explanation is kept."""
+    from huggingface_hub.errors import GatedRepoError
+
+    reason = hub_reason(exc)
+    parts = reference.split("/")
+    repo = "/".join(parts[:2])
+    if isinstance(exc, GatedRepoError):
+        page = f"https://huggingface.co/{repo}"
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 403 or (status is None and token_set()):
+            return ModelNotAvailable(
+                f"{role} model: your token has no access to {repo}: accept the licence at "
+                f"{page} (the hub says: {reason})"
+            )
+        return ModelNotAvailable(
+            f"{role} model {repo}: this model is gated: accept its licence at {page}, then set "
+            f"HF_TOKEN (the hub says: {reason})"
+        )
+    local = Path(reference).expanduser()
+    offline = hub_offline()
+    on_hub = len(parts) >= 2 and all(parts) and not local.exists() and not local.is_absolute()
+    if weights is not None:
+        if weights.single_file:
+            file = "/".join(parts[2:]) or default_file or weights.components[0].stem
+            command = f"hf download {repo} {file}" if on_hub else download_command(weights)
+        else:
+            needed = [c.folder for c in weights.components if c.folder not in set(skip)]
+            command = download_command(
+                weights,
+                needed,
+                repo=repo if on_hub else None,
+                local_dir=None if on_hub else local,
+            )
+        fetch = f"`{command}`"
+    elif on_hub:
+        fetch = f"`hf download {repo}{' ' + default_file if default_file else ''}`"
+    else:
+        fetch = "it"
+    gated = (
+        f" (gated: accept its licence at {weights.page}, then set HF_TOKEN)"
+        if weights is not None and weights.gated and on_hub
+        else ""
+    )
+    where = "a local .safetensors file or a folder holding it" if default_file else "a local folder"
+    return ModelNotAvailable(
+        f"{role} model '{reference}' is not available ({reason}). Download {fetch}{gated}"
+        f"{', then run again; offline mode is on' if offline else ''}; or set {env_var} to "
+        f"{where}; {TINY_HINT}."
+    )
+
+
+def hub_reason(exc: BaseException) -> str:
+    """The hub's last line of explanation (not its "401 Client Error (Request ID...)" prefix),
+    else the error's text on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return _shorten(lines[-1], 300)
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -22,7 +22,7 @@ class GenerationParams:
     width: int
     height: int
     steps: int  # SVD-XT denoising steps
-    fps: int  # playback rate; SVD is conditioned on fps - 1
+    fps: int  # the MP4's playback rate (the conditioning: ``VideoPipeline.fps_id``)
     motion_bucket_id: int
     noise_aug_strength: float  # noise added to the conditioning frame (fal's cond_aug)
     seed: int

@@ -47,6 +47,12 @@ class ModelPreset:
     max_guidance_scale: float = 3.0
     num_frames: int = c.NUM_FRAMES
     few_step: FewStepModels = REAL_FEW_STEP
+    # the fps id the video model is conditioned on (the first of SVD's added time ids): the one
+    # it was fine-tuned at. SVD-XT 1.1 was fine-tuned at a fixed 6 ("6 FPS, motion bucket 127";
+    # its card: "performance outside of the fixed conditioning settings may vary"); 6 is also
+    # the default of Stability's own SVD sampling script (fps_id=6). A request's fps sets the
+    # MP4's playback rate; FASTSVD_FPS_CONDITIONING=request conditions on its fps - 1 instead.
+    fps_id: int = 6
 
 
 SVD_XT_1_1 = ModelPreset(

@@ -12,5 +12,7 @@ def quiet_libraries() -> None:
 
     if "TRANSFORMERS_VERBOSITY" not in os.environ:
         transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()  # "Loading weights": one bar per component
     if "DIFFUSERS_VERBOSITY" not in os.environ:
         diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()

@@ -1,68 +1,124 @@
-"""The stock diffusers pipelines called for ``GenerationParams``, as a diffusers user would.
+"""The stock diffusers pipelines, loaded and called as a diffusers user would.
 
-This is the baseline fastsvd is checked against (tests) and timed against (``bench/``): the
-preset's ``StableDiffusionXLPipeline`` and ``StableVideoDiffusionPipeline`` with the preset's
-settings. Noise comes from CPU generators seeded with the params' seed, as in fastsvd's own
-stages, so on any device the two draw the same noise and their frames can be compared.
+This is the baseline fastsvd is checked against (tests) and timed against (``bench/``):
+``StableDiffusionXLPipeline`` and ``StableVideoDiffusionPipeline`` loaded by diffusers' own
+``from_pretrained`` from the same saved folders fastsvd loads, in the same dtype, and called
+with a preset's settings. Nothing of fastsvd's loading, dtype or scheduler choices is reused.
+Noise comes from CPU generators seeded with the params' seed, as in fastsvd's own stages, so on
+any device the two draw the same noise and their frames can be compared.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionXLPipeline, StableVideoDiffusionPipeline
 from PIL import Image
 
 from fastsvd import media
-from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.params import GenerationParams
+from fastsvd.pipeline.presets import ModelPreset
+
+if TYPE_CHECKING:
+    from fastsvd.pipeline.core import VideoPipeline
+
+
+@dataclass(frozen=True)
+class Stock:
+    """diffusers' own pipelines for a preset's two models."""
+
+    preset: ModelPreset
+    video: StableVideoDiffusionPipeline
+    first_frame: StableDiffusionXLPipeline
+
+    @classmethod
+    def load(
+        cls,
+        preset: ModelPreset,
+        video: str | Path,
+        first_frame: str | Path,
+        dtype: torch.dtype,
+        device: str | torch.device = "cpu",
+    ) -> Stock:
+        """Both pipelines as ``from_pretrained(folder, torch_dtype=dtype)`` gives them (the fp16
+        variant where the folder holds only that, as ``variant="fp16"`` asks)."""
+        pipes = []
+        for pipe_cls, folder in (
+            (StableVideoDiffusionPipeline, Path(video)),
+            (StableDiffusionXLPipeline, Path(first_frame)),
+        ):
+            fp16_only = not any(
+                not p.name.endswith(".fp16.safetensors") for p in folder.rglob("*.safetensors")
+            )
+            variant = {"variant": "fp16"} if fp16_only else {}
+            pipe = pipe_cls.from_pretrained(folder, dtype=dtype, **variant).to(device)
+            pipe.set_progress_bar_config(disable=True)
+            pipes.append(pipe)
+        return cls(preset, pipes[0], pipes[1])
+
+    def draw_first_frame(self, params: GenerationParams) -> Image.Image:
+        """Stage 1: the text-to-image pipeline for a prompt, or the given image fitted."""
+        if params.image is not None:
+            return media.fit(params.image, params.width, params.height)
+        image: Image.Image = self.first_frame(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            width=params.width,
+            height=params.height,
+            num_inference_steps=self.preset.first_frame_steps,
+            guidance_scale=self.preset.first_frame_guidance,
+            generator=torch.Generator("cpu").manual_seed(params.seed),
+        ).images[0]
+        return image
+
+    def video_arguments(self, params: GenerationParams, fps_id: int) -> dict[str, Any]:
+        """Keyword arguments for ``self.video(image, **...)``: stage 2 with the params mapped;
+        conditioned on ``fps_id`` (diffusers conditions on its ``fps`` argument minus one)."""
+        preset = self.preset
+        return {
+            "width": params.width,
+            "height": params.height,
+            "num_frames": preset.num_frames,
+            "num_inference_steps": params.steps,
+            "fps": fps_id + 1,
+            "motion_bucket_id": params.motion_bucket_id,
+            "noise_aug_strength": params.noise_aug_strength,
+            "min_guidance_scale": preset.min_guidance_scale,
+            "max_guidance_scale": preset.max_guidance_scale,
+            "decode_chunk_size": preset.decode_chunk_size,
+            "generator": torch.Generator("cpu").manual_seed(params.seed),
+            "output_type": "np",
+        }
+
+    def generate(self, params: GenerationParams, fps_id: int) -> tuple[Image.Image, np.ndarray]:
+        """Both stages: the first frame and the video's frames (uint8, frames x H x W x 3)."""
+        image = self.draw_first_frame(params)
+        frames = self.video(image, **self.video_arguments(params, fps_id)).frames[0]
+        return image, to_pixels(frames)
+
+
+def of(pipe: VideoPipeline) -> Stock:
+    """The stock calls on the pipelines ``pipe`` already holds: for timing full-size random
+    weights, which are never saved (``bench/gpu.py``); comparisons load with ``Stock.load``."""
+    assert pipe.first_frame is not None, "loaded without the first-frame model"
+    return Stock(pipe.preset, pipe.video, pipe.first_frame)
 
 
 def first_frame(pipe: VideoPipeline, params: GenerationParams) -> Image.Image:
-    """Stage 1: the stock text-to-image pipeline for a prompt, or the given image fitted."""
-    if params.image is not None:
-        return media.fit(params.image, params.width, params.height)
-    assert pipe.first_frame is not None, "loaded without the first-frame model"
-    image: Image.Image = pipe.first_frame(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        width=params.width,
-        height=params.height,
-        num_inference_steps=pipe.preset.first_frame_steps,
-        guidance_scale=pipe.preset.first_frame_guidance,
-        generator=torch.Generator("cpu").manual_seed(params.seed),
-    ).images[0]
-    return image
+    """Stage 1 of ``of(pipe)``."""
+    return of(pipe).draw_first_frame(params)
 
 
 def video_arguments(pipe: VideoPipeline, params: GenerationParams) -> dict[str, Any]:
-    """Keyword arguments for ``pipe.video(image, **...)``: stage 2 with the params mapped."""
-    preset = pipe.preset
-    return {
-        "width": params.width,
-        "height": params.height,
-        "num_frames": preset.num_frames,
-        "num_inference_steps": params.steps,
-        "fps": params.fps,
-        "motion_bucket_id": params.motion_bucket_id,
-        "noise_aug_strength": params.noise_aug_strength,
-        "min_guidance_scale": preset.min_guidance_scale,
-        "max_guidance_scale": preset.max_guidance_scale,
-        "decode_chunk_size": preset.decode_chunk_size,
-        "generator": torch.Generator("cpu").manual_seed(params.seed),
-        "output_type": "np",
-    }
+    """Stage 2's arguments for ``pipe.video``, conditioned as ``pipe`` conditions."""
+    return of(pipe).video_arguments(params, pipe.fps_id(params.fps))
 
 
 def to_pixels(frames: np.ndarray) -> np.ndarray:
     """The stock pipeline's float frames in [0, 1] as uint8, rounded as fastsvd rounds."""
     pixels: np.ndarray = (frames * 255).round().clip(0, 255).astype(np.uint8)
     return pixels
-
-
-def generate(pipe: VideoPipeline, params: GenerationParams) -> tuple[Image.Image, np.ndarray]:
-    """Both stages: the first frame and the video's frames (uint8, frames x H x W x 3)."""
-    image = first_frame(pipe, params)
-    frames = pipe.video(image, **video_arguments(pipe, params)).frames[0]
-    return image, to_pixels(frames)

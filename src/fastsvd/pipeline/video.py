@@ -1,13 +1,18 @@
 """Stage 2: SVD-XT animates a first frame into 25 frames, then the temporal VAE decodes them.
 
 The denoising loop is ours rather than ``StableVideoDiffusionPipeline.__call__`` so that DeepCache,
-progress and cancellation sit inside it; every tensor it computes is the one the stock pipeline
-computes (the tests compare the two bit for bit with DeepCache off). It reuses the stock
-pipeline's components and helpers, so loading, preprocessing and conditioning are diffusers' own.
+progress and cancellation sit inside it. In fp32 every tensor it computes is the one the stock
+pipeline computes (the tests compare the two bit for bit with DeepCache off). In half precision
+it is more careful than stock: the latents, the guidance mix and the sampler's steps stay in
+fp32 (only the U-Net's input is cast), and an fp16 VAE that asks for it (``force_upcast``) runs
+in fp32 for the decode as well as the encode. It reuses the stock pipeline's helpers, so
+preprocessing and conditioning are diffusers' own.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +38,7 @@ class VideoSettings:
     height: int
     num_frames: int
     steps: int
-    fps: int  # playback rate; the model is conditioned on fps - 1, as SVD was trained
+    fps_id: int  # the fps conditioning (SVD's first added time id)
     motion_bucket_id: int
     noise_aug_strength: float  # fal's cond_aug
     seed: int
@@ -69,20 +74,16 @@ def animate(
     pixels = pipe.video_processor.preprocess(image, height=s.height, width=s.width).to(device)
     noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
     pixels = pixels + s.noise_aug_strength * noise
-    needs_upcasting = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
-    if needs_upcasting:
-        pipe.vae.to(dtype=torch.float32)
-    image_latents = pipe._encode_vae_image(
-        pixels, device=device, num_videos_per_prompt=1, do_classifier_free_guidance=do_cfg
-    ).to(image_embeddings.dtype)
-    if needs_upcasting:
-        pipe.vae.to(dtype=torch.float16)
+    with vae_upcast(pipe):
+        image_latents = pipe._encode_vae_image(
+            pixels, device=device, num_videos_per_prompt=1, do_classifier_free_guidance=do_cfg
+        ).to(image_embeddings.dtype)
     # [cfg, C, h, w] -> [cfg, F, C, h, w]
     image_latents = image_latents.unsqueeze(1).repeat(1, s.num_frames, 1, 1, 1)
 
-    # 3. added time ids: (fps - 1, motion bucket, noise augmentation)
+    # 3. added time ids: (fps id, motion bucket, noise augmentation)
     added_time_ids = pipe._get_add_time_ids(
-        s.fps - 1,
+        s.fps_id,
         s.motion_bucket_id,
         s.noise_aug_strength,
         image_embeddings.dtype,
@@ -91,7 +92,8 @@ def animate(
         do_cfg,
     ).to(device)
 
-    # 4. timesteps and initial latents [1, F, 4, h, w]
+    # 4. timesteps and initial latents [1, F, 4, h, w], in fp32 whatever the U-Net runs in: the
+    # sampler's updates at the last Karras levels fall below bf16's resolution
     timesteps, _ = retrieve_timesteps(pipe.scheduler, s.steps, device, None, None)
     latents = pipe.prepare_latents(
         1,
@@ -99,11 +101,12 @@ def animate(
         pipe.unet.config.in_channels,
         s.height,
         s.width,
-        image_embeddings.dtype,
+        torch.float32,
         device,
         generator,
         None,
     )
+    unet_dtype = image_embeddings.dtype
 
     # the few-step sampler re-noises between steps: all of its noise drawn now, in seed order
     sampler = pipe.scheduler
@@ -121,7 +124,7 @@ def animate(
     for i, t in enumerate(timesteps):
         hooks.check_cancel(Stage.video, i + 1)
         model_input = torch.cat([latents] * 2) if do_cfg else latents
-        model_input = pipe.scheduler.scale_model_input(model_input, t)
+        model_input = pipe.scheduler.scale_model_input(model_input, t).to(unet_dtype)
         # [cfg, F, 4 + 4, h, w]: noisy latents beside the conditioning latents
         model_input = torch.cat([model_input, image_latents], dim=2)
         if s.cache is None and not (graphs is not None and graphs.compiled):
@@ -135,6 +138,7 @@ def animate(
             )[0]
         else:
             noise_pred = unet(model_input, t, image_embeddings, added_time_ids, step=i)
+        noise_pred = noise_pred.float()  # the guidance mix and the step in fp32
         if do_cfg:
             noise_uncond, noise_cond = noise_pred.chunk(2)
             noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
@@ -149,6 +153,26 @@ def animate(
     video = pipe.video_processor.postprocess_video(video=frames, output_type="np")
     out: np.ndarray = video[0]
     return out
+
+
+def upcasts_vae(pipe: StableVideoDiffusionPipeline) -> bool:
+    """Whether the VAE runs in fp32 although loaded in fp16: its config asks for it
+    (``force_upcast``, set for SVD's VAE, whose fp16 activations overflow)."""
+    return pipe.vae.dtype == torch.float16 and bool(pipe.vae.config.force_upcast)
+
+
+@contextlib.contextmanager
+def vae_upcast(pipe: StableVideoDiffusionPipeline) -> Iterator[None]:
+    """The VAE in fp32 inside, where ``upcasts_vae``: stock diffusers upcasts for the encode
+    only; the decode is upcast here too (the same overflow, on more activations)."""
+    if not upcasts_vae(pipe):
+        yield
+        return
+    pipe.vae.to(dtype=torch.float32)
+    try:
+        yield
+    finally:
+        pipe.vae.to(dtype=torch.float16)
 
 
 def decode(
@@ -167,7 +191,9 @@ def decode(
     for step, start in enumerate(starts, 1):
         hooks.check_cancel(Stage.decode, step)
         chunk = latents[start : start + chunk_size]
-        chunks.append(pipe.vae.decode(chunk, num_frames=chunk.shape[0]).sample)
+        with vae_upcast(pipe):
+            chunk = chunk.to(pipe.vae.dtype)
+            chunks.append(pipe.vae.decode(chunk, num_frames=chunk.shape[0]).sample)
         hooks.on_step(StepEvent(Stage.decode, step, len(starts)))
     frames = torch.cat(chunks, dim=0)
     # [F, 3, H, W] -> [1, 3, F, H, W]
