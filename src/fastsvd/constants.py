@@ -46,6 +46,8 @@ VIDEO_CONTENT_TYPE = "video/mp4"
 VIDEO_CRF = 17  # x264 quality: visually lossless for 25 short frames, a few hundred KB
 
 EXIT_MODEL_NOT_AVAILABLE = 3  # a worker's exit code when its weights are missing: not restarted
+EXIT_CANNOT_RUN_HERE = 4  # no usable GPU, or its models do not fit it: not restarted
+EXIT_GPU_FAULT = 5  # its GPU failed under a job (handed back): restarted, a fresh process
 
 DEFAULT_PRESET = "svd-xt-1.1"  # SDXL base first frame + SVD-XT 1.1, the model fal serves
 

@@ -33,6 +33,11 @@ from fastsvd.store.keys import Scope
 log = logging.getLogger("fastsvd.serve")
 
 HOUSEKEEPING_INTERVAL_S = 5.0
+# a worker's exit codes that no restart would mend: the service stops, saying why
+FATAL_EXITS = {
+    c.EXIT_MODEL_NOT_AVAILABLE: "a worker could not load its models (see above)",
+    c.EXIT_CANNOT_RUN_HERE: "a worker cannot run on this machine as set up (see above)",
+}
 DRAIN_GRACE_S = 60.0
 
 
@@ -120,12 +125,13 @@ class Supervisor:
                 code = worker.process.poll() if worker.process is not None else None
                 if code is None:
                     continue
-                if code == c.EXIT_MODEL_NOT_AVAILABLE:
-                    self.fatal = "a worker could not load its models (see above)"
+                if code in FATAL_EXITS:
+                    self.fatal = FATAL_EXITS[code]
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
                 delay = min(2.0**worker.restarts, 30.0)
-                log.warning("%s exited with %s; restarting in %.0f s", worker.name, code, delay)
+                why = "its GPU failed" if code == c.EXIT_GPU_FAULT else f"exited with {code}"
+                log.warning("%s: %s; restarting in %.0f s", worker.name, why, delay)
                 if self.stopping.wait(delay):
                     return
                 worker.restarts += 1

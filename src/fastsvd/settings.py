@@ -37,6 +37,12 @@ class Settings:
     optimize: str | None = None  # FASTSVD_OPTIMIZE: e.g. channels_last (pipeline/optimize.py)
     # FASTSVD_COMPILE: 0, 1 or regional (pipeline/compile.py; default: on for CUDA only)
     compile: str | None = None
+    # FASTSVD_MEMORY_MODE: auto (default), resident, offload-first-frame or offload-unets: which
+    # models wait on the CPU between stages (pipeline/memory.py)
+    memory_mode: str | None = None
+    # FASTSVD_GPU_MEMORY_GB: plan for this much GPU memory instead of the card's total (a GPU
+    # shared with other programs; emulating a smaller card)
+    gpu_memory_gb: float | None = None
 
     # --- service
     data_dir: Path = field(default_factory=lambda: Path("data"))  # FASTSVD_DATA_DIR
@@ -107,6 +113,8 @@ class Settings:
             runner=get("runner"),
             optimize=get("optimize"),
             compile=get("compile"),
+            memory_mode=get("memory_mode"),
+            gpu_memory_gb=_gpu_memory_gb(get("gpu_memory_gb")),
             data_dir=Path(get("data_dir") or defaults.data_dir),
             database_url=get("database_url"),
             storage_url=get("storage_url"),
@@ -146,3 +154,15 @@ def _guidance(value: str | None) -> float | None:
     if not 1.0 <= scale <= 2.0:  # the range the AnimateLCM authors offer
         raise ValueError(f"FASTSVD_FEW_STEP_GUIDANCE must be 1.0-2.0, not {value}")
     return scale
+
+
+def _gpu_memory_gb(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = float("nan")
+    if not 1.0 <= gb <= 4096.0:
+        raise ValueError(f"FASTSVD_GPU_MEMORY_GB must be a number of GB (1-4096), not {value}")
+    return gb

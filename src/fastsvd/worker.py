@@ -33,6 +33,7 @@ from fastsvd.endpoints import ENDPOINTS, Registry
 from fastsvd.errors import (
     FastSVDError,
     GenerationCancelled,
+    GpuFault,
     InvalidInput,
     StoreUnavailable,
     http_status,
@@ -114,6 +115,7 @@ class Worker:
         self.stopping = threading.Event()  # finish the current job, then exit
         self.abort = threading.Event()  # stop the current job at its next step
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
+        self.gpu_fault: GpuFault | None = None  # set: the job went back, this process must go
 
     def serve(self, *, burst: bool = False) -> int:
         """Load the model, then run jobs until ``stopping`` (or, with ``burst``, the queue is
@@ -151,6 +153,8 @@ class Worker:
                 if claim is None:
                     if burst or self.stopping.is_set():
                         break
+                    if self.runner.idle():  # a piece of compilation; then look for jobs again
+                        continue
                     # Idle until woken, the safety-net poll, or the next reaping round, whichever
                     # is first: nobody wakes us for a job whose lease just expired.
                     until_reap_s = last_reap + reap_every_s - time.monotonic()
@@ -187,6 +191,8 @@ class Worker:
                 log.warning("job %s: lease lost; stopped without writing", job.id)
             elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
                 ctx.release()  # shutting down: another worker takes it
+            elif isinstance(exc, GpuFault):
+                self._hand_back(ctx, exc)
             else:
                 failure = failure_of(exc)
                 ctx.fail(failure)
@@ -197,6 +203,17 @@ class Worker:
             ctx.done.set()
             heartbeat.join()
             self.listener.watch(None)
+
+    def _hand_back(self, ctx: JobContext, fault: GpuFault) -> None:
+        """The CUDA context is gone: every later job here would fail at once. The job goes
+        back (not its fault, the first time) and this process stops, to be restarted fresh."""
+        job = ctx.job
+        log.error("job %s: %s; handing it back and exiting", job.id, fault.message)
+        self._until_written(
+            lambda: self.s.jobs.hand_back(job.id, ctx.token, fault.message), lost=ctx.lost
+        )
+        self.gpu_fault = fault
+        self.stopping.set()
 
     def _heartbeat(self, ctx: JobContext) -> None:
         # The lease is ours until ``held_until``; while the database is away we keep running,

@@ -19,7 +19,7 @@ from torch._dynamo.utils import counters
 
 from fastsvd.errors import FastSVDError
 from fastsvd.pipeline import compile as compiling
-from fastsvd.pipeline.compile import CompileOptions
+from fastsvd.pipeline.compile import CompileOptions, GraphState
 from fastsvd.pipeline.core import VideoPipeline
 
 

@@ -26,16 +26,23 @@ from PIL import Image
 
 from fastsvd import constants as c
 from fastsvd import media
-from fastsvd.errors import FastSVDError, GenerationFailed, OutOfMemory
+from fastsvd.errors import FastSVDError, GenerationFailed, GpuFault, OutOfMemory
 from fastsvd.pipeline import deepcache, optimize, tiny
 from fastsvd.pipeline import model_configs as configs
-from fastsvd.pipeline.compile import CompileOptions, compile_regions, configure
+from fastsvd.pipeline.compile import (
+    CompileOptions,
+    GraphState,
+    compile_regions,
+    configure,
+    set_state,
+)
 from fastsvd.pipeline.consistency import ConsistencySampler
-from fastsvd.pipeline.device import Placement
+from fastsvd.pipeline.device import Placement, is_gpu_fault
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
 from fastsvd.pipeline.loading import load_pretrained, load_single_file
+from fastsvd.pipeline.memory import ALL_MODELS, Models, Plan, cpu_plan
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ANIMATE_LCM, SDXL_LIGHTNING_4STEP, ModelPreset
 from fastsvd.pipeline.video import VideoSettings, animate
@@ -53,16 +60,6 @@ class Video:
     seed: int
     fps: int
     timings_s: dict[Stage, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Models:
-    """Which of a preset's models to load: each family's video model and first-frame model."""
-
-    video: bool = True  # SVD-XT, 20 steps (fal-ai/fast-svd)
-    first_frame: bool = True  # SDXL base (fal-ai/fast-svd/text-to-video)
-    few_step_video: bool = True  # AnimateLCM-SVD-xt (fal-ai/fast-svd-lcm)
-    few_step_first_frame: bool = True  # SDXL-Lightning 4-step (.../text-to-video)
 
 
 @dataclass(frozen=True)
@@ -98,6 +95,7 @@ class VideoPipeline:
         few_step_video: StableVideoDiffusionPipeline | None = None,
         few_step_first_frame: StableDiffusionXLPipeline | None = None,
         few_step_guidance: float | None = None,
+        plan: Plan | None = None,
     ) -> None:
         if video is None and few_step_video is None:
             raise ValueError("a VideoPipeline needs a video model")
@@ -111,19 +109,16 @@ class VideoPipeline:
         self.few_step_guidance = (
             preset.few_step.max_guidance_scale if few_step_guidance is None else few_step_guidance
         )
+        # where each model waits between stages (pipeline/memory.py); no GPU: where it is
+        self.plan = plan or cpu_plan({}, preset.decode_chunk_size)
         for pipe in self.pipes():
-            pipe.to(placement.device)
-            if pipe.dtype != placement.dtype:
-                pipe.to(dtype=placement.dtype)
             pipe.set_progress_bar_config(disable=True)
+        self._place()
         # the video U-Net's forwards, eager until ``compile``; one full graph keeps every cut
         self.graphs = (
             deepcache.UNetGraphs(video.unet, deepcache.BRANCHES) if video is not None else None
         )
         self.compiled: CompileOptions | None = None
-        # low-memory mode (24 GB cards): the first-frame model waits on the CPU between requests
-        # and the decode chunk is picked from free GPU memory (``optimize`` "low_memory")
-        self.low_memory = False
 
     @property
     def video(self) -> StableVideoDiffusionPipeline:
@@ -141,6 +136,7 @@ class VideoPipeline:
         """Compile the models as ``options`` say (``pipeline/compile.py``); lazily: the graphs
         are built on the first call, which ``warm_up`` makes."""
         configure()
+        options = replace(options, guards=[])  # this pipeline's own graphs
         firsts = (self.first_frame, self.few_step_first_frame) if options.first_frame else ()
         # whole forwards: the first frames' U-Nets, the few-step video's (no DeepCache)
         whole = [p.unet for p in (*firsts, self.few_step_video) if p is not None]
@@ -160,10 +156,19 @@ class VideoPipeline:
         self.compiled = options
 
     def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE) -> float:
-        """Run a two-step request at ``size`` (width, height; default: fal's default) for every
-        graph a request can use: the first frame, the full U-Net step, each DeepCache cut, the
-        decode. Returns the seconds it took (on a compiled pipeline: the compile time)."""
+        """Run every warm-up step (``warm_up_steps``), then swap the compiled graphs in.
+        Returns the seconds it took (on a compiled pipeline: the compile time)."""
         started = time.perf_counter()
+        for step in self.warm_up_steps(size):
+            step()
+        self.swap_in()
+        return time.perf_counter() - started
+
+    def warm_up_steps(self, size: tuple[int, int] = WARM_UP_SIZE) -> list[Callable[[], None]]:
+        """Two-step requests at ``size`` (width, height; default: fal's default) for every
+        graph a request can use: the first frame, the full U-Net step, each DeepCache cut, the
+        decode. Each one compiles the graphs it runs; until ``swap_in``, requests run eagerly
+        (a worker runs them one at a time between jobs: ``compile.py``)."""
         width, height = size
         params = GenerationParams(
             width=width,
@@ -177,21 +182,47 @@ class VideoPipeline:
             negative_prompt=c.DEFAULT_NEGATIVE_PROMPT,
         )
         grey = Image.new("RGB", size, (127, 127, 127))
+        image = [grey]  # the first frame the 20-step text-to-video step draws
+
+        def warming(params: GenerationParams, keep_frame: bool = False) -> Callable[[], None]:
+            def step() -> None:
+                guards = self.compiled.guards if self.compiled is not None else []
+                set_state(guards, GraphState.warming)
+                try:
+                    given = None if params.prompt else image[0]
+                    video = self.generate(replace(params, image=given))
+                finally:
+                    set_state(guards, GraphState.eager)
+                if keep_frame:
+                    image[0] = video.first_frame
+
+            return step
+
+        steps = []
         if self._video is not None:
             if self.first_frame is not None:
-                image = self.generate(params).first_frame
+                steps.append(warming(params, keep_frame=True))
             else:
-                image = grey
-                self.generate(replace(params, prompt=None, image=image))
+                steps.append(warming(replace(params, prompt=None)))
             # minimum's schedule covers cut 1 (medium's too), high's cut 0: full, then shallow
             for level in ("minimum", "high"):
-                self.generate(replace(params, prompt=None, image=image, deep_cache=level))
+                steps.append(warming(replace(params, prompt=None, deep_cache=level)))
         if self.few_step_video is not None:
             few = replace(params, few_step=True, negative_prompt="")
             if self.few_step_first_frame is None:
-                few = replace(few, prompt=None, image=grey)
-            self.generate(few)
-        return time.perf_counter() - started
+                few = replace(few, prompt=None)
+            steps.append(warming(few))
+        return steps
+
+    def swap_in(self) -> None:
+        """Requests run the compiled graphs from now on, at the warmed-up shapes."""
+        if self.compiled is not None:
+            set_state(self.compiled.guards, GraphState.compiled)
+
+    def compile_on_first_use(self) -> None:
+        """Every call compiles, at any shape (``fastsvd generate``'s one request)."""
+        if self.compiled is not None:
+            set_state(self.compiled.guards, GraphState.warming)
 
     def generate(self, params: GenerationParams, hooks: Hooks = NO_HOOKS) -> Video:
         """The video ``params`` ask for: the first frame drawn from ``params.prompt`` or fitted
@@ -208,6 +239,7 @@ class VideoPipeline:
             )
         if family.graphs is None and params.deep_cache != "none":
             raise ValueError("the few-step video model runs without DeepCache")
+        self.plan.check_size(params.width, params.height)
         clock = StageClock(hooks)
         if params.prompt is not None:
             image = self._draw_first_frame(family, params.prompt, params, clock.hooks)
@@ -229,10 +261,10 @@ class VideoPipeline:
             seed=params.seed,
             min_guidance_scale=family.min_guidance,
             max_guidance_scale=family.max_guidance,
-            decode_chunk_size=self._decode_chunk_size(params.width, params.height),
+            decode_chunk_size=self.plan.decode_chunk,
             cache=deepcache.LEVELS[params.deep_cache],
         )
-        with _translated_errors(), torch.inference_mode():
+        with _translated_errors(), torch.inference_mode(), self._on_device(family.video):
             frames = animate(family.video, image, settings, clock.hooks, family.graphs)
         # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
         pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
@@ -292,27 +324,69 @@ class VideoPipeline:
                 hooks=hooks,
             )
 
+    def _parts(self) -> dict[int, tuple[str, torch.nn.Module]]:
+        """The loaded models by id: each one's part name (``memory.py``) and module."""
+        parts: dict[int, tuple[str, torch.nn.Module]] = {}
+
+        def add(name: str, module: torch.nn.Module | None) -> None:
+            if module is not None:
+                parts.setdefault(id(module), (name, module))
+
+        videos = ((self._video, "video_unet"), (self.few_step_video, "few_step_video_unet"))
+        for pipe, unet in videos:
+            if pipe is not None:
+                add(unet, pipe.unet)
+                add("image_encoder", pipe.image_encoder)
+                add("video_vae", pipe.vae)
+        for pipe, unet in (
+            (self.first_frame, "first_frame_unet"),
+            (self.few_step_first_frame, "few_step_first_frame_unet"),
+        ):
+            if pipe is not None:
+                add(unet, pipe.unet)
+                add("text_encoders", pipe.text_encoder)
+                add("text_encoders", pipe.text_encoder_2)
+                add("first_frame_vae", pipe.vae)
+        return parts
+
+    def _place(self) -> None:
+        """Every model where the plan keeps it between stages, in the placement's dtype."""
+        cpu = torch.device("cpu")
+        for name, module in self._parts().values():
+            device = cpu if name in self.plan.offloaded else self.placement.device
+            module.to(device=device, dtype=self.placement.dtype)
+
+    @property
+    def low_memory(self) -> bool:
+        """Whether the first-frame models wait on the CPU between stages (the benchmark's
+        switch between the plan's ``resident`` and ``offload-first-frame`` modes)."""
+        return self.plan.mode != "resident"
+
+    @low_memory.setter
+    def low_memory(self, on: bool) -> None:
+        self.plan = replace(self.plan, mode="offload-first-frame" if on else "resident")
+        if self.plan.total_bytes is None:  # the CPU plan offloads nothing: say what is asked
+            self.plan = replace(self.plan, total_bytes=0)
+        self._place()
+
     @contextlib.contextmanager
-    def _on_device(self, pipe: StableDiffusionXLPipeline) -> Iterator[None]:
-        """In low-memory mode, a first-frame model is on the GPU for stage 1 only."""
-        if not self.low_memory:
-            yield
-            return
-        pipe.to(self.placement.device)
+    def _on_device(self, pipe: Any) -> Iterator[None]:
+        """The models of ``pipe`` that the plan keeps on the CPU are on the GPU for one stage."""
+        offloaded = self.plan.offloaded
+        moved = [
+            module
+            for name, module in self._parts().values()
+            if name in offloaded and any(module is m for m in pipe.components.values())
+        ]
+        for module in moved:
+            module.to(self.placement.device)
         try:
             yield
         finally:
-            pipe.to("cpu")
-            if self.placement.device.type == "cuda":
+            for module in moved:
+                module.to("cpu")
+            if moved and self.placement.device.type == "cuda":
                 torch.cuda.empty_cache()
-
-    def _decode_chunk_size(self, width: int, height: int) -> int:
-        preset = self.preset.decode_chunk_size
-        if not self.low_memory or self.placement.device.type != "cuda":
-            return preset
-        free_bytes, _total = torch.cuda.mem_get_info(self.placement.device)
-        dtype_bytes = self.placement.dtype.itemsize
-        return min(preset, decode_chunk_for(free_bytes, width, height, dtype_bytes))
 
     def to_mp4(self, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
         """Encode ``video`` as H.264 MP4 at its fps, one ``export`` step per frame."""
@@ -329,36 +403,37 @@ class VideoPipeline:
         return data
 
 
-# Bytes the temporal VAE decoder holds per decoded frame, per output pixel and byte of dtype: an
-# estimate (the 128-channel full-resolution activations, a few alive at once), to be replaced
-# by the device run's measured peak per chunk (bench/gpu.py, "decode_chunks").
-DECODE_BYTES_PER_PIXEL_BYTE = 128 * 6
-
-
-def decode_chunk_for(free_bytes: int, width: int, height: int, dtype_bytes: int) -> int:
-    """The most frames (1..25) one decode call can take in ``free_bytes``, keeping a quarter."""
-    per_frame = width * height * dtype_bytes * DECODE_BYTES_PER_PIXEL_BYTE
-    return max(1, min(25, int(free_bytes * 0.75) // per_frame))
-
-
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
-    """Turns torch's out-of-memory and runtime errors into fastsvd errors, at one boundary."""
+    """Turns torch's out-of-memory and runtime errors into fastsvd errors, at one boundary.
+
+    Out of memory: the tensors of the failed request are let go (the exception holding them
+    ends first), the cache is emptied, and the request fails alone. A GPU fault (an error that
+    leaves the CUDA context unusable) becomes ``GpuFault``, which the worker does not survive.
+    """
     try:
         yield
+        return
     except FastSVDError:
         raise
     except torch.OutOfMemoryError as exc:
-        raise OutOfMemory(f"out of GPU memory: {str(exc).splitlines()[0]}") from exc
-    except RuntimeError as exc:
-        raise GenerationFailed(f"generation failed: {str(exc).splitlines()[0]}") from exc
+        message = f"out of GPU memory: {str(exc).splitlines()[0] if str(exc) else ''}"
+    except RuntimeError as exc:  # torch.AcceleratorError included
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if is_gpu_fault(exc):
+            raise GpuFault(f"the GPU failed: {first}") from exc
+        raise GenerationFailed(f"generation failed: {first}") from exc
+    # outside the except block: the failed request's tensors are free now
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise OutOfMemory(message)
 
 
 def load_pipeline(
     preset: ModelPreset,
     placement: Placement,
     *,
-    models: Models = Models(),
+    models: Models = ALL_MODELS,
     video_model: str | None = None,
     first_frame_model: str | None = None,
     few_step_video_model: str | None = None,
@@ -367,12 +442,15 @@ def load_pipeline(
     optimizations: tuple[str, ...] = (),
     compile: CompileOptions | None = None,
     warm_up: bool = False,
+    plan: Plan | None = None,
 ) -> VideoPipeline:
     """Load ``models`` of ``preset`` onto ``placement``; ``*_model`` override where their weights
     are (a Hugging Face id or folder; for the few-step U-Nets, a single file or its repo).
 
-    With ``compile`` the models are compiled, and with ``warm_up`` one short request per
-    ``deep_cache`` level runs at the default size, so no request pays for compilation.
+    ``plan`` (``pipeline/memory.py``) says which models wait on the CPU between stages, and
+    the decode chunk; by default everything stays on ``placement``'s device. With ``compile``
+    the models are compiled (eager until warmed up and swapped in: ``compile.py``), and with
+    ``warm_up`` one short request per ``deep_cache`` level runs at the default size first.
     """
     few = preset.few_step
     video, few_video = _load_stage(
@@ -410,13 +488,9 @@ def load_pipeline(
         few_step_video=few_step_video,
         few_step_first_frame=few_step_first_frame,
         few_step_guidance=few_step_guidance,
+        plan=plan,
     )
     optimize.apply(pipeline.pipes(), optimizations)
-    pipeline.low_memory = "low_memory" in optimizations
-    if pipeline.low_memory:
-        for first in (first_frame, few_step_first_frame):
-            if first is not None:
-                first.to("cpu")
     if compile is not None:
         pipeline.compile(compile)
     if warm_up:

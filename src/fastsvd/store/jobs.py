@@ -78,6 +78,7 @@ RATE_WINDOW_S = 60.0  # the submit-rate limit's sliding window
 
 CANCELLED = Failure("Request cancelled", "cancelled", 499)
 START_TIMEOUT = Failure("Request start timeout exceeded", "request_timeout", 504)
+GPU_FAULT = "GPU failure"  # the start of the log line of a job handed back by a failed GPU
 
 
 @dataclass(frozen=True)
@@ -491,6 +492,35 @@ class JobStore:
             if done.rowcount == 1:
                 self.db.notify(conn, WAKE_CHANNEL)
         return done.rowcount == 1
+
+    def hand_back(self, job_id: str, token: int, reason: str) -> bool:
+        """Hand a held job back after its worker's GPU failed under it (``reason``, logged in
+        the job). The attempt is not the job's fault the first time; if a GPU failed under it
+        before, on another worker, it counts, and the job ends after its attempts."""
+        now = time.time()
+        with self.db.write() as conn:
+            held = conn.scalar(select(jobs.c.attempts).where(self._held(job_id, token)))
+            if held is None:
+                return False
+            earlier = conn.scalar(
+                select(func.count())
+                .select_from(job_logs)
+                .where(job_logs.c.job_id == job_id, job_logs.c.message.startswith(GPU_FAULT))
+            )
+            conn.execute(
+                insert(job_logs).values(
+                    job_id=job_id,
+                    at=now,
+                    level="WARNING",
+                    message=f"{GPU_FAULT} under this request ({reason}); back to the queue",
+                )
+            )
+            if not earlier:
+                conn.execute(
+                    update(jobs).where(self._held(job_id, token)).values(attempts=held - 1)
+                )
+            self._requeue_or_give_up(conn, self._held(job_id, token), now)
+        return True
 
     def reap(self, now: float | None = None) -> int:
         """Jobs whose worker stopped renewing: back to the queue, or ended after max attempts."""
