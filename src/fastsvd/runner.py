@@ -40,7 +40,7 @@ from fastsvd.schema import (
 from fastsvd.settings import Settings
 
 if TYPE_CHECKING:
-    from fastsvd.pipeline.device import Platform
+    from fastsvd.pipeline.device import Placement, Platform
     from fastsvd.pipeline.memory import Models, Plan
 
 log = logging.getLogger("fastsvd.runner")
@@ -110,26 +110,8 @@ class ModelRunner:
         self._warm_up: list[Callable[[], None]] = []  # the compile steps left, between jobs
 
     def _plan(self, endpoints: dict[str, Models], *, explicit: bool) -> Plan:
-        from fastsvd.pipeline import memory
-
-        s, placement = self.settings, self.placement
         total = self.platform.total_bytes if self.platform is not None else None
-        if s.gpu_memory_gb is not None and placement.device.type == "cuda":
-            total = int(s.gpu_memory_gb * memory.GiB)
-        if placement.device.type != "cuda" or total is None:
-            return memory.cpu_plan(endpoints, self.preset.decode_chunk_size)
-        real = self.preset.video_model is not None
-        mode = None if (s.memory_mode or "auto").lower() == "auto" else s.memory_mode
-        return memory.choose(
-            total,
-            endpoints,
-            dtype_bytes=placement.dtype.itemsize,
-            preset_chunk=self.preset.decode_chunk_size,
-            mode=mode,
-            explicit=explicit,
-            # the tiny preset's models are a few MB: nothing to place
-            weights=None if real else dict.fromkeys(memory.PARTS, 0),
-        )
+        return memory_plan(self.settings, self.placement, total, endpoints, explicit=explicit)
 
     def describe(self) -> str:
         """The start line: the platform, the dtype chosen, torch and CUDA, the memory plan."""
@@ -233,6 +215,37 @@ class ModelRunner:
         image = self.load_image(request.image_url) if isinstance(request, ImageRequest) else None
         video = pipeline.generate(params_of(request, seed, image), hooks)
         return pipeline.to_mp4(video, hooks)
+
+
+def memory_plan(
+    settings: Settings,
+    placement: Placement,
+    total_bytes: int | None,
+    endpoints: dict[str, Models],
+    *,
+    explicit: bool,
+) -> Plan:
+    """The memory plan for ``endpoints`` (id -> models) on a GPU of ``total_bytes`` (or as much
+    as ``FASTSVD_GPU_MEMORY_GB`` says), in ``FASTSVD_MEMORY_MODE``; no GPU: the CPU plan."""
+    from fastsvd.pipeline import memory
+    from fastsvd.pipeline.presets import PRESETS
+
+    preset = PRESETS[settings.preset]
+    if settings.gpu_memory_gb is not None and placement.device.type == "cuda":
+        total_bytes = int(settings.gpu_memory_gb * memory.GiB)
+    if placement.device.type != "cuda" or total_bytes is None:
+        return memory.cpu_plan(endpoints, preset.decode_chunk_size)
+    real = preset.video_model is not None
+    mode = settings.memory_mode
+    return memory.choose(
+        total_bytes,
+        endpoints,
+        dtype_bytes=placement.dtype.itemsize,
+        preset_chunk=preset.decode_chunk_size,
+        mode=None if mode is None or mode.lower() == "auto" else mode,
+        explicit=explicit,
+        weights=None if real else dict.fromkeys(memory.PARTS, 0),  # tiny: a few MB, nothing
+    )
 
 
 def models_of(capabilities: set[str] | frozenset[str]) -> Models:

@@ -25,7 +25,7 @@ import uvicorn
 from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import configured
-from fastsvd.errors import FastSVDError
+from fastsvd.errors import FastSVDError, ModelNotAvailable
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.keys import Scope
@@ -211,10 +211,31 @@ def check_tls(settings: Settings) -> bool:
     return True
 
 
+def check_weights(settings: Settings) -> None:
+    """Offline (``HF_HUB_OFFLINE=1``), missing weights stop the service before any worker
+    starts: one line per missing model with its download command. Online, workers download
+    them as they load; the lines say what that is."""
+    if settings.runner:
+        return
+    from fastsvd.pipeline import weights
+
+    report = weights.check(settings)
+    if report.complete:
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ModelNotAvailable(
+            f"{len(report.missing)} model(s) missing, and HF_HUB_OFFLINE is on:\n"
+            f"{report.message()}\n(`fastsvd doctor` checks everything; --preset tiny runs "
+            "without weights)"
+        )
+    print(f"downloading as the workers load:\n{report.message()}", flush=True)
+
+
 def serve(settings: Settings) -> int:
     """Run the service until stopped; returns the process exit code."""
     tls = check_tls(settings)
     configured(settings)  # an unknown FASTSVD_ENDPOINTS id stops here, not in every worker
+    check_weights(settings)
     if not settings.auth and not is_loopback(settings.host):
         raise FastSVDError(
             f"auth can only be turned off on a loopback address, not on {settings.host}"
