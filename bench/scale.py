@@ -64,6 +64,9 @@ def worker_process(count: int) -> None:
         def load(self) -> None:
             return None
 
+        def idle(self) -> bool:
+            return False
+
         def run(self, capability: str, request: object, seed: int, hooks: object) -> bytes:
             time.sleep(JOB_S)
             return mp4
