@@ -204,7 +204,7 @@ class ModelRunner:
         )
 
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
-        from fastsvd.pipeline.core import VideoPipeline
+        from fastsvd.pipeline.core import VideoPipeline, free_memory
 
         pipeline = self._pipeline
         if not isinstance(pipeline, VideoPipeline):
@@ -213,8 +213,16 @@ class ModelRunner:
         if capability not in self.capabilities or not isinstance(request, VideoRequest):
             raise FastSVDError(f"no {capability} for a {type(request).__name__}")
         image = self.load_image(request.image_url) if isinstance(request, ImageRequest) else None
-        video = pipeline.generate(params_of(request, seed, image), hooks)
-        return pipeline.to_mp4(video, hooks)
+        try:
+            video = pipeline.generate(params_of(request, seed, image), hooks)
+        except OutOfMemory as exc:
+            message = exc.message
+        else:
+            return pipeline.to_mp4(video, hooks)
+        # out of memory: this request fails alone, once its tensors are gone (the exception
+        # that held them has ended) and the cache is handed back; the next one starts clean
+        free_memory()
+        raise OutOfMemory(message)
 
 
 def memory_plan(

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from fastsvd import constants as c
 from fastsvd.errors import DoesNotFit, InvalidInput, NoUsableGpu, OutOfMemory
 from fastsvd.pipeline import core, memory
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import Platform, choose
+from fastsvd.pipeline.hooks import NO_HOOKS
 from fastsvd.pipeline.memory import Models
-from fastsvd.runner import ModelRunner, data_uri_only, models_of, params_of
+from fastsvd.runner import ModelRunner, data_uri_only, models_of
 from fastsvd.schema import ImageToVideoInput
 from fastsvd.settings import Settings
 
@@ -163,23 +165,26 @@ def test_out_of_memory_at_load_names_settings_that_would_fit(
 
 
 def test_out_of_memory_in_a_request_fails_it_alone_and_lets_its_tensors_go(
-    tiny_pipeline: VideoPipeline, monkeypatch: pytest.MonkeyPatch
+    tiny_pipeline: VideoPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def out_of_memory(*_args: object, **_kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
     monkeypatch.setattr(core, "animate", out_of_memory)
+    runner = ModelRunner(Settings(data_dir=tmp_path, preset="tiny", device="cpu"), picture)
+    runner._pipeline = tiny_pipeline  # loaded once for the session
     request = ImageToVideoInput.model_validate(
         {"image_url": "data:,", "video_size": {"width": 64, "height": 64}, "steps": 1}
     )
-    from PIL import Image
-
-    params = params_of(request, 1, Image.new("RGB", (64, 64)))
     with pytest.raises(OutOfMemory, match="out of GPU memory: CUDA out of memory") as exc:
-        tiny_pipeline.generate(params)
+        runner.run("image_to_video", request, 1, NO_HOOKS)
     # nothing holds the failed request's frames: its exception ended before this one began
     assert exc.value.__context__ is None
     assert exc.value.__cause__ is None
+
+
+def picture(_url: str) -> Image.Image:
+    return Image.new("RGB", (64, 64))
 
 
 def test_endpoints_map_onto_the_models_they_load() -> None:

@@ -8,6 +8,7 @@ seconds each stage took; ``to_mp4`` encodes them.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -407,26 +408,31 @@ class VideoPipeline:
 def _translated_errors() -> Iterator[None]:
     """Turns torch's out-of-memory and runtime errors into fastsvd errors, at one boundary.
 
-    Out of memory: the tensors of the failed request are let go (the exception holding them
-    ends first), the cache is emptied, and the request fails alone. A GPU fault (an error that
-    leaves the CUDA context unusable) becomes ``GpuFault``, which the worker does not survive.
+    A GPU fault (an error that leaves the CUDA context unusable) becomes ``GpuFault``, which
+    the worker does not survive.
     """
     try:
         yield
-        return
     except FastSVDError:
         raise
     except torch.OutOfMemoryError as exc:
-        message = f"out of GPU memory: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise OutOfMemory(f"out of GPU memory: {_first_line(exc)}") from exc
     except RuntimeError as exc:  # torch.AcceleratorError included
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if is_gpu_fault(exc):
-            raise GpuFault(f"the GPU failed: {first}") from exc
-        raise GenerationFailed(f"generation failed: {first}") from exc
-    # outside the except block: the failed request's tensors are free now
+            raise GpuFault(f"the GPU failed: {_first_line(exc)}") from exc
+        raise GenerationFailed(f"generation failed: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def free_memory() -> None:
+    """Let go of what a failed request left (its tensors, held by reference cycles of its
+    exception's frames) and hand the cached blocks back to the GPU."""
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    raise OutOfMemory(message)
 
 
 def load_pipeline(
