@@ -69,7 +69,7 @@ class CompileOptions:
         compiled = torch.compile(
             fn, fullgraph=True, dynamic=False, backend=self.backend, mode=self.mode
         )
-        guarded = Guarded(name or str(getattr(fn, "__qualname__", "graph")), fn, compiled)
+        guarded = Guarded(name or str(getattr(fn, "__qualname__", type(fn).__name__)), fn, compiled)
         self.guards.append(guarded)
         return guarded
 
@@ -134,7 +134,11 @@ def set_state(guards: Iterable[Guarded], state: GraphState) -> None:
 def _compile_errors() -> tuple[type[BaseException], ...]:
     import torch._dynamo.exc as dynamo
 
-    errors: list[type[BaseException]] = [dynamo.TorchDynamoException]
+    # FailOnRecompileLimitHit derives from Exception, not from dynamo's base class
+    errors: list[type[BaseException]] = [
+        dynamo.TorchDynamoException,
+        dynamo.FailOnRecompileLimitHit,
+    ]
     try:
         from torch._inductor.exc import InductorError
 
