@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fastsvd.constants import DEFAULT_PRESET
+from fastsvd.constants import DEFAULT_PRESET, MEMORY_MODES
 
 ENV_PREFIX = "FASTSVD_"
 
@@ -113,7 +113,7 @@ class Settings:
             runner=get("runner"),
             optimize=get("optimize"),
             compile=get("compile"),
-            memory_mode=get("memory_mode"),
+            memory_mode=_memory_mode(get("memory_mode")),
             gpu_memory_gb=_gpu_memory_gb(get("gpu_memory_gb")),
             data_dir=Path(get("data_dir") or defaults.data_dir),
             database_url=get("database_url"),
@@ -166,3 +166,13 @@ def _gpu_memory_gb(value: str | None) -> float | None:
     if not 1.0 <= gb <= 4096.0:
         raise ValueError(f"FASTSVD_GPU_MEMORY_GB must be a number of GB (1-4096), not {value}")
     return gb
+
+
+def _memory_mode(value: str | None) -> str | None:
+    if value is None or value.lower() == "auto":
+        return None
+    if value.lower() not in MEMORY_MODES:
+        raise ValueError(
+            f"FASTSVD_MEMORY_MODE must be auto or one of {', '.join(MEMORY_MODES)}, not {value}"
+        )
+    return value.lower()

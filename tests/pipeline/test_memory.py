@@ -190,3 +190,15 @@ def picture(_url: str) -> Image.Image:
 def test_endpoints_map_onto_the_models_they_load() -> None:
     assert models_of({"image_to_video"}) == ALL[c.IMAGE_TO_VIDEO_ENDPOINT]
     assert models_of({"few_step_text_to_video"}) == ALL[c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT]
+
+
+def test_the_memory_settings_are_checked_by_name() -> None:
+    with pytest.raises(ValueError, match="FASTSVD_GPU_MEMORY_GB must be a number"):
+        Settings.from_env({"FASTSVD_GPU_MEMORY_GB": "lots"})
+    with pytest.raises(ValueError, match="FASTSVD_MEMORY_MODE must be auto or one of"):
+        Settings.from_env({"FASTSVD_MEMORY_MODE": "tight"})
+    got = Settings.from_env({"FASTSVD_MEMORY_MODE": "Auto", "FASTSVD_GPU_MEMORY_GB": "24"})
+    assert (got.memory_mode, got.gpu_memory_gb) == (None, 24.0)
+    assert Settings.from_env({"FASTSVD_MEMORY_MODE": "offload-unets"}).memory_mode == (
+        "offload-unets"
+    )

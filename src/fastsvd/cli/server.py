@@ -14,7 +14,7 @@ import click
 
 from fastsvd import constants as c
 from fastsvd.cli.common import EXIT_INVALID, fail, load_settings, main, store_name, store_options
-from fastsvd.errors import CannotRunHere, FastSVDError, ModelNotAvailable
+from fastsvd.errors import CannotRunHere, FastSVDError, GpuFault, ModelNotAvailable
 
 
 @main.command()
@@ -110,6 +110,8 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
         fail(exc.message, c.EXIT_MODEL_NOT_AVAILABLE)
     except CannotRunHere as exc:  # out of memory at load or warm-up
         fail(exc.message, c.EXIT_CANNOT_RUN_HERE)
+    except GpuFault as exc:  # between jobs (compiling)
+        worker.gpu_fault = exc
     except FastSVDError as exc:
         fail(exc.message)
     if worker.gpu_fault is not None:

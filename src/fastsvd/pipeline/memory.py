@@ -27,6 +27,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fastsvd.constants import MEMORY_MODES
 from fastsvd.errors import DoesNotFit, FastSVDError, InvalidInput
 
 GiB = 1024**3
@@ -58,11 +59,17 @@ VIDEO_PARTS = (*VIDEO_UNETS, "image_encoder", "video_vae")
 PARTS = (*FIRST_FRAME_PARTS, *VIDEO_PARTS)
 
 # Memory modes: the parts that wait on the CPU between stages (FASTSVD_MEMORY_MODE).
-MODES: dict[str, frozenset[str]] = {
-    "resident": frozenset(),
-    "offload-first-frame": frozenset(FIRST_FRAME_PARTS),
-    "offload-unets": frozenset((*FIRST_FRAME_PARTS, *VIDEO_UNETS)),
-}
+MODES: dict[str, frozenset[str]] = dict(
+    zip(
+        MEMORY_MODES,
+        (
+            frozenset(),  # resident
+            frozenset(FIRST_FRAME_PARTS),  # offload-first-frame
+            frozenset((*FIRST_FRAME_PARTS, *VIDEO_UNETS)),  # offload-unets
+        ),
+        strict=True,
+    )
+)
 
 
 @dataclass(frozen=True)
