@@ -4,8 +4,6 @@ empty Hugging Face cache, ``HF_HUB_OFFLINE=1``)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastsvd.cli import main
+from tests.pipeline.test_loading import run_cli
 from tests.service.conftest import ROOT
 
 MODELS = 4  # the default preset's: SVD-XT 1.1, SDXL base, AnimateLCM-SVD-xt, SDXL-Lightning
@@ -59,15 +58,7 @@ def test_serve_without_weights_offline_stops_with_one_line_per_model(
     offline: dict[str, str],
 ) -> None:
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "fastsvd.cli", "serve", "--port", "0"],
-        env=offline,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("serve", "--port", "0", env=offline, cwd=ROOT)
     assert time.monotonic() - started < 60
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout

@@ -48,7 +48,6 @@ def test_inductor_matches_eager_and_a_restarted_compile_hits_the_persisted_cache
             torch._dynamo.reset()
             counters.clear()
             fn = CompileOptions().wrap(block.forward)
-            fn.state = GraphState.warming  # compiling (until then: eager)
             results.append(fn(hidden, temb, image_only_indicator=indicator))
             hits.append(counters["inductor"]["fxgraph_cache_hit"])
     torch._dynamo.reset()

@@ -6,8 +6,6 @@ of failing every later job within milliseconds. Injected through the real runner
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.jobs import GPU_FAULT, JobState
 from fastsvd.worker import Worker, WorkerServices
+from tests.pipeline.test_loading import run_cli
 from tests.service.conftest import ROOT
 from tests.service.test_few_step import picture_uri
 
@@ -83,15 +82,7 @@ def test_the_worker_command_exits_with_the_gpu_fault_code(tmp_path: Path) -> Non
         job, _new = services.jobs.submit(
             key_id="k", endpoint=c.TEXT_TO_VIDEO_ENDPOINT, input={"prompt": "gpu fault"}
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "fastsvd.cli", "worker"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_cli("worker", env=env, cwd=ROOT)
         assert done.returncode == c.EXIT_GPU_FAULT, done.stderr
         assert "Traceback" not in done.stderr
         handed = services.jobs.get(job.id)

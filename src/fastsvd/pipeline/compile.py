@@ -15,7 +15,7 @@ What is compiled, with ``fullgraph=True`` and static shapes (``dynamic=False``):
 - the first-frame (SDXL) U-Nets, the few-step video U-Net, and the decoders of both VAEs.
 
 **The policy: serve eagerly at once, compile between jobs, swap in when done.** Every compiled
-callable is a ``Guarded`` one, which runs the eager code until it is swapped in. A worker on a
+callable is a ``Guarded`` one; a pipeline's run the eager code until they are swapped in. A worker on a
 fresh host reports ready as soon as its models are loaded; when it has no job, it runs the
 warm-up requests at fal's default size (``core.VideoPipeline.warm_up_steps``) one at a time, so a
 request that arrives meanwhile waits for at most one of them (a cold compile of one graph: about
@@ -65,7 +65,7 @@ class CompileOptions:
     guards: list[Guarded] = field(default_factory=list, compare=False, repr=False)
 
     def wrap(self, fn: Callable[..., Any], name: str | None = None) -> Guarded:
-        """``torch.compile(fn)`` with these options, guarded (eager until swapped in)."""
+        """``torch.compile(fn)`` with these options, guarded (no compile error escapes)."""
         compiled = torch.compile(
             fn, fullgraph=True, dynamic=False, backend=self.backend, mode=self.mode
         )
@@ -95,7 +95,9 @@ class Guarded:
         self.name = name
         self.eager = eager
         self.compiled = compiled
-        self.state = GraphState.eager
+        # compiling on every call, as torch.compile does, until its owner says otherwise (a
+        # pipeline holds its graphs eager until its warm-up: VideoPipeline.compile)
+        self.state = GraphState.warming
         self.shapes: set[tuple[Any, ...]] = set()  # the inputs' shapes it was warmed at
         self.eager_calls = 0  # calls that ran the eager code (for tests and the log)
 

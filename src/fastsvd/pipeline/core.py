@@ -154,6 +154,7 @@ class VideoPipeline:
             decoders = {id(p.vae.decoder): p.vae.decoder for p in self.pipes()}
             for decoder in decoders.values():
                 options.module(decoder)
+        set_state(options.guards, GraphState.eager)  # until warmed up and swapped in
         self.compiled = options
 
     def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE) -> float:
