@@ -60,7 +60,7 @@ def test_cuda_is_used_only_where_there_is_one() -> None:
         assert choose().dtype in (torch.bfloat16, torch.float16)
     else:
         assert choose().device.type == "cpu"
-        with pytest.raises(FastSVDError, match="no CUDA GPU"):
+        with pytest.raises(FastSVDError, match="no usable CUDA GPU"):
             choose("cuda")
 
 
