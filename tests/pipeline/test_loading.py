@@ -216,6 +216,7 @@ def test_cli_loads_hub_ids_from_the_cache_offline(saved_models: Path, tmp_path: 
         "HF_HUB_OFFLINE": "1",
         "FASTSVD_VIDEO_MODEL": "example/tiny-svd",
         "FASTSVD_FIRST_FRAME_MODEL": "example/tiny-sdxl",
+        "FASTSVD_DEVICE": "cpu",  # a real preset runs on the CPU only when asked
     }
     out = run_cli(
         "generate", "a rocket", "--video-size", "64x64", "--steps", "1", "--seed", "1",
@@ -240,6 +241,7 @@ def test_cli_loads_hub_ids_from_the_cache_offline(saved_models: Path, tmp_path: 
 def test_cli_without_weights_says_which_model_and_how_to_get_it(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
     env.pop("FASTSVD_VIDEO_MODEL", None)
+    env["FASTSVD_DEVICE"] = "cpu"  # past the platform check, to the weights
     out = run_cli("generate", "a rocket", "-q", env=env, cwd=tmp_path)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
