@@ -235,11 +235,11 @@ def serve(settings: Settings) -> int:
     """Run the service until stopped; returns the process exit code."""
     tls = check_tls(settings)
     configured(settings)  # an unknown FASTSVD_ENDPOINTS id stops here, not in every worker
-    check_weights(settings)
     if not settings.auth and not is_loopback(settings.host):
         raise FastSVDError(
             f"auth can only be turned off on a loopback address, not on {settings.host}"
         )
+    check_weights(settings)
     services = Services.from_settings(settings)
     if settings.auth and services.keys.count_live() == 0:
         create_first_key(services)
