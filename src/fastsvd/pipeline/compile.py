@@ -15,12 +15,12 @@ What is compiled, with ``fullgraph=True`` and static shapes (``dynamic=False``):
 - the first-frame (SDXL) U-Nets, the few-step video U-Net, and the decoders of both VAEs.
 
 **The policy: serve eagerly at once, compile between jobs, swap in when done.** Every compiled
-callable is a ``Guarded`` one; a pipeline's run the eager code until they are swapped in. A worker on a
-fresh host reports ready as soon as its models are loaded; when it has no job, it runs the
-warm-up requests at fal's default size (``core.VideoPipeline.warm_up_steps``) one at a time, so a
-request that arrives meanwhile waits for at most one of them (a cold compile of one graph: about
-a minute or more on a GPU, to be measured by the device run), then the compiled graphs are
-swapped in, all at once. A restarted worker whose persisted cache (below) holds a finished
+callable is a ``Guarded`` one; a pipeline's run the eager code until they are swapped in. A
+worker on a fresh host reports ready as soon as its models are loaded; when it has no job, it
+runs the warm-up requests at fal's default size (``core.VideoPipeline.warm_up_steps``) one at a
+time, so a request that arrives meanwhile waits for at most one of them (the cold compile of its
+graphs: minutes on a GPU, an estimate until the device run measures it), then the compiled
+graphs are swapped in, all at once. A restarted worker whose persisted cache (below) holds a finished
 warm-up of the same models warms up before ready instead, from the cache (seconds of tracing).
 
 Sizes: only the shapes seen during the warm-up (the default ``video_size``) run compiled; every
