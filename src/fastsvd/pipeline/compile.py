@@ -20,8 +20,9 @@ worker on a fresh host reports ready as soon as its models are loaded; when it h
 runs the warm-up requests at fal's default size (``core.VideoPipeline.warm_up_steps``) one at a
 time, so a request that arrives meanwhile waits for at most one of them (the cold compile of its
 graphs: minutes on a GPU, an estimate until the device run measures it), then the compiled
-graphs are swapped in, all at once. A restarted worker whose persisted cache (below) holds a finished
-warm-up of the same models warms up before ready instead, from the cache (seconds of tracing).
+graphs are swapped in, all at once. A restarted worker whose persisted cache (below) holds a
+finished warm-up of the same models warms up before ready instead, from the cache (seconds of
+tracing).
 
 Sizes: only the shapes seen during the warm-up (the default ``video_size``) run compiled; every
 other size runs eagerly, so no number of custom sizes recompiles anything or reaches dynamo's
