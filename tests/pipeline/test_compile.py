@@ -61,6 +61,8 @@ def test_the_setting_turns_compilation_on_off_or_regional() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert compiling.parse(None, cpu) is None
     assert compiling.parse(None, cuda) == CompileOptions()
+    assert compiling.parse(None, cuda, serving=False) is None  # fastsvd generate: when asked
+    assert compiling.parse("1", cuda, serving=False) == CompileOptions()
     assert compiling.parse("0", cuda) is None
     assert compiling.parse("1", cpu) == CompileOptions()
     assert compiling.parse("regional", cpu) == CompileOptions(regional=True)
