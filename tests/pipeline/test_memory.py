@@ -202,3 +202,18 @@ def test_the_memory_settings_are_checked_by_name() -> None:
     assert Settings.from_env({"FASTSVD_MEMORY_MODE": "offload-unets"}).memory_mode == (
         "offload-unets"
     )
+
+
+def test_the_pipeline_refuses_a_size_beyond_its_plan_before_computing(
+    tiny_pipeline: VideoPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiny_pipeline, "plan", plan(16))  # a 16 GB card's: up to 900,095 px
+    request = ImageToVideoInput.model_validate(
+        {"image_url": "data:,", "video_size": {"width": 1024, "height": 1024}, "steps": 1}
+    )
+    from fastsvd.runner import params_of
+    from fastsvd.worker import failure_of
+
+    with pytest.raises(InvalidInput, match="video_size: 1024x1024") as exc:
+        tiny_pipeline.generate(params_of(request, 1, Image.new("RGB", (1024, 1024))))
+    assert failure_of(exc.value).http_status == 422  # what the worker records for the job
