@@ -205,14 +205,14 @@ class VideoPipeline:
             if self.first_frame is not None:
                 steps.append(warming(params, keep_frame=True))
             else:
-                steps.append(warming(replace(params, prompt=None)))
+                steps.append(warming(replace(params, prompt=None, image=grey)))
             # minimum's schedule covers cut 1 (medium's too), high's cut 0: full, then shallow
             for level in ("minimum", "high"):
-                steps.append(warming(replace(params, prompt=None, deep_cache=level)))
+                steps.append(warming(replace(params, prompt=None, image=grey, deep_cache=level)))
         if self.few_step_video is not None:
             few = replace(params, few_step=True, negative_prompt="")
             if self.few_step_first_frame is None:
-                few = replace(few, prompt=None)
+                few = replace(few, prompt=None, image=grey)
             steps.append(warming(few))
         return steps
 
