@@ -75,6 +75,9 @@ def worker_process(count: int) -> None:
         def load(self) -> None:
             return None
 
+        def idle(self) -> bool:
+            return False
+
         def run(self, capability: str, request: object, seed: int, hooks: Hooks) -> bytes:
             # as the pipeline does: a cancel check and a progress line per step
             for step in range(1, STEPS + 1):

@@ -45,7 +45,12 @@ PIXELS_MAX = 1024 * 1024  # the largest fal preset, square_hd
 VIDEO_CONTENT_TYPE = "video/mp4"
 VIDEO_CRF = 17  # x264 quality: visually lossless for 25 short frames, a few hundred KB
 
+# FASTSVD_MEMORY_MODE's values besides auto, leanest last (pipeline/memory.py)
+MEMORY_MODES = ("resident", "offload-first-frame", "offload-unets")
+
 EXIT_MODEL_NOT_AVAILABLE = 3  # a worker's exit code when its weights are missing: not restarted
+EXIT_CANNOT_RUN_HERE = 4  # no usable GPU, or its models do not fit it: not restarted
+EXIT_GPU_FAULT = 5  # its GPU failed under a job (handed back): restarted, a fresh process
 
 DEFAULT_PRESET = "svd-xt-1.1"  # SDXL base first frame + SVD-XT 1.1, the model fal serves
 

@@ -17,7 +17,11 @@
     │   ├── BadProxyTarget        no x-fal-target-url, or not a URL               400
     │   └── ProxyMethodNotAllowed a method the proxy route does not take          405
     ├── ModelNotAvailable         weights are missing and cannot be fetched       500
+    ├── CannotRunHere             a worker cannot run on this machine as set up   500
+    │   ├── NoUsableGpu           a real preset, and no usable CUDA GPU
+    │   └── DoesNotFit            the endpoints do not fit the GPU's memory
     ├── GenerationCancelled       the cancel hook asked the pipeline to stop      499
+    ├── GpuFault                  the GPU failed (its CUDA context is unusable)   503
     └── GenerationFailed          the model ran and failed                        500
         └── OutOfMemory           the accelerator ran out of memory               503
 
@@ -152,10 +156,29 @@ class ModelNotAvailable(FastSVDError):
     error_type = "model_not_available"
 
 
+class CannotRunHere(FastSVDError):
+    """A worker cannot run on this machine as set up: restarting it would not help."""
+
+
+class NoUsableGpu(CannotRunHere):
+    """A preset of real weights, and no usable CUDA GPU (nor FASTSVD_DEVICE=cpu)."""
+
+
+class DoesNotFit(CannotRunHere):
+    """The endpoints asked for do not fit the GPU's memory (the memory plan, or out of memory
+    at load or warm-up); the message names settings that would fit."""
+
+
 class GenerationCancelled(FastSVDError):
     """The cancel hook asked the pipeline to stop; raised at the next step boundary."""
 
     error_type = "cancelled"
+
+
+class GpuFault(FastSVDError):
+    """The GPU failed under a request (illegal access, Xid, ECC): the worker hands it back."""
+
+    error_type = "gpu_fault"
 
 
 class GenerationFailed(FastSVDError):
@@ -185,6 +208,7 @@ HTTP_STATUS: dict[type[FastSVDError], int] = {
     ProxyMethodNotAllowed: 405,
     GenerationCancelled: 499,  # fal's status for a cancelled request's result
     OutOfMemory: 503,  # the request may fit later, or on another worker
+    GpuFault: 503,  # another worker (or this one, restarted) runs it
 }
 
 

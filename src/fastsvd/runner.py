@@ -10,8 +10,10 @@ resolves ``image_url`` into a picture and maps the fal input onto the pipeline's
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 from pydantic import BaseModel
@@ -24,7 +26,7 @@ from fastsvd.endpoints import (
     TEXT_TO_VIDEO,
     configured,
 )
-from fastsvd.errors import FastSVDError, InvalidInput
+from fastsvd.errors import DoesNotFit, FastSVDError, InvalidInput, OutOfMemory
 from fastsvd.pipeline.hooks import Hooks
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.schema import (
@@ -36,6 +38,12 @@ from fastsvd.schema import (
     closest_preset,
 )
 from fastsvd.settings import Settings
+
+if TYPE_CHECKING:
+    from fastsvd.pipeline.device import Placement, Platform
+    from fastsvd.pipeline.memory import Models, Plan
+
+log = logging.getLogger("fastsvd.runner")
 
 ImageLoader = Callable[[str], Image.Image]
 
@@ -51,9 +59,17 @@ class Runner(Protocol):
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         """The MP4 for ``request``, an input of an endpoint that needs ``capability``."""
 
+    def idle(self) -> bool:
+        """Use a pause between jobs (a piece of compilation); True while more remains."""
+
 
 class ModelRunner:
-    """The real pipeline: the models of the capabilities it is given, and no others."""
+    """The real pipeline: the models of the capabilities it is given, and no others.
+
+    At construction it checks the platform and chooses the memory plan (``pipeline/memory.py``),
+    which may leave out endpoints that do not fit: ``capabilities`` are those it serves.
+    ``platform`` is the seam for tests (default: ``device.probe()``).
+    """
 
     def __init__(
         self,
@@ -61,58 +77,138 @@ class ModelRunner:
         load_image: ImageLoader,
         capabilities: frozenset[str] | None = None,
         *,
-        warm_up: bool = True,
+        serving: bool = True,
+        platform: Platform | None = None,
     ) -> None:
-        self.settings = settings
-        self.load_image = load_image
-        # default: what the configured endpoints need (FASTSVD_ENDPOINTS)
-        self.capabilities = (
-            configured(settings).capabilities() if capabilities is None else capabilities
-        )
-        self.warm_up = warm_up  # compile in load (a worker), or on the first request (generate)
-        self._pipeline: object | None = None
-
-    def load(self) -> None:
         from fastsvd.pipeline.quiet import quiet_libraries
 
         quiet_libraries()
-        from fastsvd.pipeline import compile, optimize, weights
-        from fastsvd.pipeline.core import Models, load_pipeline
-        from fastsvd.pipeline.device import choose
+        from fastsvd.pipeline.device import choose, probe
         from fastsvd.pipeline.presets import PRESETS
 
+        self.settings = settings
+        self.load_image = load_image
+        # a worker compiles between jobs; `fastsvd generate` only when asked, on its request
+        self.serving = serving
+        if settings.preset not in PRESETS:
+            raise InvalidInput("preset", f"unknown preset; use one of {', '.join(PRESETS)}")
+        self.preset = PRESETS[settings.preset]
+        real = self.preset.video_model is not None
+        if settings.device is None or settings.device.strip().lower() != "cpu":
+            platform = platform or probe()
+        self.platform = platform
+        self.placement = choose(settings.device, settings.dtype, real=real, platform=platform)
+        # default: what the configured endpoints need (FASTSVD_ENDPOINTS)
+        registry = configured(settings)
+        wanted = registry.capabilities() if capabilities is None else capabilities
+        endpoints = {e.id: models_of({e.capability}) for e in registry if e.capability in wanted}
+        self.plan = self._plan(endpoints, explicit=bool(settings.endpoints) or bool(capabilities))
+        self.capabilities = frozenset(
+            e.capability for e in registry if e.id in self.plan.endpoints
+        ) or frozenset(wanted)
+        self._pipeline: object | None = None
+        self._warm_up: list[Callable[[], None]] = []  # the compile steps left, between jobs
+
+    def _plan(self, endpoints: dict[str, Models], *, explicit: bool) -> Plan:
+        total = self.platform.total_bytes if self.platform is not None else None
+        return memory_plan(self.settings, self.placement, total, endpoints, explicit=explicit)
+
+    def describe(self) -> str:
+        """The start line: the platform, the dtype chosen, torch and CUDA, the memory plan."""
+        where = self.platform.describe() if self.platform is not None else "CPU (FASTSVD_DEVICE)"
+        return f"device {self.placement} on {where}; memory plan: {self.plan.describe()}"
+
+    def load(self) -> None:
+        import torch
+
+        from fastsvd.pipeline import compile, optimize, weights
+        from fastsvd.pipeline.core import load_pipeline
+        from fastsvd.pipeline.memory import NO_MODELS
+
         s = self.settings
-        placement = choose(s.device, s.dtype)
-        options = compile.parse(s.compile, placement.device)
+        log.info(self.describe())
+        options = compile.parse(s.compile, self.placement.device, serving=self.serving)
         if options is not None:  # compiled kernels survive restarts in the data folder
             compile.use_cache_dir(s.data_dir / "compile-cache")
-        have = self.capabilities
-        report = weights.check(s, have)
+        report = weights.check(s, self.capabilities)
         if not report.complete and weights.hub_offline():  # every missing model, at once
             raise report.error()
-        # compiled and warmed up here, so a worker reports ready only after warm-up
-        self._pipeline = load_pipeline(
-            PRESETS[s.preset],
-            placement,
-            models=Models(
-                video=bool(have & {TEXT_TO_VIDEO, IMAGE_TO_VIDEO}),
-                first_frame=TEXT_TO_VIDEO in have,
-                few_step_video=bool(have & FEW_STEP),
-                few_step_first_frame=FEW_STEP_TEXT_TO_VIDEO in have,
-            ),
-            video_model=s.video_model,
-            first_frame_model=s.first_frame_model,
-            few_step_video_model=s.few_step_video_model,
-            few_step_first_frame_model=s.few_step_first_frame_model,
-            few_step_guidance=s.few_step_guidance,
-            fps_conditioning=s.fps_conditioning,
-            optimizations=optimize.parse(s.optimize),
-            compile=options,
-            warm_up=self.warm_up and options is not None,
+        models = NO_MODELS
+        for capability in self.capabilities:
+            models = models.union(models_of({capability}))
+        try:
+            pipeline = load_pipeline(
+                self.preset,
+                self.placement,
+                models=models,
+                video_model=s.video_model,
+                first_frame_model=s.first_frame_model,
+                few_step_video_model=s.few_step_video_model,
+                few_step_first_frame_model=s.few_step_first_frame_model,
+                few_step_guidance=s.few_step_guidance,
+                fps_conditioning=s.fps_conditioning,
+                optimizations=optimize.parse(s.optimize),
+                compile=options,
+                plan=self.plan,
+            )
+            self._pipeline = pipeline
+            if options is None:
+                return
+            if not self.serving:
+                pipeline.compile_on_first_use()
+            elif self._warmed_marker().exists():  # the persisted cache: ready compiled
+                pipeline.warm_up()
+            else:  # serve eagerly now; compile between jobs (``idle``)
+                self._warm_up = pipeline.warm_up_steps()
+        except OutOfMemory as exc:
+            raise self._does_not_fit("warming up", exc) from exc
+        except torch.OutOfMemoryError as exc:  # while loading
+            raise self._does_not_fit("loading the models", exc) from exc
+
+    def idle(self) -> bool:
+        """One warm-up step (compiling one set of graphs); the swap after the last one."""
+        if not self._warm_up:
+            return False
+        from fastsvd.pipeline.core import VideoPipeline
+
+        pipeline = self._pipeline
+        assert isinstance(pipeline, VideoPipeline)
+        try:
+            self._warm_up.pop(0)()
+        except OutOfMemory as exc:
+            raise self._does_not_fit("warming up", exc) from exc
+        if not self._warm_up:
+            pipeline.swap_in()
+            marker = self._warmed_marker()
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(self.describe() + "\n", encoding="utf-8")
+            log.info("compiled graphs swapped in")
+        return bool(self._warm_up)
+
+    def _warmed_marker(self) -> Path:
+        """The file that says the persisted cache holds a warm-up of these very models."""
+        import hashlib
+
+        # the platform line names torch's version, the GPU and dtype; the plan, the models
+        key = repr((self.describe(), self.settings.compile, sorted(self.capabilities)))
+        name = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.settings.data_dir / "compile-cache" / f"warmed-{name}"
+
+    def _does_not_fit(self, doing: str, exc: BaseException) -> FastSVDError:
+        from fastsvd.pipeline.memory import MODES
+
+        modes = list(MODES)
+        leaner = modes[modes.index(self.plan.mode) + 1 :]
+        advice = f"FASTSVD_MEMORY_MODE={leaner[0]}, " if leaner else ""
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return DoesNotFit(
+            f"out of GPU memory while {doing} ({first}) with memory plan {self.plan.describe()}; "
+            f"try {advice}fewer endpoints (FASTSVD_ENDPOINTS), or FASTSVD_GPU_MEMORY_GB below "
+            f"{(self.plan.total_bytes or 0) / 1024**3:.0f} to plan for less"
         )
 
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
-        from fastsvd.pipeline.core import VideoPipeline
+        from fastsvd.pipeline.core import VideoPipeline, free_memory
 
         pipeline = self._pipeline
         if not isinstance(pipeline, VideoPipeline):
@@ -121,8 +217,59 @@ class ModelRunner:
         if capability not in self.capabilities or not isinstance(request, VideoRequest):
             raise FastSVDError(f"no {capability} for a {type(request).__name__}")
         image = self.load_image(request.image_url) if isinstance(request, ImageRequest) else None
-        video = pipeline.generate(params_of(request, seed, image), hooks)
-        return pipeline.to_mp4(video, hooks)
+        try:
+            video = pipeline.generate(params_of(request, seed, image), hooks)
+        except OutOfMemory as exc:
+            message = exc.message
+        else:
+            return pipeline.to_mp4(video, hooks)
+        # out of memory: this request fails alone, once its tensors are gone (the exception
+        # that held them has ended) and the cache is handed back; the next one starts clean
+        free_memory()
+        raise OutOfMemory(message)
+
+
+def memory_plan(
+    settings: Settings,
+    placement: Placement,
+    total_bytes: int | None,
+    endpoints: dict[str, Models],
+    *,
+    explicit: bool,
+) -> Plan:
+    """The memory plan for ``endpoints`` (id -> models) on a GPU of ``total_bytes`` (or as much
+    as ``FASTSVD_GPU_MEMORY_GB`` says), in ``FASTSVD_MEMORY_MODE``; no GPU: the CPU plan."""
+    from fastsvd.pipeline import memory
+    from fastsvd.pipeline.presets import PRESETS
+
+    preset = PRESETS[settings.preset]
+    if settings.gpu_memory_gb is not None and placement.device.type == "cuda":
+        total_bytes = int(settings.gpu_memory_gb * memory.GiB)
+    if placement.device.type != "cuda" or total_bytes is None:
+        return memory.cpu_plan(endpoints, preset.decode_chunk_size)
+    real = preset.video_model is not None
+    mode = settings.memory_mode
+    return memory.choose(
+        total_bytes,
+        endpoints,
+        dtype_bytes=placement.dtype.itemsize,
+        preset_chunk=preset.decode_chunk_size,
+        mode=None if mode is None or mode.lower() == "auto" else mode,
+        explicit=explicit,
+        weights=None if real else dict.fromkeys(memory.PARTS, 0),  # tiny: a few MB, nothing
+    )
+
+
+def models_of(capabilities: set[str] | frozenset[str]) -> Models:
+    """The models the capabilities need loaded."""
+    from fastsvd.pipeline.memory import Models
+
+    return Models(
+        video=bool(capabilities & {TEXT_TO_VIDEO, IMAGE_TO_VIDEO}),
+        first_frame=TEXT_TO_VIDEO in capabilities,
+        few_step_video=bool(capabilities & FEW_STEP),
+        few_step_first_frame=FEW_STEP_TEXT_TO_VIDEO in capabilities,
+    )
 
 
 def params_of(

@@ -25,7 +25,7 @@ import uvicorn
 from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import configured
-from fastsvd.errors import FastSVDError, Unavailable
+from fastsvd.errors import FastSVDError, ModelNotAvailable, Unavailable
 from fastsvd.retry import Outage
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -33,6 +33,11 @@ from fastsvd.store.keys import Scope
 
 log = logging.getLogger("fastsvd.serve")
 
+# a worker's exit codes that no restart would mend: the service stops, saying why
+FATAL_EXITS = {
+    c.EXIT_MODEL_NOT_AVAILABLE: "a worker could not load its models (see above)",
+    c.EXIT_CANNOT_RUN_HERE: "a worker cannot run on this machine as set up (see above)",
+}
 DRAIN_GRACE_S = 60.0
 
 
@@ -120,12 +125,13 @@ class Supervisor:
                 code = worker.process.poll() if worker.process is not None else None
                 if code is None:
                     continue
-                if code == c.EXIT_MODEL_NOT_AVAILABLE:
-                    self.fatal = "a worker could not load its models (see above)"
+                if code in FATAL_EXITS:
+                    self.fatal = FATAL_EXITS[code]
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
                 delay = min(2.0**worker.restarts, 30.0)
-                log.warning("%s exited with %s; restarting in %.0f s", worker.name, code, delay)
+                why = "its GPU failed" if code == c.EXIT_GPU_FAULT else f"exited with {code}"
+                log.warning("%s: %s; restarting in %.0f s", worker.name, why, delay)
                 if self.stopping.wait(delay):
                     return
                 worker.restarts += 1
@@ -211,6 +217,26 @@ def check_tls(settings: Settings) -> bool:
     return True
 
 
+def check_weights(settings: Settings) -> None:
+    """Offline (``HF_HUB_OFFLINE=1``), missing weights stop the service before any worker
+    starts: one line per missing model with its download command. Online, workers download
+    them as they load; the lines say what that is."""
+    if settings.runner:
+        return
+    from fastsvd.pipeline import weights
+
+    report = weights.check(settings)
+    if report.complete:
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ModelNotAvailable(
+            f"{len(report.missing)} model(s) missing, and HF_HUB_OFFLINE is on:\n"
+            f"{report.message()}\n(`fastsvd doctor` checks everything; --preset tiny runs "
+            "without weights)"
+        )
+    print(f"downloading as the workers load:\n{report.message()}", flush=True)
+
+
 def serve(settings: Settings) -> int:
     """Run the service until stopped; returns the process exit code."""
     tls = check_tls(settings)
@@ -219,6 +245,7 @@ def serve(settings: Settings) -> int:
         raise FastSVDError(
             f"auth can only be turned off on a loopback address, not on {settings.host}"
         )
+    check_weights(settings)
     services = Services.from_settings(settings)
     if settings.auth and services.keys.count_live() == 0:
         create_first_key(services)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fastsvd.constants import DEFAULT_PRESET
+from fastsvd.constants import DEFAULT_PRESET, MEMORY_MODES
 
 ENV_PREFIX = "FASTSVD_"
 
@@ -42,6 +42,12 @@ class Settings:
     optimize: str | None = None  # FASTSVD_OPTIMIZE: e.g. channels_last (pipeline/optimize.py)
     # FASTSVD_COMPILE: 0, 1 or regional (pipeline/compile.py; default: on for CUDA only)
     compile: str | None = None
+    # FASTSVD_MEMORY_MODE: auto (default), resident, offload-first-frame or offload-unets: which
+    # models wait on the CPU between stages (pipeline/memory.py)
+    memory_mode: str | None = None
+    # FASTSVD_GPU_MEMORY_GB: plan for this much GPU memory instead of the card's total (a GPU
+    # shared with other programs; emulating a smaller card)
+    gpu_memory_gb: float | None = None
 
     # --- service
     data_dir: Path = field(default_factory=lambda: Path("data"))  # FASTSVD_DATA_DIR
@@ -128,6 +134,8 @@ class Settings:
             runner=get("runner"),
             optimize=get("optimize"),
             compile=get("compile"),
+            memory_mode=_memory_mode(get("memory_mode")),
+            gpu_memory_gb=_gpu_memory_gb(get("gpu_memory_gb")),
             data_dir=Path(get("data_dir") or defaults.data_dir),
             database_url=get("database_url"),
             storage_url=get("storage_url"),
@@ -208,3 +216,25 @@ def _port(name: str, value: str | None) -> int | None:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise ValueError(f"{name} must be a TCP port, 1-65535, not {value}")
     return int(value)
+
+
+def _gpu_memory_gb(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = float("nan")
+    if not 1.0 <= gb <= 4096.0:
+        raise ValueError(f"FASTSVD_GPU_MEMORY_GB must be a number of GB (1-4096), not {value}")
+    return gb
+
+
+def _memory_mode(value: str | None) -> str | None:
+    if value is None or value.lower() == "auto":
+        return None
+    if value.lower() not in MEMORY_MODES:
+        raise ValueError(
+            f"FASTSVD_MEMORY_MODE must be auto or one of {', '.join(MEMORY_MODES)}, not {value}"
+        )
+    return value.lower()

@@ -38,6 +38,7 @@ from fastsvd.endpoints import ENDPOINTS, Registry
 from fastsvd.errors import (
     FastSVDError,
     GenerationCancelled,
+    GpuFault,
     InvalidInput,
     StorageUnavailable,
     StoreUnavailable,
@@ -130,6 +131,7 @@ class Worker:
         self.abort = threading.Event()  # stop the current job at its next step
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
         self.outage = Outage(log)  # the job store or the file storage is away
+        self.gpu_fault: GpuFault | None = None  # set: the job went back, this process must go
 
     def drain(self, within_s: float | None = None) -> None:
         """Stop claiming; the current job finishes, or, past ``within_s`` seconds, stops at its
@@ -183,6 +185,8 @@ class Worker:
                 if claim is None:
                     if burst or self.stopping.is_set():
                         break
+                    if self.runner.idle():  # a piece of compilation; then look for jobs again
+                        continue
                     # Idle until woken, the safety-net poll, or the next reaping round, whichever
                     # is first: nobody wakes us for a job whose lease just expired.
                     until_reap_s = last_reap + reap_every_s - time.monotonic()
@@ -222,6 +226,8 @@ class Worker:
                 log.warning("job %s: lease lost; stopped without writing", job.id)
             elif isinstance(exc, GenerationCancelled) and self.abort.is_set():
                 ctx.release()  # shutting down: another worker takes it
+            elif isinstance(exc, GpuFault):
+                self._hand_back(ctx, exc)
             elif isinstance(exc, Unavailable) and mp4 is None:  # its input could not be read
                 self.outage.failed(exc.message)
                 ctx.release(count_attempt=False)
@@ -235,6 +241,17 @@ class Worker:
             ctx.done.set()
             heartbeat.join()
             self.listener.watch(None)
+
+    def _hand_back(self, ctx: JobContext, fault: GpuFault) -> None:
+        """The CUDA context is gone: every later job here would fail at once. The job goes
+        back (not its fault, the first time) and this process stops, to be restarted fresh."""
+        job = ctx.job
+        log.error("job %s: %s; handing it back and exiting", job.id, fault.message)
+        self._until_written(
+            lambda: self.s.jobs.hand_back(job.id, ctx.token, fault.message), lost=ctx.lost
+        )
+        self.gpu_fault = fault
+        self.stopping.set()
 
     def _heartbeat(self, ctx: JobContext) -> None:
         # The lease is ours until ``held_until``; while the database is away we keep running,

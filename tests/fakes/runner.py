@@ -5,6 +5,8 @@ step, a real MP4 at the end. The prompt picks a behaviour:
 
 - "fail": raises ``GenerationFailed`` at step 1;
 - "crash": kills the worker process at step 1 (a poison job);
+- "gpu fault": raises ``GpuFault`` at step 1, as the pipeline does on a CUDA error that leaves
+  the context unusable;
 - "slow": 0.5 s a step instead of ``FAKE_STEP_S`` (default 0.02 s).
 
 ``FAKE_LOAD_S`` makes ``load`` take that long, as loading real weights does.
@@ -25,7 +27,7 @@ from PIL import Image, ImageStat
 from pydantic import BaseModel
 
 from fastsvd.endpoints import ENDPOINTS
-from fastsvd.errors import GenerationFailed
+from fastsvd.errors import GenerationFailed, GpuFault
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 from fastsvd.runner import ImageLoader
@@ -44,6 +46,9 @@ class Runner:
 
     def load(self) -> None:
         time.sleep(float(os.environ.get("FAKE_LOAD_S", "0")))  # models take a while to load
+
+    def idle(self) -> bool:
+        return False  # nothing to compile between jobs
 
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         assert isinstance(request, VideoRequest)
@@ -69,6 +74,10 @@ class Runner:
                 raise GenerationFailed("the fake model failed on purpose")
             if "crash" in behaviour:
                 os._exit(9)
+            if "gpu fault" in behaviour:
+                raise GpuFault(
+                    "the GPU failed: CUDA error: an illegal memory access was encountered"
+                )
             time.sleep(step_s)
             hooks.on_step(StepEvent(Stage.video, step, request.steps))
         frames = np.full((25, 64, 64, 3), colour, dtype=np.uint8)

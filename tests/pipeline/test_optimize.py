@@ -9,12 +9,7 @@ import torch
 
 from fastsvd.errors import FastSVDError
 from fastsvd.pipeline import optimize
-from fastsvd.pipeline.core import (
-    DECODE_BYTES_PER_PIXEL_BYTE,
-    VideoPipeline,
-    decode_chunk_for,
-    load_pipeline,
-)
+from fastsvd.pipeline.core import VideoPipeline, load_pipeline
 from fastsvd.pipeline.device import choose
 from fastsvd.pipeline.presets import TINY
 from fastsvd.pipeline.stock import Stock
@@ -24,7 +19,7 @@ from fastsvd.schema import TextToVideoInput
 TOLERANCE = 1  # levels of 255: float reordering may flip a rounding, nothing more
 
 
-@pytest.mark.parametrize("names", [("channels_last",), ("fuse_qkv",), ("low_memory",)])
+@pytest.mark.parametrize("names", [("channels_last",), ("fuse_qkv",)])
 def test_lossless_optimizations_match_the_stock_pipelines(
     stock_fp32: Stock, names: tuple[str, ...]
 ) -> None:
@@ -49,13 +44,8 @@ def test_unknown_optimizations_are_refused_by_name() -> None:
     assert optimize.parse(None) == ()
     with pytest.raises(FastSVDError, match=r"'turbo'.*FASTSVD_OPTIMIZE"):
         optimize.parse("channels_last,turbo")
-
-
-def test_low_memory_decode_chunk_follows_free_memory() -> None:
-    per_frame = 1024 * 576 * 2 * DECODE_BYTES_PER_PIXEL_BYTE
-    assert decode_chunk_for(100 * per_frame, 1024, 576, 2) == 25
-    assert decode_chunk_for(4 * per_frame, 1024, 576, 2) == 3  # a quarter kept free
-    assert decode_chunk_for(0, 1024, 576, 2) == 1
+    with pytest.raises(FastSVDError, match="FASTSVD_MEMORY_MODE=offload-first-frame"):
+        optimize.parse("low_memory")
 
 
 def test_fp8_is_for_the_video_unets_only(tiny_pipeline: VideoPipeline) -> None:

@@ -42,6 +42,9 @@ class EchoRunner:
     def load(self) -> None:
         return None
 
+    def idle(self) -> bool:
+        return False
+
     def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         assert capability == "echo"
         assert isinstance(request, EchoInput)

@@ -73,7 +73,7 @@ def model_worker(services: Services, settings: Settings) -> tuple[Worker, ModelR
     from fastsvd.endpoints import configured
 
     loader = image_loader(services.files, services.storage)
-    runner = ModelRunner(settings, loader, warm_up=False)
+    runner = ModelRunner(settings, loader)
     worker = Worker(
         WorkerServices.from_services(services),
         runner,

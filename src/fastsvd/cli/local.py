@@ -160,22 +160,18 @@ def _run_local(
     quiet_libraries()  # before the model libraries load, which is when they talk most
 
     from fastsvd.cli.progress import StageProgress
-    from fastsvd.pipeline.device import choose
     from fastsvd.pipeline.hooks import Hooks
-    from fastsvd.pipeline.presets import PRESETS
     from fastsvd.runner import ModelRunner, data_uri_only
 
-    if settings.preset not in PRESETS:
-        raise InvalidInput("preset", f"unknown preset; use one of {', '.join(PRESETS)}")
     seed = resolve_seed(getattr(request, "seed", None))
     capability = endpoint.capability
     # the worker's runner, for this one request: the same models, optimizations and encoding
-    # (compiled, with FASTSVD_COMPILE=1, on the request itself: no separate warm-up)
+    # (compiled only with FASTSVD_COMPILE=1, on the request itself: no separate warm-up)
     runner = ModelRunner(
-        settings, data_uri_only, capabilities=frozenset({capability}), warm_up=False
+        settings, data_uri_only, capabilities=frozenset({capability}), serving=False
     )
     with StageProgress(enabled=not quiet) as progress, _cancel_on_interrupt() as cancelled:
-        progress.note(f"loading {settings.preset} on {choose(settings.device, settings.dtype)}")
+        progress.note(f"loading {settings.preset} on {runner.placement}")
         runner.load()
         hooks = Hooks(on_step=progress.on_step, should_cancel=cancelled.is_set)
         data = runner.run(capability, request, seed, hooks)

@@ -3,6 +3,7 @@ the job store named by the same options (``common.store_options``)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import click
 
 from fastsvd import constants as c
 from fastsvd.cli.common import EXIT_INVALID, fail, load_settings, main, store_name, store_options
-from fastsvd.errors import FastSVDError, ModelNotAvailable
+from fastsvd.errors import CannotRunHere, FastSVDError, GpuFault, ModelNotAvailable
 
 
 @main.command()
@@ -88,7 +89,9 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
         worker = Worker(
             WorkerServices.from_services(services), runner, endpoints=configured(settings)
         )
-    except FastSVDError as exc:  # FASTSVD_ENDPOINTS names nothing this runner can run
+    except CannotRunHere as exc:  # no usable GPU; the endpoints named do not fit it
+        fail(exc.message, c.EXIT_CANNOT_RUN_HERE)
+    except FastSVDError as exc:  # FASTSVD_ENDPOINTS names nothing this runner can run; no GPU
         fail(exc.message, EXIT_INVALID)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -107,8 +110,17 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
         worker.serve(burst=burst)
     except ModelNotAvailable as exc:
         fail(exc.message, c.EXIT_MODEL_NOT_AVAILABLE)
+    except CannotRunHere as exc:  # out of memory at load or warm-up
+        fail(exc.message, c.EXIT_CANNOT_RUN_HERE)
+    except GpuFault as exc:  # between jobs (compiling)
+        worker.gpu_fault = exc
     except FastSVDError as exc:
         fail(exc.message)
+    if worker.gpu_fault is not None:
+        # no interpreter teardown: it would call into the broken CUDA context
+        click.echo(f"error: {worker.gpu_fault.message}; exiting to be restarted", err=True)
+        sys.stderr.flush()
+        os._exit(c.EXIT_GPU_FAULT)
 
 
 @main.command()

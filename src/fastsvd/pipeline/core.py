@@ -8,6 +8,7 @@ seconds each stage took; ``to_mp4`` encodes them.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -26,24 +27,34 @@ from PIL import Image
 
 from fastsvd import constants as c
 from fastsvd import media
-from fastsvd.errors import FastSVDError, GenerationFailed, OutOfMemory
+from fastsvd.errors import FastSVDError, GenerationFailed, GpuFault, OutOfMemory
 from fastsvd.pipeline import deepcache, optimize, tiny, weights
 from fastsvd.pipeline import model_configs as configs
-from fastsvd.pipeline.compile import CompileOptions, compile_regions, configure
+from fastsvd.pipeline.compile import (
+    CompileOptions,
+    GraphState,
+    compile_regions,
+    configure,
+    set_state,
+)
 from fastsvd.pipeline.consistency import ConsistencySampler
-from fastsvd.pipeline.device import Placement
+from fastsvd.pipeline.device import Placement, is_gpu_fault
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
 from fastsvd.pipeline.loading import Placements, load_pretrained, load_single_file, placement_of
+from fastsvd.pipeline.memory import ALL_MODELS, Models, Plan, cpu_plan
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ANIMATE_LCM, SDXL_LIGHTNING_4STEP, ModelPreset
-from fastsvd.pipeline.video import VideoSettings, animate, upcasts_vae
+from fastsvd.pipeline.video import VideoSettings, animate
 
 # FASTSVD_FPS_CONDITIONING: the video model is conditioned on the preset's fps id (what it was
 # fine-tuned at), or on the request's fps - 1 (what diffusers' pipeline does)
 FPS_FROM_PRESET = "preset"
 FPS_FROM_REQUEST = "request"
+
+# the distilled U-Net of a stage's few-step family, in a stage's ``parts``
+FEW_STEP_UNET = "few_step_unet"
 
 # fal's default video_size (landscape_16_9), where ``warm_up`` compiles
 WARM_UP_SIZE = (1024, 576)
@@ -58,16 +69,6 @@ class Video:
     seed: int
     fps: int
     timings_s: dict[Stage, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Models:
-    """Which of a preset's models to load: each family's video model and first-frame model."""
-
-    video: bool = True  # SVD-XT, 20 steps (fal-ai/fast-svd)
-    first_frame: bool = True  # SDXL base (fal-ai/fast-svd/text-to-video)
-    few_step_video: bool = True  # AnimateLCM-SVD-xt (fal-ai/fast-svd-lcm)
-    few_step_first_frame: bool = True  # SDXL-Lightning 4-step (.../text-to-video)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class VideoPipeline:
         few_step_video: StableVideoDiffusionPipeline | None = None,
         few_step_first_frame: StableDiffusionXLPipeline | None = None,
         few_step_guidance: float | None = None,
+        plan: Plan | None = None,
     ) -> None:
         if video is None and few_step_video is None:
             raise ValueError("a VideoPipeline needs a video model")
@@ -116,11 +118,11 @@ class VideoPipeline:
         self.few_step_guidance = (
             preset.few_step.max_guidance_scale if few_step_guidance is None else few_step_guidance
         )
+        # where each model waits between stages (pipeline/memory.py); no GPU: where it is
+        self.plan = plan or cpu_plan({}, preset.decode_chunk_size)
         for pipe in self.pipes():
-            pipe.to(placement.device)
-            if pipe.dtype != placement.dtype:
-                pipe.to(dtype=placement.dtype)
             pipe.set_progress_bar_config(disable=True)
+        self._place()
         # the video U-Net's forwards, eager until ``compile``; one full graph keeps every cut
         self.graphs = (
             deepcache.UNetGraphs(video.unet, deepcache.BRANCHES) if video is not None else None
@@ -128,9 +130,6 @@ class VideoPipeline:
         self.compiled: CompileOptions | None = None
         # where the video's fps conditioning comes from: FPS_FROM_PRESET or FPS_FROM_REQUEST
         self.fps_conditioning = FPS_FROM_PRESET
-        # low-memory mode (24 GB cards): the first-frame model waits on the CPU between requests
-        # and the decode chunk is picked from free GPU memory (``optimize`` "low_memory")
-        self.low_memory = False
 
     @property
     def video(self) -> StableVideoDiffusionPipeline:
@@ -148,6 +147,7 @@ class VideoPipeline:
         """Compile the models as ``options`` say (``pipeline/compile.py``); lazily: the graphs
         are built on the first call, which ``warm_up`` makes."""
         configure()
+        options = replace(options, guards=[])  # this pipeline's own graphs
         firsts = (self.first_frame, self.few_step_first_frame) if options.first_frame else ()
         # whole forwards: the first frames' U-Nets, the few-step video's (no DeepCache)
         whole = [p.unet for p in (*firsts, self.few_step_video) if p is not None]
@@ -164,13 +164,23 @@ class VideoPipeline:
             decoders = {id(p.vae.decoder): p.vae.decoder for p in self.pipes()}
             for decoder in decoders.values():
                 options.module(decoder)
+        set_state(options.guards, GraphState.eager)  # until warmed up and swapped in
         self.compiled = options
 
     def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE) -> float:
-        """Run a two-step request at ``size`` (width, height; default: fal's default) for every
-        graph a request can use: the first frame, the full U-Net step, each DeepCache cut, the
-        decode. Returns the seconds it took (on a compiled pipeline: the compile time)."""
+        """Run every warm-up step (``warm_up_steps``), then swap the compiled graphs in.
+        Returns the seconds it took (on a compiled pipeline: the compile time)."""
         started = time.perf_counter()
+        for step in self.warm_up_steps(size):
+            step()
+        self.swap_in()
+        return time.perf_counter() - started
+
+    def warm_up_steps(self, size: tuple[int, int] = WARM_UP_SIZE) -> list[Callable[[], None]]:
+        """Two-step requests at ``size`` (width, height; default: fal's default) for every
+        graph a request can use: the first frame, the full U-Net step, each DeepCache cut, the
+        decode. Each one compiles the graphs it runs; until ``swap_in``, requests run eagerly
+        (a worker runs them one at a time between jobs: ``compile.py``)."""
         width, height = size
         params = GenerationParams(
             width=width,
@@ -184,21 +194,47 @@ class VideoPipeline:
             negative_prompt=c.DEFAULT_NEGATIVE_PROMPT,
         )
         grey = Image.new("RGB", size, (127, 127, 127))
+        image = [grey]  # the first frame the 20-step text-to-video step draws
+
+        def warming(params: GenerationParams, keep_frame: bool = False) -> Callable[[], None]:
+            def step() -> None:
+                guards = self.compiled.guards if self.compiled is not None else []
+                set_state(guards, GraphState.warming)
+                try:
+                    given = None if params.prompt else image[0]
+                    video = self.generate(replace(params, image=given))
+                finally:
+                    set_state(guards, GraphState.eager)
+                if keep_frame:
+                    image[0] = video.first_frame
+
+            return step
+
+        steps = []
         if self._video is not None:
             if self.first_frame is not None:
-                image = self.generate(params).first_frame
+                steps.append(warming(params, keep_frame=True))
             else:
-                image = grey
-                self.generate(replace(params, prompt=None, image=image))
+                steps.append(warming(replace(params, prompt=None, image=grey)))
             # minimum's schedule covers cut 1 (medium's too), high's cut 0: full, then shallow
             for level in ("minimum", "high"):
-                self.generate(replace(params, prompt=None, image=image, deep_cache=level))
+                steps.append(warming(replace(params, prompt=None, image=grey, deep_cache=level)))
         if self.few_step_video is not None:
             few = replace(params, few_step=True, negative_prompt="")
             if self.few_step_first_frame is None:
                 few = replace(few, prompt=None, image=grey)
-            self.generate(few)
-        return time.perf_counter() - started
+            steps.append(warming(few))
+        return steps
+
+    def swap_in(self) -> None:
+        """Requests run the compiled graphs from now on, at the warmed-up shapes."""
+        if self.compiled is not None:
+            set_state(self.compiled.guards, GraphState.compiled)
+
+    def compile_on_first_use(self) -> None:
+        """Every call compiles, at any shape (``fastsvd generate``'s one request)."""
+        if self.compiled is not None:
+            set_state(self.compiled.guards, GraphState.warming)
 
     def generate(self, params: GenerationParams, hooks: Hooks = NO_HOOKS) -> Video:
         """The video ``params`` ask for: the first frame drawn from ``params.prompt`` or fitted
@@ -215,6 +251,7 @@ class VideoPipeline:
             )
         if family.graphs is None and params.deep_cache != "none":
             raise ValueError("the few-step video model runs without DeepCache")
+        self.plan.check_size(params.width, params.height)
         clock = StageClock(hooks)
         if params.prompt is not None:
             image = self._draw_first_frame(family, params.prompt, params, clock.hooks)
@@ -236,10 +273,10 @@ class VideoPipeline:
             seed=params.seed,
             min_guidance_scale=family.min_guidance,
             max_guidance_scale=family.max_guidance,
-            decode_chunk_size=self._decode_chunk_size(params.width, params.height),
+            decode_chunk_size=self.plan.decode_chunk,
             cache=deepcache.LEVELS[params.deep_cache],
         )
-        with _translated_errors(), torch.inference_mode():
+        with _translated_errors(), torch.inference_mode(), self._on_device(family.video):
             frames = animate(family.video, image, settings, clock.hooks, family.graphs)
         # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
         pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
@@ -304,28 +341,69 @@ class VideoPipeline:
                 hooks=hooks,
             )
 
+    def _parts(self) -> dict[int, tuple[str, torch.nn.Module]]:
+        """The loaded models by id: each one's part name (``memory.py``) and module."""
+        parts: dict[int, tuple[str, torch.nn.Module]] = {}
+
+        def add(name: str, module: torch.nn.Module | None) -> None:
+            if module is not None:
+                parts.setdefault(id(module), (name, module))
+
+        videos = ((self._video, "video_unet"), (self.few_step_video, "few_step_video_unet"))
+        for pipe, unet in videos:
+            if pipe is not None:
+                add(unet, pipe.unet)
+                add("image_encoder", pipe.image_encoder)
+                add("video_vae", pipe.vae)
+        for pipe, unet in (
+            (self.first_frame, "first_frame_unet"),
+            (self.few_step_first_frame, "few_step_first_frame_unet"),
+        ):
+            if pipe is not None:
+                add(unet, pipe.unet)
+                add("text_encoders", pipe.text_encoder)
+                add("text_encoders", pipe.text_encoder_2)
+                add("first_frame_vae", pipe.vae)
+        return parts
+
+    def _place(self) -> None:
+        """Every model where the plan keeps it between stages, in the placement's dtype."""
+        cpu = torch.device("cpu")
+        for name, module in self._parts().values():
+            device = cpu if name in self.plan.offloaded else self.placement.device
+            module.to(device=device, dtype=self.placement.dtype)
+
+    @property
+    def low_memory(self) -> bool:
+        """Whether the first-frame models wait on the CPU between stages (the benchmark's
+        switch between the plan's ``resident`` and ``offload-first-frame`` modes)."""
+        return self.plan.mode != "resident"
+
+    @low_memory.setter
+    def low_memory(self, on: bool) -> None:
+        self.plan = replace(self.plan, mode="offload-first-frame" if on else "resident")
+        if self.plan.total_bytes is None:  # the CPU plan offloads nothing: say what is asked
+            self.plan = replace(self.plan, total_bytes=0)
+        self._place()
+
     @contextlib.contextmanager
-    def _on_device(self, pipe: StableDiffusionXLPipeline) -> Iterator[None]:
-        """In low-memory mode, a first-frame model is on the GPU for stage 1 only."""
-        if not self.low_memory:
-            yield
-            return
-        pipe.to(self.placement.device)
+    def _on_device(self, pipe: Any) -> Iterator[None]:
+        """The models of ``pipe`` that the plan keeps on the CPU are on the GPU for one stage."""
+        offloaded = self.plan.offloaded
+        moved = [
+            module
+            for name, module in self._parts().values()
+            if name in offloaded and any(module is m for m in pipe.components.values())
+        ]
+        for module in moved:
+            module.to(self.placement.device)
         try:
             yield
         finally:
-            pipe.to("cpu")
-            if self.placement.device.type == "cuda":
+            for module in moved:
+                module.to("cpu")
+            if moved and self.placement.device.type == "cuda":
                 torch.cuda.empty_cache()
-
-    def _decode_chunk_size(self, width: int, height: int) -> int:
-        preset = self.preset.decode_chunk_size
-        if not self.low_memory or self.placement.device.type != "cuda":
-            return preset
-        free_bytes, _total = torch.cuda.mem_get_info(self.placement.device)
-        # an fp16 VAE that upcasts (video.upcasts_vae) decodes in fp32
-        dtype_bytes = 4 if upcasts_vae(self.video) else self.placement.dtype.itemsize
-        return min(preset, decode_chunk_for(free_bytes, width, height, dtype_bytes))
 
     def to_mp4(self, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
         """Encode ``video`` as H.264 MP4 at its fps, one ``export`` step per frame."""
@@ -342,36 +420,42 @@ class VideoPipeline:
         return data
 
 
-# Bytes the temporal VAE decoder holds per decoded frame, per output pixel and byte of dtype: an
-# estimate (the 128-channel full-resolution activations, a few alive at once), to be replaced
-# by the device run's measured peak per chunk (bench/gpu.py, "decode_chunks").
-DECODE_BYTES_PER_PIXEL_BYTE = 128 * 6
-
-
-def decode_chunk_for(free_bytes: int, width: int, height: int, dtype_bytes: int) -> int:
-    """The most frames (1..25) one decode call can take in ``free_bytes``, keeping a quarter."""
-    per_frame = width * height * dtype_bytes * DECODE_BYTES_PER_PIXEL_BYTE
-    return max(1, min(25, int(free_bytes * 0.75) // per_frame))
-
-
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
-    """Turns torch's out-of-memory and runtime errors into fastsvd errors, at one boundary."""
+    """Turns torch's out-of-memory and runtime errors into fastsvd errors, at one boundary.
+
+    A GPU fault (an error that leaves the CUDA context unusable) becomes ``GpuFault``, which
+    the worker does not survive.
+    """
     try:
         yield
     except FastSVDError:
         raise
     except torch.OutOfMemoryError as exc:
-        raise OutOfMemory(f"out of GPU memory: {str(exc).splitlines()[0]}") from exc
-    except RuntimeError as exc:
-        raise GenerationFailed(f"generation failed: {str(exc).splitlines()[0]}") from exc
+        raise OutOfMemory(f"out of GPU memory: {_first_line(exc)}") from exc
+    except RuntimeError as exc:  # torch.AcceleratorError included
+        if is_gpu_fault(exc):
+            raise GpuFault(f"the GPU failed: {_first_line(exc)}") from exc
+        raise GenerationFailed(f"generation failed: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def free_memory() -> None:
+    """Let go of what a failed request left (its tensors, held by reference cycles of its
+    exception's frames) and hand the cached blocks back to the GPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def load_pipeline(
     preset: ModelPreset,
     placement: Placement,
     *,
-    models: Models = Models(),
+    models: Models = ALL_MODELS,
     video_model: str | None = None,
     first_frame_model: str | None = None,
     few_step_video_model: str | None = None,
@@ -381,19 +465,22 @@ def load_pipeline(
     optimizations: tuple[str, ...] = (),
     compile: CompileOptions | None = None,
     warm_up: bool = False,
+    plan: Plan | None = None,
 ) -> VideoPipeline:
     """Load ``models`` of ``preset`` onto ``placement``; ``*_model`` override where their weights
     are (a Hugging Face id or folder; for the few-step U-Nets, a single file or its repo).
 
-    With ``compile`` the models are compiled, and with ``warm_up`` one short request per
-    ``deep_cache`` level runs at the default size, so no request pays for compilation.
+    ``plan`` (``pipeline/memory.py``) says which models wait on the CPU between stages, and
+    the decode chunk; by default everything stays on ``placement``'s device. With ``compile``
+    the models are compiled (eager until warmed up and swapped in: ``compile.py``), and with
+    ``warm_up`` one short request per ``deep_cache`` level runs at the default size first.
     """
     few = preset.few_step
     released = weights.manifest(preset)
     video, few_video = _load_stage(
         VIDEO_STAGE,
         video_model or preset.video_model,
-        placement,
+        _placements(plan, placement, VIDEO_STAGE),
         released,
         base=models.video,
         few_step=models.few_step_video,
@@ -403,7 +490,7 @@ def load_pipeline(
     first_frame, few_first = _load_stage(
         FIRST_FRAME_STAGE,
         first_frame_model or preset.first_frame_model,
-        placement,
+        _placements(plan, placement, FIRST_FRAME_STAGE),
         released,
         base=models.first_frame,
         few_step=models.few_step_first_frame,
@@ -427,14 +514,10 @@ def load_pipeline(
         few_step_video=few_step_video,
         few_step_first_frame=few_step_first_frame,
         few_step_guidance=few_step_guidance,
+        plan=plan,
     )
     pipeline.fps_conditioning = fps_conditioning
     optimize.apply(pipeline.pipes(), optimizations)
-    pipeline.low_memory = "low_memory" in optimizations
-    if pipeline.low_memory:
-        for first in (first_frame, few_step_first_frame):
-            if first is not None:
-                first.to("cpu")
     if compile is not None:
         pipeline.compile(compile)
     if warm_up:
@@ -450,6 +533,7 @@ class _Stage:
     pipeline: type[StableVideoDiffusionPipeline] | type[StableDiffusionXLPipeline]
     unet: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel]
     key: str  # the model's key in the weights manifest (its few-step U-Net's: "few_step_" + key)
+    parts: dict[str, str]  # component -> its part in the memory plan (``memory.py``)
     role: str
     env_var: str
     few_step_role: str
@@ -464,6 +548,12 @@ VIDEO_STAGE = _Stage(
     StableVideoDiffusionPipeline,
     UNetSpatioTemporalConditionModel,
     weights.VIDEO,
+    {
+        "unet": "video_unet",
+        FEW_STEP_UNET: "few_step_video_unet",
+        "image_encoder": "image_encoder",
+        "vae": "video_vae",
+    },
     "video (SVD-XT)",
     "FASTSVD_VIDEO_MODEL",
     "few-step video (AnimateLCM-SVD-xt)",
@@ -477,6 +567,13 @@ FIRST_FRAME_STAGE = _Stage(
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
     weights.FIRST_FRAME,
+    {
+        "unet": "first_frame_unet",
+        FEW_STEP_UNET: "few_step_first_frame_unet",
+        "text_encoder": "text_encoders",
+        "text_encoder_2": "text_encoders",
+        "vae": "first_frame_vae",
+    },
     "first-frame (SDXL)",
     "FASTSVD_FIRST_FRAME_MODEL",
     "few-step first-frame (SDXL-Lightning)",
@@ -486,6 +583,17 @@ FIRST_FRAME_STAGE = _Stage(
     tiny.first_frame_unet_config,
     tiny.build_few_step_first_frame_unet,
 )
+
+
+def _placements(plan: Plan | None, placement: Placement, stage: _Stage) -> Placements:
+    """Where each of ``stage``'s components loads: straight to the CPU when ``plan`` keeps its
+    part there between stages, else to ``placement``; so no model passes through the GPU (or
+    through host memory whole) on its way to where it waits."""
+    offloaded = plan.offloaded if plan is not None else frozenset()
+    cpu = Placement(torch.device("cpu"), placement.dtype)
+    return {"": placement} | {
+        component: cpu for component, part in stage.parts.items() if part in offloaded
+    }
 
 
 def _load_stage(
@@ -531,7 +639,7 @@ def _load_stage(
             stage.unet,
             config,
             reference,
-            placement_of(placements, "unet"),
+            placement_of(placements, FEW_STEP_UNET),
             default_file=default_file,
             role=stage.few_step_role,
             env_var=stage.few_step_env_var,

@@ -8,9 +8,6 @@ measured on a GPU (``bench/gpu.py --optimize ...``; see docs/performance.md).
   convolutions prefer on tensor cores.
 - ``fuse_qkv``: each self-attention's query, key and value projections as one matrix product
   (key and value for cross-attention), diffusers' ``FusedAttnProcessor2_0``; both U-Nets.
-- ``low_memory``: for 24 GB cards: the first-frame model stays on the CPU except during stage 1,
-  and the decode chunk is picked from free GPU memory (``core.decode_chunk_for``). Costs the
-  host-to-device copy of SDXL (~7 GB) per request; lossless unless the chunk shrinks.
 - ``fp8`` (lossy, CUDA with compute capability >= 8.9 only): torchao's float8 dynamic
   quantisation (activations and weights, per row) of the video U-Nets' linear layers. Its
   deviation from bf16 is measured by ``bench/gpu.py --all``, not promised.
@@ -25,7 +22,7 @@ import torch
 
 from fastsvd.errors import FastSVDError
 
-KNOWN = ("channels_last", "fuse_qkv", "low_memory", "fp8")
+KNOWN = ("channels_last", "fuse_qkv", "fp8")
 LOSSY = ("fp8",)
 
 
@@ -33,6 +30,11 @@ def parse(value: str | None) -> tuple[str, ...]:
     """The names in a comma-separated list, checked."""
     names = tuple(n.strip() for n in (value or "").split(",") if n.strip())
     unknown = [n for n in names if n not in KNOWN]
+    if "low_memory" in unknown:  # what it did is the memory plan's now
+        raise FastSVDError(
+            "low_memory is no longer an optimization: the memory plan decides what waits on "
+            "the CPU (FASTSVD_MEMORY_MODE=offload-first-frame; FASTSVD_OPTIMIZE)"
+        )
     if unknown:
         raise FastSVDError(
             f"unknown optimization {unknown[0]!r}; known: {', '.join(KNOWN)} (FASTSVD_OPTIMIZE)"

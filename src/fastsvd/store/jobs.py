@@ -87,6 +87,7 @@ NOT_RETRIED = Failure(
     "runner_disconnected",
     500,
 )
+GPU_FAULT = "GPU failure"  # the start of the log line of a job handed back by a failed GPU
 
 
 @dataclass(frozen=True)
@@ -622,6 +623,36 @@ class JobStore:
                 self._append_logs(conn, job_id, logs)
                 self.db.notify(conn, WAKE_CHANNEL)
         return done.rowcount == 1
+
+    def hand_back(self, job_id: str, token: int, reason: str) -> bool:
+        """Hand a held job back after its worker's GPU failed under it (``reason``, logged in
+        the job). The attempt is not the job's fault the first time; if a GPU failed under it
+        before, on another worker, it counts, and the job ends after its attempts."""
+        now = time.time()
+        this = and_(
+            jobs.c.id == job_id, jobs.c.lease_token == token, jobs.c.state == JobState.running.value
+        )  # _HELD with its values: _requeue_or_give_up takes a clause
+        with self.db.write() as conn:
+            held = conn.scalar(select(jobs.c.attempts).where(this))
+            if held is None:
+                return False
+            earlier = conn.scalar(
+                select(func.count())
+                .select_from(job_logs)
+                .where(job_logs.c.job_id == job_id, job_logs.c.message.startswith(GPU_FAULT))
+            )
+            conn.execute(
+                insert(job_logs).values(
+                    job_id=job_id,
+                    at=now,
+                    level="WARNING",
+                    message=f"{GPU_FAULT} under this request ({reason}); back to the queue",
+                )
+            )
+            if not earlier:
+                conn.execute(update(jobs).where(this).values(attempts=held - 1))
+            self._requeue_or_give_up(conn, this, now)
+        return True
 
     def reap(self, now: float | None = None) -> int:
         """Jobs whose worker stopped renewing: back to the queue, or ended after max attempts."""
