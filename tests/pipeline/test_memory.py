@@ -217,3 +217,29 @@ def test_the_pipeline_refuses_a_size_beyond_its_plan_before_computing(
     with pytest.raises(InvalidInput, match="video_size: 1024x1024") as exc:
         tiny_pipeline.generate(params_of(request, 1, Image.new("RGB", (1024, 1024))))
     assert failure_of(exc.value).http_status == 422  # what the worker records for the job
+
+
+@pytest.mark.parametrize(
+    ("mode", "on_cpu"),
+    [
+        ("resident", set()),
+        ("offload-first-frame", {"unet", "few_step_unet", "text_encoder", "text_encoder_2", "vae"}),
+        ("offload-unets", {"unet", "few_step_unet", "text_encoder", "text_encoder_2", "vae"}),
+    ],
+)
+def test_each_component_loads_straight_to_where_the_plan_keeps_it(
+    mode: str, on_cpu: set[str]
+) -> None:
+    cuda = choose("cuda", "bf16", platform=gpu())  # a device object: no GPU is touched
+    chosen = plan(24, mode=mode)
+    first = core._placements(chosen, cuda, core.FIRST_FRAME_STAGE)
+    video = core._placements(chosen, cuda, core.VIDEO_STAGE)
+    assert isinstance(first, dict)
+    assert isinstance(video, dict)
+    cpu_first = {name for name, where in first.items() if where.device.type == "cpu"}
+    assert cpu_first == on_cpu
+    cpu_video = {name for name, where in video.items() if where.device.type == "cpu"}
+    # the video stage's U-Nets wait on the CPU only in offload-unets; its encoder and VAE never
+    assert cpu_video == ({"unet", "few_step_unet"} if mode == "offload-unets" else set())
+    assert first[""] == video[""] == cuda
+    assert all(where.dtype == torch.bfloat16 for where in (*first.values(), *video.values()))
