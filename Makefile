@@ -20,10 +20,10 @@ endif
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install-torch
+$(STAMP): pyproject.toml constraints.txt scripts/install-torch
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	./scripts/install-torch $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
