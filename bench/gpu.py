@@ -52,8 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # no install needed
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# What each --models runs: fal's default request at full size, a CPU-sized one on tiny models.
-REQUESTS = {"full": ((1024, 576), 20), "tiny": ((64, 64), 4)}
+# What each --models runs: fal's default request (size, steps) with the median of 2 timed runs
+# at full size; a CPU-sized request, timed once, on the tiny models.
+REQUESTS = {"full": ((1024, 576), 20, 2), "tiny": ((64, 64), 4, 1)}
 PINS = ROOT / "constraints.txt"  # the versions the CPU tests pass with; the device carries them
 OPTIONAL = {"torchao"}  # only the fp8 step needs it; the CPU install leaves it out
 IMPORTS = (
@@ -97,15 +98,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", choices=sorted(REQUESTS), default="full")
     parser.add_argument("--size", type=size, help="WIDTHxHEIGHT (default: the models')")
     parser.add_argument("--steps", type=int, help="the 20-step request's steps")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per configuration")
+    parser.add_argument("--repeats", type=int, help="timed runs per configuration")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA if visible)")
     parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA)")
     parser.add_argument("--ready-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)  # the ready probe's
     args = parser.parse_args(argv)
-    default_size, default_steps = REQUESTS[args.models]
+    default_size, default_steps, default_repeats = REQUESTS[args.models]
     args.size = args.size or default_size
     args.steps = args.steps or default_steps
+    args.repeats = args.repeats or default_repeats
     return args
 
 
@@ -254,7 +256,7 @@ def run_steps(steps: tuple[Any, ...], ctx: Any) -> int:
 
 def skip_reason(step: Any, later: tuple[Any, ...], ctx: Any) -> str:
     if step.gpu_only and ctx.device.type != "cuda":
-        return "measures GPU speed only; no CUDA device here"
+        return "for GPU timings only; no CUDA device here"
     needs = step.needs_s(ctx)
     if not step.main:  # keep what the main steps after it need
         needs += sum(s.needs_s(ctx) for s in later if s.main)

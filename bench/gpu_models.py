@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,9 +37,11 @@ from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import SVD_XT_1_1, TINY
+from gpu_record import TIMES
 
 Frames = np.ndarray  # [frames, height, width, 3] uint8
 Times = dict[str, float]  # first_frame, video, decode, export, total (seconds)
+OnStage = Callable[[str, float], None]
 
 
 def sync(device: torch.device) -> None:
@@ -114,33 +116,31 @@ class Stock:
             stock.set_progress_bar_config(disable=True)
         self.pipe = pipe
 
-    def run(self, params: GenerationParams) -> tuple[Frames, Times]:
+    def run(
+        self, params: GenerationParams, on_stage: OnStage | None = None
+    ) -> tuple[Frames, Times]:
         """Text to MP4: the SDXL pipeline, then the SVD pipeline, then the same MP4 encoder."""
-        preset, device = self.pipe.preset, self.pipe.placement.device
-        marks: dict[str, float] = {}
+        preset = self.pipe.preset
 
         def on_step_end(_p: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if i == params.steps - 1:
-                sync(device)
-                marks["video"] = time.perf_counter()
+                clock.mark("video")
             return kwargs
 
-        sync(device)
-        marks["start"] = time.perf_counter()
+        size = {"width": params.width, "height": params.height}
+        clock = Clock(self.pipe.placement.device, on_stage)
         image = self.first_frame(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
-            width=params.width,
-            height=params.height,
+            **size,
             num_inference_steps=preset.first_frame_steps,
             guidance_scale=preset.first_frame_guidance,
             generator=torch.Generator("cpu").manual_seed(params.seed),
         ).images[0]
-        marks["first_frame"] = time.perf_counter()
+        clock.mark("first_frame")
         frames = self.video(
             image,
-            width=params.width,
-            height=params.height,
+            **size,
             num_frames=preset.num_frames,
             num_inference_steps=params.steps,
             fps=params.fps,
@@ -155,38 +155,52 @@ class Stock:
         ).frames[0]
         # float [0, 1] -> uint8, rounded as fastsvd and diffusers' exporters round
         pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
-        marks["decode"] = time.perf_counter()
+        clock.mark("decode")
         encode_mp4(pixels, params.fps)
-        marks["export"] = time.perf_counter()
-        return pixels, _stages(marks)
+        clock.mark("export")
+        return pixels, clock.times()
 
 
-def run_fastsvd(pipe: VideoPipeline, params: GenerationParams) -> tuple[Frames, Times]:
+def run_fastsvd(
+    pipe: VideoPipeline, params: GenerationParams, on_stage: OnStage | None = None
+) -> tuple[Frames, Times]:
     """Text to MP4 through fastsvd's pipeline, timed by the same clock as the stock side."""
-    device = pipe.placement.device
-    marks: dict[str, float] = {}
-
-    def on_first_frame(_image: Any) -> None:
-        marks["first_frame"] = time.perf_counter()  # a picture on the host: nothing in flight
 
     def on_step(event: StepEvent) -> None:
         if event.stage == Stage.video and event.step == event.total:
-            sync(device)
-            marks["video"] = time.perf_counter()
+            clock.mark("video")
 
-    sync(device)
-    marks["start"] = time.perf_counter()
-    video = pipe.generate(params, Hooks(on_step=on_step, on_first_frame=on_first_frame))
-    marks["decode"] = time.perf_counter()
+    clock = Clock(pipe.placement.device, on_stage)
+    # the first frame is a picture on the host when it is handed over: nothing in flight
+    hooks = Hooks(on_step=on_step, on_first_frame=lambda _image: clock.mark("first_frame"))
+    video = pipe.generate(params, hooks)
+    clock.mark("decode")
     pipe.to_mp4(video)
-    marks["export"] = time.perf_counter()
-    return video.frames, _stages(marks)
+    clock.mark("export")
+    return video.frames, clock.times()
 
 
-def _stages(marks: dict[str, float]) -> Times:
-    order = ("start", "first_frame", "video", "decode", "export")
-    times = {later: marks[later] - marks[earlier] for earlier, later in itertools.pairwise(order)}
-    return times | {"total": marks["export"] - marks["start"]}
+class Clock:
+    """A request's stage ends, each taken after a device sync; ``on_stage`` hears each one
+    (its name and seconds) as it ends."""
+
+    def __init__(self, device: torch.device, on_stage: OnStage | None) -> None:
+        self.device, self.on_stage = device, on_stage
+        sync(device)
+        self.marks = {"start": time.perf_counter()}
+
+    def mark(self, stage: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        seconds = now - max(self.marks.values())
+        self.marks[stage] = now
+        if self.on_stage is not None:
+            self.on_stage(stage, seconds)
+
+    def times(self) -> Times:
+        order = ("start", *TIMES[:-1])
+        times = {b: self.marks[b] - self.marks[a] for a, b in itertools.pairwise(order)}
+        return times | {"total": self.marks["export"] - self.marks["start"]}
 
 
 def unet_flops_per_step(
