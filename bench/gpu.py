@@ -1,9 +1,9 @@
 """The GPU device run: fastsvd against stock diffusers at full size, in two short calls that
 return the most valuable figures first (docs/performance.md, "GPU", has the exact commands).
 
-    python3 bench/gpu.py --call 1 --budget-s 250 --out $OUT    # eager: the default request,
+    python3 bench/gpu.py --call 1 --budget-s 240 --out $OUT    # eager: the default request,
                                                                # stock vs fastsvd; few-step
-    python3 bench/gpu.py --call 2 --budget-s 250 --out $OUT    # compiled: cold compile, every
+    python3 bench/gpu.py --call 2 --budget-s 240 --out $OUT    # compiled: cold compile, every
                                                                # deep_cache level, decode
                                                                # chunks, the 24 GB plan
     .venv/bin/python bench/gpu.py --call 1 --models tiny       # anywhere: the same code on the
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--budget-s",
         type=float,
-        default=250.0,
+        default=240.0,
         help="stop by then, counted from the program's start",
     )
     parser.add_argument("--out", help="folder for gpu.json and gpu.md (default: $OUT)")
