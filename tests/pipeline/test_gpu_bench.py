@@ -5,11 +5,13 @@ The three processes run side by side."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,17 @@ def start(args: list[str], out: Path, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(command, text=True, stderr=subprocess.STDOUT, **kwargs)
 
 
-def finish(process: subprocess.Popen[str], log: Path) -> None:
-    process.wait(timeout=280)
-    assert process.returncode == 0, log.read_text()[-3000:]
+@contextlib.contextmanager
+def ending(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``process``, killed on the way out if it still runs, its pipe closed."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def load(out: Path) -> dict[str, Any]:
@@ -72,23 +82,28 @@ def test_both_device_calls_run_on_the_cpu_and_sigterm_keeps_what_was_measured(
     commands = device_commands()
     assert sorted(commands) == [1, 2]
     outs = {name: tmp_path / name for name in ("call1", "call2", "stopped")}
-    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("call1", "call2")}  # noqa: SIM115
-    call1 = start(commands[1], outs["call1"], stdout=logs["call1"])
-    call2 = start(commands[2], outs["call2"], stdout=logs["call2"])
-    # call 1 again, stopped once its first timed request is printed
-    stopped = start(commands[1], outs["stopped"], stdout=subprocess.PIPE)
-    assert stopped.stdout is not None
-    printed = []
-    for line in stopped.stdout:
-        printed.append(line)
-        if line.startswith("row "):
-            stopped.send_signal(signal.SIGTERM)
-            break
-    printed += stopped.stdout.readlines()
-    assert stopped.wait(timeout=60) == 128 + signal.SIGTERM, "".join(printed)[-3000:]
-    for name, process in (("call1", call1), ("call2", call2)):
-        logs[name].close()
-        finish(process, tmp_path / f"{name}.log")
+    with contextlib.ExitStack() as stack:
+        logs = {
+            n: stack.enter_context(open(tmp_path / f"{n}.log", "w")) for n in ("call1", "call2")
+        }
+        call1 = stack.enter_context(ending(start(commands[1], outs["call1"], stdout=logs["call1"])))
+        call2 = stack.enter_context(ending(start(commands[2], outs["call2"], stdout=logs["call2"])))
+        # call 1 again, stopped once its first timed request is printed
+        stopped = stack.enter_context(
+            ending(start(commands[1], outs["stopped"], stdout=subprocess.PIPE))
+        )
+        assert stopped.stdout is not None
+        printed = []
+        for line in stopped.stdout:
+            printed.append(line)
+            if line.startswith("row "):
+                stopped.send_signal(signal.SIGTERM)
+                break
+        printed += stopped.stdout.readlines()
+        assert stopped.wait(timeout=60) == 128 + signal.SIGTERM, "".join(printed)[-3000:]
+        for name, process in (("call1", call1), ("call2", call2)):
+            process.wait(timeout=280)
+            assert process.returncode == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
 
     # stopped: every step finished before the signal is recorded, and every row printed
     record = load(outs["stopped"])
