@@ -206,25 +206,23 @@ class Clock:
 def unet_flops_per_step(
     unet: torch.nn.Module, pipe: VideoPipeline, params: GenerationParams, batch: int
 ) -> int:
-    """FLOPs of one video U-Net call at the request's shapes (``batch`` 2: guided), counted."""
-    device, dtype = pipe.placement.device, pipe.placement.dtype
+    """FLOPs of one video U-Net call at the request's shapes (``batch`` 2: guided), counted on
+    a twin of ``unet`` on the meta device: the same operators and shapes, nothing computed."""
     factor = pipe.video.vae_scale_factor
     config: Any = unet.config
-    # [batch, frames, noisy + conditioning latent channels, h, w]
-    latents = torch.zeros(
-        batch,
-        pipe.preset.num_frames,
-        config.in_channels,
-        params.height // factor,
-        params.width // factor,
-        device=device,
-        dtype=dtype,
-    )
-    context = torch.zeros(batch, 1, config.cross_attention_dim, device=device, dtype=dtype)
-    time_ids = torch.zeros(batch, 3, device=device, dtype=dtype)
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        unet(latents, torch.tensor(1.0, device=device), context, added_time_ids=time_ids)
+    meta = torch.device("meta")
+    with meta:
+        twin = type(unet).from_config(config).to(meta)  # and the few made on the CPU
+        # [batch, frames, noisy + conditioning latent channels, h, w]
+        latents = torch.zeros(
+            batch, pipe.preset.num_frames, config.in_channels,
+            params.height // factor, params.width // factor,
+        )  # fmt: skip
+        context = torch.zeros(batch, 1, config.cross_attention_dim)
+        time_ids = torch.zeros(batch, 3)
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:  # tensors made inside the forward: meta too
+            twin(latents, torch.tensor(1.0), context, added_time_ids=time_ids)
     return int(counter.get_total_flops())
 
 
