@@ -54,7 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # What each --models runs: fal's default request (size, steps) with the median of 2 timed runs
 # at full size; a CPU-sized request, timed once, on the tiny models.
-REQUESTS = {"full": ((1024, 576), 20, 2), "tiny": ((64, 64), 4, 1)}
+REQUESTS = {"full": ((1024, 576), 20, 2), "tiny": ((64, 64), 2, 1)}
 PINS = ROOT / "constraints.txt"  # the versions the CPU tests pass with; the device carries them
 OPTIONAL = {"torchao"}  # only the fp8 step needs it; the CPU install leaves it out
 IMPORTS = (
