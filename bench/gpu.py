@@ -18,7 +18,8 @@ CUDA, nvidia-smi, free GPU memory) that prints one line and ends the call at onc
 missing. Then it runs its steps (``gpu_suite.py``) in order; each step first checks that the
 budget left covers what it is estimated to need, a failing step is recorded with its error and
 the run goes on, and at ``--budget-s`` (counted from the start of this program) the step in
-progress is stopped. Every timed request is printed as a ``row`` line the moment it exists,
+progress is stopped; on a CPU (the dry run) the budget is not enforced. Every timed request is
+printed as a ``row`` line the moment it exists,
 every other figure as a ``fact`` line, and ``gpu.json`` / ``gpu.md`` under ``--out`` are rewritten
 after each (``gpu_record.py``). SIGTERM and SIGINT end the run the same way, with what was
 measured written.
@@ -306,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         record.data["preflight"] = {"ok": True, "line": line, **found}
         meta |= {k: found.get(k) for k in ("device", "dtype", "torch", "gpu")}
+        if not found["device"].startswith("cuda"):  # a CPU dry run ends when its steps do,
+            signal.setitimer(signal.ITIMER_REAL, 0)  # however loaded the machine
+            deadline = float("inf")
+        meta["budget_enforced"] = deadline != float("inf")
         record.save()
         return run_call(args, record, deadline)
     except Stopped as stop:

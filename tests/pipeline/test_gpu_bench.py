@@ -76,6 +76,7 @@ def runs(record: dict[str, Any]) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a loaded machine: the processes end when their steps do
 def test_both_device_calls_run_on_the_cpu_and_sigterm_keeps_what_was_measured(
     tmp_path: Path,
 ) -> None:
@@ -102,7 +103,7 @@ def test_both_device_calls_run_on_the_cpu_and_sigterm_keeps_what_was_measured(
         printed += stopped.stdout.readlines()
         assert stopped.wait(timeout=60) == 128 + signal.SIGTERM, "".join(printed)[-3000:]
         for name, process in (("call1", call1), ("call2", call2)):
-            process.wait(timeout=280)
+            process.wait()
             assert process.returncode == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
 
     # stopped: every step finished before the signal is recorded, and every row printed
