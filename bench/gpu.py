@@ -19,10 +19,9 @@ missing. Then it runs its steps (``gpu_suite.py``) in order; each step first che
 budget left covers what it is estimated to need, a failing step is recorded with its error and
 the run goes on, and at ``--budget-s`` (counted from the start of this program) the step in
 progress is stopped; on a CPU (the dry run) the budget is not enforced. Every timed request is
-printed as a ``row`` line the moment it exists,
-every other figure as a ``fact`` line, and ``gpu.json`` / ``gpu.md`` under ``--out`` are rewritten
-after each (``gpu_record.py``). SIGTERM and SIGINT end the run the same way, with what was
-measured written.
+printed as a ``row`` line the moment it exists, every other figure as a ``fact`` line, and
+``gpu.json`` / ``gpu.md`` under ``--out`` are rewritten after each (``gpu_record.py``). SIGTERM
+and SIGINT end the run the same way, with what was measured written.
 
 Exit status: 0 every step done or skipped; 1 a step failed, or the budget ran out inside one;
 3 the preflight failed; 128 + N stopped by signal N.
