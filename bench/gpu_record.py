@@ -81,7 +81,7 @@ class Record:
         summary["peak_gib"] = max(peaks) if peaks else None
         flops = summary.get("unet_tflop")
         video_s = summary["times_s"]["video"]
-        summary["unet_tflops_per_s"] = round(flops / video_s, 2) if flops and video_s else None
+        summary["unet_tflops_per_s"] = round(flops / video_s, 4) if flops and video_s else None
         stages = "  ".join(f"{k} {times[k]:.3f}" for k in TIMES)
         peak = f", peak {row['peak_gib']:.2f} GiB" if row["peak_gib"] is not None else ""
         print(f"row {config} #{row['run']}: {stages} s{peak}", flush=True)

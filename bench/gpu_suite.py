@@ -124,7 +124,7 @@ def timed(
     """``repeats`` (default ``--repeats``) timed runs of ``config``, each a row; returns the
     last run's frames."""
     if flops:
-        ctx.record.config(config)["unet_tflop"] = round(flops / 1e12, 3)
+        ctx.record.config(config)["unet_tflop"] = round(flops / 1e12, 6)
     frames = None
     for _ in range(ctx.args.repeats if repeats is None else repeats):
         resident = reset_peak(ctx.device)
