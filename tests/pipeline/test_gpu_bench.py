@@ -147,7 +147,7 @@ def test_both_device_calls_run_on_the_cpu_and_sigterm_keeps_what_was_measured(
     assert {status[n] for n in GPU_ONLY} == {"skipped"}
     compiled = ["fastsvd_compiled", *(f"deep_cache_{lv}_compiled" for lv in LEVELS),
                 "few_step_compiled"]  # fmt: skip
-    assert runs(record) == dict.fromkeys([*compiled, "plan_24gb_default", "plan_24gb_few_step"], 2)
+    assert runs(record) == dict.fromkeys([*compiled, "plan_24gb_default", "plan_24gb_few_step"], 1)
     facts = record["facts"]
     assert facts["compile"]["fastsvd_compiled"]["new_graphs"] > 0
     for config in compiled:
