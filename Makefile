@@ -20,7 +20,7 @@ endif
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install scripts/install-torch
+$(STAMP): pyproject.toml constraints.txt scripts/install scripts/install-torch
 	PYTHON=$(PYTHON) ./scripts/install $(VENV) dev
 	touch $(STAMP)
 

@@ -1,299 +1,348 @@
-"""Text to MP4 at full size: fastsvd against the stock diffusers pipelines, in one run.
+"""The GPU device run: fastsvd against stock diffusers at full size, in two short calls that
+return the most valuable figures first (docs/performance.md, "GPU", has the exact commands).
 
-    .venv/bin/python bench/gpu.py                      # on a GPU: the default request
-    .venv/bin/python bench/gpu.py --models tiny        # anywhere: the same code, tiny models
-    .venv/bin/python bench/gpu.py --all --out DIR      # every figure, JSON + markdown (gpu_suite)
+    python3 bench/gpu.py --call 1 --budget-s 240 --out $OUT    # eager: the default request,
+                                                               # stock vs fastsvd; few-step
+    python3 bench/gpu.py --call 2 --budget-s 240 --out $OUT    # compiled: cold compile, every
+                                                               # deep_cache level, decode
+                                                               # chunks, the 24 GB plan
+    .venv/bin/python bench/gpu.py --call 1 --models tiny       # anywhere: the same code on the
+                                                               # tiny preset (make test does)
 
-The models are built from their real configs with random weights (``pipeline/full_size.py``):
-the SDXL base first-frame model and SVD-XT (U-Net, temporal VAE, CLIP image encoder), at the
-released sizes, so the work is the real work; nothing is downloaded. The request is fal's
-default (1024x576, 25 frames, 20 steps) unless overridden.
+The models are built from their real configs with random weights, directly in bf16 on the GPU
+(``gpu_models.py``); nothing is downloaded. The request is fal's default (1024x576, 25 frames,
+20 steps) and the few-step family's (4 steps), at the same size.
 
-Both sides run in the same process on the same models: the stock ``StableDiffusionXLPipeline``
-and ``StableVideoDiffusionPipeline.__call__`` (in the placement's dtype, default attention, no
-compile), then fastsvd's ``VideoPipeline``, alternating for ``--repeats`` rounds after a warm-up
-of each. Reported per side: the stages (first frame, video denoising, VAE decode, MP4 encode),
-end to end, peak GPU memory, and the video U-Net's achieved TFLOP/s from FLOPs counted with
-``torch.utils.flop_counter`` on the exact shapes (not assumed); then each ``deep_cache`` level
-with its time and its frames' deviation from ``none`` (on random weights the deviation shows
-the mechanism works; the quality cost on real weights is measured separately).
+Each call starts with a preflight (imports, the pinned versions of constraints.txt, torch and
+CUDA, nvidia-smi, free GPU memory) that prints one line and ends the call at once if anything is
+missing. Then it runs its steps (``gpu_suite.py``) in order; each step first checks that the
+budget left covers what it is estimated to need, a failing step is recorded with its error and
+the run goes on, and at ``--budget-s`` (counted from the start of this program) the step in
+progress is stopped; on a CPU (the dry run) the budget is not enforced. Every timed request is
+printed as a ``row`` line the moment it exists, every other figure as a ``fact`` line, and
+``gpu.json`` / ``gpu.md`` under ``--out`` are rewritten after each (``gpu_record.py``). SIGTERM
+and SIGINT end the run the same way, with what was measured written.
+
+Exit status: 0 every step done or skipped; 1 a step failed, or the budget ran out inside one;
+3 the preflight failed; 128 + N stopped by signal N.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
+import datetime
+import gc
+import importlib
 import os
-import statistics
+import platform
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from gpu_record import Record
+
+STARTED = time.monotonic()  # the budget counts from here, the heavy imports included
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # no install needed
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # no install needed
-
-from fastsvd.pipeline.quiet import quiet_libraries
-
-quiet_libraries()
-
-from fastsvd.pipeline import full_size, optimize, stock  # noqa: E402
-from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline  # noqa: E402
-from fastsvd.pipeline.device import Placement, choose  # noqa: E402
-from fastsvd.pipeline.encode import encode_mp4  # noqa: E402
-from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent  # noqa: E402
-from fastsvd.pipeline.params import GenerationParams  # noqa: E402
-from fastsvd.pipeline.presets import SVD_XT_1_1, TINY  # noqa: E402
-from fastsvd.runner import params_of  # noqa: E402
-from fastsvd.schema import TextToVideoInput  # noqa: E402
-
-STAGES = ("first_frame", "video", "decode", "export")
+# What each --models runs: fal's default request (size, steps) with the median of 2 timed runs
+# at full size; a CPU-sized request, timed once, on the tiny models.
+REQUESTS = {"full": ((1024, 576), 20, 2), "tiny": ((64, 64), 2, 1)}
+PINS = ROOT / "constraints.txt"  # the versions the CPU tests pass with; the device carries them
+OPTIONAL = {"torchao"}  # only the fp8 step needs it; the CPU install leaves it out
+IMPORTS = (
+    "torch",
+    "numpy",
+    "PIL",
+    "transformers",
+    "diffusers",
+    "av",
+    "pydantic",
+    "fastsvd.pipeline.core",
+    "fastsvd.runner",
+)
+REPORTED = ("transformers", "huggingface-hub", "numpy", "pillow")  # the device's own
+FULL_SIZE_NEEDS_GIB = 40  # all four endpoints' bf16 weights (18.3 GiB) and a request's peak
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Stopped(BaseException):
+    """The run was told to stop (a signal, or its budget); BaseException, so that a step's
+    ``except Exception`` does not swallow it."""
+
+    def __init__(self, why: str, code: int) -> None:
+        super().__init__(why)
+        self.why, self.code = why, code
 
 
-def peak_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+class PreflightFailed(Exception):
+    """Something the run needs is missing; the call ends before any step."""
 
 
-def peak_gb(device: torch.device) -> float:
-    return (
-        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    )
-
-
-def build(models: str, placement: Placement, few_step: bool = True) -> VideoPipeline:
-    """Both families' models (or the 20-step one alone), tiny or full size."""
-    if models == "tiny":
-        parts = Models(few_step_video=few_step, few_step_first_frame=few_step)
-        return load_pipeline(TINY, placement, models=parts)
-    video = full_size.build_video(placement.device, placement.dtype)
-    first_frame = full_size.build_first_frame(placement.device, placement.dtype)
-    few_step_video, few_step_first_frame = (
-        full_size.build_few_step(video, first_frame) if few_step else (None, None)
-    )
-    return VideoPipeline(
-        SVD_XT_1_1,
-        placement,
-        video,
-        first_frame,
-        few_step_video=few_step_video,
-        few_step_first_frame=few_step_first_frame,
-    )
-
-
-def run_stock(pipe: VideoPipeline, params: GenerationParams) -> tuple[np.ndarray, dict[str, float]]:
-    """The stock pipelines, as a diffusers user would call them; stages timed at their ends."""
-    device = pipe.placement.device
-    times: dict[str, float] = {}
-    sync(device)
-    start = time.perf_counter()
-    image = stock.first_frame(pipe, params)
-    times["first_frame"] = time.perf_counter() - start
-    marks: dict[str, float] = {}
-
-    def on_step_end(_p: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if i == params.steps - 1:
-            sync(device)
-            marks["denoised"] = time.perf_counter()
-        return kwargs
-
-    video_start = time.perf_counter()
-    frames = pipe.video(
-        image, **stock.video_arguments(pipe, params), callback_on_step_end=on_step_end
-    ).frames[0]
-    done = time.perf_counter()
-    times["video"] = marks["denoised"] - video_start
-    times["decode"] = done - marks["denoised"]
-    pixels = stock.to_pixels(frames)
-    start = time.perf_counter()
-    encode_mp4(pixels, params.fps)
-    times["export"] = time.perf_counter() - start
-    times["total"] = time.perf_counter() - (video_start - times["first_frame"])
-    return pixels, times
-
-
-def run_fastsvd(
-    pipe: VideoPipeline, params: GenerationParams
-) -> tuple[np.ndarray, dict[str, float]]:
-    """fastsvd's pipeline; a device sync closes each stage so its timing is whole."""
-    device = pipe.placement.device
-
-    def on_step(event: StepEvent) -> None:
-        if event.step == event.total:
-            sync(device)
-
-    sync(device)
-    start = time.perf_counter()
-    video = pipe.generate(params, Hooks(on_step=on_step))
-    pipe.to_mp4(video)
-    total = time.perf_counter() - start
-    times = {stage: video.timings_s.get(Stage(stage), 0.0) for stage in STAGES}
-    times["total"] = total
-    return video.frames, times
-
-
-def unet_flops(pipe: VideoPipeline, params: GenerationParams) -> int:
-    """FLOPs of one denoising step of the video U-Net (both guidance halves), counted."""
-    unet = pipe.video.unet
-    device, dtype = pipe.placement.device, pipe.placement.dtype
-    factor = pipe.video.vae_scale_factor
-    latents = torch.zeros(
-        2, pipe.preset.num_frames, unet.config.in_channels,
-        params.height // factor, params.width // factor, device=device, dtype=dtype,
-    )  # fmt: skip
-    context = torch.zeros(2, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    time_ids = torch.zeros(2, 3, device=device, dtype=dtype)
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        unet(latents, torch.tensor(1.0, device=device), context, added_time_ids=time_ids)
-    return int(counter.get_total_flops())
-
-
-def request_size(args: argparse.Namespace) -> tuple[int, int]:
-    """``--size`` as (width, height)."""
-    width, height = (int(v) for v in args.size.split("x"))
-    return width, height
-
-
-def median_times(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
-def timed(
-    fn: Callable[[], tuple[np.ndarray, dict[str, float]]], device: torch.device
-) -> tuple[np.ndarray, dict[str, float], float]:
-    peak_reset(device)
-    frames, times = fn()
-    return frames, times, peak_gb(device)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", choices=["full", "tiny"], default="full")
-    parser.add_argument("--size", default="1024x576", help="WIDTHxHEIGHT")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32")
-    parser.add_argument("--levels", default="none,minimum,medium,high")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--call", type=int, choices=[1, 2], default=1)
     parser.add_argument(
-        "--first-frame-steps", type=int, help="override the preset's (25): CPU smoke runs"
+        "--budget-s",
+        type=float,
+        default=240.0,
+        help="stop by then, counted from the program's start",
     )
-    parser.add_argument(
-        "--optimize", default="", help="fastsvd side only: e.g. channels_last (FASTSVD_OPTIMIZE)"
-    )
-    parser.add_argument("--all", action="store_true", help="every figure: bench/gpu_suite.py")
-    parser.add_argument(
-        "--eager-levels",
-        action="store_true",
-        help="--all: run each deep_cache level eagerly too, and report compiled against eager",
-    )
-    parser.add_argument(
-        "--optimizations",
-        default="channels_last,fuse_qkv,low_memory,fp8",
-        help="--all: which optimizations to measure on the compiled pipeline (the CPU dry run "
-        "leaves out those whose compiled re-trace only costs time there)",
-    )
-    parser.add_argument("--out", help="--all: folder for gpu.json and gpu.md (default: $OUT)")
-    parser.add_argument("--budget-s", type=float, default=500.0, help="--all: stop after this")
-    parser.add_argument("--compile-backend", default="inductor", help="--all: eager on a CPU")
-    parser.add_argument("--cache-dir", help="--all: inductor's cache (default: a new temp dir)")
-    parser.add_argument(
-        "--skip",
-        default="",
-        help="--all: steps to leave out, comma-separated (start_to_ready); recorded as asked",
-    )
+    parser.add_argument("--out", help="folder for gpu.json and gpu.md (default: $OUT)")
+    parser.add_argument("--models", choices=sorted(REQUESTS), default="full")
+    parser.add_argument("--size", type=size, help="WIDTHxHEIGHT (default: the models')")
+    parser.add_argument("--steps", type=int, help="the 20-step request's steps")
+    parser.add_argument("--repeats", type=int, help="timed runs per configuration")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA if visible)")
+    parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA)")
     parser.add_argument("--ready-probe", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.all or args.ready_probe:
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)  # the ready probe's
+    args = parser.parse_args(argv)
+    default_size, default_steps, default_repeats = REQUESTS[args.models]
+    args.size = args.size or default_size
+    args.steps = args.steps or default_steps
+    args.repeats = args.repeats or default_repeats
+    return args
+
+
+def size(value: str) -> tuple[int, int]:
+    width, _, height = value.partition("x")
+    return int(width), int(height)
+
+
+def pins() -> dict[str, str]:
+    """constraints.txt as {name: version}."""
+    found = {}
+    for line in PINS.read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if requirement:
+            name, _, version = requirement.partition("==")
+            found[name.strip()] = version.strip()
+    return found
+
+
+def nvidia_smi() -> str:
+    query = "--query-gpu=name,driver_version,memory.used,memory.total"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({type(exc).__name__})"
+    return out.stdout.strip().replace("\n", "; ") or f"exit {out.returncode}"
+
+
+def preflight(args: argparse.Namespace) -> dict[str, Any]:
+    """Imports, versions, the GPU and its free memory; raises PreflightFailed at the first gap."""
+    for module in IMPORTS:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise PreflightFailed(f"cannot import {module}: {exc}") from exc
+    import torch
+
+    from fastsvd.errors import FastSVDError
+    from fastsvd.pipeline.device import choose
+    from fastsvd.pipeline.quiet import quiet_libraries
+
+    quiet_libraries()
+
+    versions: dict[str, str | None] = {}
+    for name in [*pins(), *REPORTED]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    wrong = [
+        f"{n} {versions[n] or 'missing'} (pinned {v})"
+        for n, v in pins().items()
+        if versions[n] != v and not (n in OPTIONAL and versions[n] is None)
+    ]
+    if wrong:
+        raise PreflightFailed(
+            f"not the versions of constraints.txt: {', '.join(wrong)} "
+            "(the carried wheels first on PYTHONPATH?)"
+        )
+    smi = nvidia_smi()
+    found = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        **versions,
+        "nvidia_smi": smi,
+    }
+    try:
+        placement = choose(args.device, args.dtype)
+    except FastSVDError as exc:
+        raise PreflightFailed(str(exc)) from exc
+    device = placement.device
+    if device.type != "cuda" and args.models == "full":
+        raise PreflightFailed(f"the full-size models need a CUDA GPU (nvidia-smi: {smi})")
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        found |= {
+            "gpu": torch.cuda.get_device_name(device),
+            "capability": f"{major}.{minor}",
+            "free_gib": round(free / 2**30, 1),
+            "total_gib": round(total / 2**30, 1),
+        }
+        if args.models == "full" and free < FULL_SIZE_NEEDS_GIB * 2**30:
+            raise PreflightFailed(
+                f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f}: the "
+                f"full-size run needs about {FULL_SIZE_NEEDS_GIB}"
+            )
+    found["device"], found["dtype"] = str(device), str(placement.dtype).removeprefix("torch.")
+    return found
+
+
+def stop_on_signals(deadline: float) -> None:
+    """SIGTERM and SIGINT, and the budget's end (SIGALRM), raise Stopped; the first one only,
+    so that writing out what was measured is not interrupted again."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_IGN)
+        if signum == signal.SIGALRM:
+            raise Stopped("the budget (--budget-s) ran out", 1)
+        raise Stopped(signal.Signals(signum).name, 128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(sig, handler)
+    signal.setitimer(signal.ITIMER_REAL, max(0.01, deadline - time.monotonic()))
+
+
+def run_steps(steps: tuple[Any, ...], ctx: Any) -> int:
+    """Each step in order, unless the budget left is short of what it needs; returns 1 if one
+    failed. Stopped propagates, the step it interrupted recorded."""
+    record: Record = ctx.record
+    record.plan([s.name for s in steps])
+    failed = False
+    for i, step in enumerate(steps):
+        why = skip_reason(step, steps[i + 1 :], ctx)
+        if why:
+            record.step(step.name, "skipped", why=why)
+            continue
+        started = time.perf_counter()
+        try:
+            step.run(ctx)
+        except Stopped as stop:
+            record.step(step.name, "interrupted", time.perf_counter() - started, stop.why)
+            raise
+        except Exception as exc:  # recorded, and the run goes on
+            failed = True
+            traceback.print_exc()
+            message = (str(exc).strip().splitlines() or [""])[0][:300]
+            record.step(
+                step.name,
+                "failed",
+                time.perf_counter() - started,
+                f"{type(exc).__name__}: {message}",
+            )
+            free_memory()
+        else:
+            record.step(step.name, "done", time.perf_counter() - started)
+    return 1 if failed else 0
+
+
+def skip_reason(step: Any, later: tuple[Any, ...], ctx: Any) -> str:
+    if step.gpu_only and ctx.device.type != "cuda":
+        return "for GPU timings only; no CUDA device here"
+    needs = step.needs_s(ctx)
+    if not step.main:  # keep what the main steps after it need
+        needs += sum(s.needs_s(ctx) for s in later if s.main)
+    left = ctx.left_s()
+    return f"budget: {left:.0f} s left, needs about {needs:.0f}" if left < needs else ""
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.ready_probe:
         import gpu_suite
 
-        (gpu_suite.ready_probe if args.ready_probe else gpu_suite.run_all)(args)
-        return
+        gpu_suite.ready_probe(args)
+        return 0
+    deadline = STARTED + args.budget_s
+    out = Path(args.out or os.environ.get("OUT") or "bench-out")
+    meta = {
+        "call": args.call,
+        "models": args.models,
+        "size": "{}x{}".format(*args.size),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "budget_s": args.budget_s,
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+    }
+    record = Record(out, meta)
+    stop_on_signals(deadline)
+    try:
+        try:
+            found = preflight(args)
+        except PreflightFailed as exc:
+            line = f"preflight failed: {exc}"
+            print(line, flush=True)
+            record.data["preflight"] = {"ok": False, "line": line}
+            record.save()
+            return 3
+        line = "preflight ok: " + ", ".join(f"{k} {v}" for k, v in found.items())
+        print(line, flush=True)
+        record.data["preflight"] = {"ok": True, "line": line, **found}
+        meta |= {k: found.get(k) for k in ("device", "dtype", "torch", "gpu")}
+        if not found["device"].startswith("cuda"):  # a CPU dry run ends when its steps do,
+            signal.setitimer(signal.ITIMER_REAL, 0)  # however loaded the machine
+            deadline = float("inf")
+        meta["budget_enforced"] = deadline != float("inf")
+        record.save()
+        return run_call(args, record, deadline)
+    except Stopped as stop:
+        print(f"stopped: {stop.why}", flush=True)
+        record.data["stopped"] = stop.why
+        record.save()
+        return stop.code
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
-    placement = choose(args.device, args.dtype)
-    device = placement.device
-    width, height = (int(v) for v in args.size.split("x"))
-    stock_pipe = build(args.models, placement)
-    if args.first_frame_steps:
-        stock_pipe.preset = dataclasses.replace(
-            stock_pipe.preset, first_frame_steps=args.first_frame_steps
-        )
-    pipe = stock_pipe
-    names = optimize.parse(args.optimize)
-    if names:  # the same weights, optimized, for fastsvd; stock keeps the originals
-        pipe = copy.deepcopy(stock_pipe)
-        optimize.apply((pipe.video, pipe.first_frame), names)
-    base = {"prompt": "A rocket flying that is about to take off", "steps": args.steps}
-    base["video_size"] = {"width": width, "height": height}  # type: ignore[assignment]
-    params = params_of(TextToVideoInput.model_validate({**base, "deep_cache": "none"}), seed=42)
 
-    # warm-up: kernels chosen, caches filled, for both sides
-    run_stock(stock_pipe, params)
-    run_fastsvd(pipe, params)
-    stock_runs, fast_runs = [], []
-    stock_peak = fast_peak = 0.0
-    for _ in range(args.repeats):
-        frames_stock, times, peak = timed(lambda: run_stock(stock_pipe, params), device)
-        stock_runs.append(times)
-        stock_peak = max(stock_peak, peak)
-        frames_fast, times, peak = timed(lambda: run_fastsvd(pipe, params), device)
-        fast_runs.append(times)
-        fast_peak = max(fast_peak, peak)
-    stock, fast = median_times(stock_runs), median_times(fast_runs)
-    flops = unet_flops(pipe, params) * args.steps
+def run_call(args: argparse.Namespace, record: Record, deadline: float) -> int:
+    import gpu_suite
+    from fastsvd.pipeline.device import choose
+    from fastsvd.runner import params_of
+    from fastsvd.schema import FewStepTextToVideoInput, TextToVideoInput
 
-    print(
-        f"\n{args.models} models, {width}x{height}, {pipe.preset.num_frames} frames, "
-        f"{args.steps} steps, {placement.device} {placement.dtype}, torch {torch.__version__}, "
-        f"median of {args.repeats}, fastsvd optimizations: {', '.join(names) or 'none'}"
+    width, height = args.size
+    request = {
+        "prompt": "A rocket flying that is about to take off",
+        "video_size": {"width": width, "height": height},
+    }
+    ctx = gpu_suite.Context(
+        args=args,
+        record=record,
+        placement=choose(args.device, args.dtype),
+        params=params_of(TextToVideoInput.model_validate({**request, "steps": args.steps}), 42),
+        few_params=params_of(FewStepTextToVideoInput.model_validate(request), 42),
+        deadline=deadline,
     )
-    if device.type == "cuda":
-        print(f"GPU: {torch.cuda.get_device_name(device)}")
-    print(f"video U-Net: {flops / 1e12:.3f} TFLOP for {args.steps} steps (counted)")
-    print(f"{'':16}{'stock':>10}{'fastsvd':>10}{'speed-up':>10}")
-    for key in (*STAGES, "total"):
-        speedup = stock[key] / fast[key] if fast[key] else float("nan")
-        print(f"{key + ' s':16}{stock[key]:>10.3f}{fast[key]:>10.3f}{speedup:>9.2f}x")
-    achieved = [flops / side["video"] / 1e12 for side in (stock, fast)]
-    print(f"{'U-Net TFLOP/s':16}{achieved[0]:>10.1f}{achieved[1]:>10.1f}")
-    if device.type == "cuda":
-        print(f"{'peak GPU GiB':16}{stock_peak:>10.1f}{fast_peak:>10.1f}")
-    same = np.abs(frames_stock.astype(int) - frames_fast.astype(int)).max()
-    print(f"max frame difference stock vs fastsvd: {same} levels of 255")
-
-    header = f"{'total s':>10}{'video s':>10}{'speed-up':>10}{'mean |diff|':>13}{'PSNR dB':>9}"
-    print(f"\n{'deep_cache':12}{header}")
-    reference: np.ndarray | None = None
-    none_total = 0.0
-    for level in args.levels.split(","):
-        level_params = dataclasses.replace(params, deep_cache=level)
-        run_fastsvd(pipe, level_params)  # warm-up
-        runs = [run_fastsvd(pipe, level_params) for _ in range(args.repeats)]
-        frames = runs[-1][0]
-        times = median_times([t for _f, t in runs])
-        if reference is None:
-            reference, none_total = frames, times["total"]
-        diff = np.abs(frames.astype(float) - reference.astype(float))
-        mse = float((diff**2).mean())
-        psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-        print(
-            f"{level:12}{times['total']:>10.3f}{times['video']:>10.3f}"
-            f"{none_total / times['total']:>9.2f}x{diff.mean():>13.2f}{psnr:>9.1f}"
-        )
+    record.data["meta"]["few_step_steps"] = ctx.few_params.steps
+    return run_steps(gpu_suite.CALLS[args.call], ctx)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

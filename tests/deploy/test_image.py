@@ -71,6 +71,7 @@ def test_the_install_steps_are_the_projects_scripts() -> None:
     for script in ("scripts/install", "scripts/install-torch", "scripts/healthcheck"):
         assert os.access(ROOT / script, os.X_OK), script
         assert script.split("/")[0] in copied
+    assert "constraints.txt" in copied  # scripts/install pins with it
 
 
 def test_the_images_command_serves_and_passes_its_health_check(tmp_path: Path) -> None:
