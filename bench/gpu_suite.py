@@ -38,13 +38,16 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
+from fastsvd.endpoints import ENDPOINTS
 from fastsvd.pipeline import compile as compiling
-from fastsvd.pipeline import optimize
+from fastsvd.pipeline import memory, optimize
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import Placement, choose
 from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, StepEvent
+from fastsvd.pipeline.memory import Plan
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.video import decode
+from fastsvd.runner import models_of
 from gpu_models import (
     Frames,
     Stock,
@@ -421,12 +424,13 @@ def memory_24gb(ctx: Context) -> None:
     try:
         before = reset_peak(ctx.device)
         ctx.pipe = build(ctx.args.models, ctx.placement)
-        plan_24gb(ctx.pipe)
+        plan = plan_24gb(ctx.pipe, ctx.args.models)
         now = torch.cuda.memory_allocated(ctx.device) if cuda else float("nan")
         ctx.record.fact(
             "memory_24gb",
             "plan",
             device=ctx.device.type,
+            memory_plan=plan.describe(),
             fraction=None if fraction is None else round(fraction, 4),
             total_gib=None if total is None else gib(total),
             build_peak_gib=gib(peak(ctx.device) - before),
@@ -443,15 +447,22 @@ def memory_24gb(ctx: Context) -> None:
             torch.cuda.set_per_process_memory_fraction(1.0, ctx.device)
 
 
-def plan_24gb(pipe: VideoPipeline) -> None:
-    """Today's plan for a 24 GB card, low-memory mode (FASTSVD_OPTIMIZE=low_memory): the
-    first-frame models wait on the CPU between requests; the decode chunk fits free memory."""
-    pipe.low_memory = True
-    for first in (pipe.first_frame, pipe.few_step_first_frame):
-        if first is not None:
-            first.to("cpu")
+def plan_24gb(pipe: VideoPipeline, models: str) -> Plan:
+    """The memory plan fastsvd chooses for a 24 GB card serving all four endpoints
+    (``pipeline/memory.py``), applied to ``pipe``; the tiny models' weights count as nothing,
+    as a worker counts them."""
+    endpoints = {e.id: models_of({e.capability}) for e in ENDPOINTS}
+    plan = memory.choose(
+        int(PLAN_GB * memory.GiB),
+        endpoints,
+        dtype_bytes=pipe.placement.dtype.itemsize,
+        preset_chunk=pipe.preset.decode_chunk_size,
+        weights=None if models == "full" else dict.fromkeys(memory.PARTS, 0),
+    )
+    pipe.use_plan(plan)
     if pipe.placement.device.type == "cuda":
         torch.cuda.empty_cache()
+    return plan
 
 
 def start_to_ready(ctx: Context) -> None:

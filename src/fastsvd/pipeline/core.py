@@ -373,17 +373,10 @@ class VideoPipeline:
             device = cpu if name in self.plan.offloaded else self.placement.device
             module.to(device=device, dtype=self.placement.dtype)
 
-    @property
-    def low_memory(self) -> bool:
-        """Whether the first-frame models wait on the CPU between stages (the benchmark's
-        switch between the plan's ``resident`` and ``offload-first-frame`` modes)."""
-        return self.plan.mode != "resident"
-
-    @low_memory.setter
-    def low_memory(self, on: bool) -> None:
-        self.plan = replace(self.plan, mode="offload-first-frame" if on else "resident")
-        if self.plan.total_bytes is None:  # the CPU plan offloads nothing: say what is asked
-            self.plan = replace(self.plan, total_bytes=0)
+    def use_plan(self, plan: Plan) -> None:
+        """Follow ``plan`` from now on: each model moves to where it keeps it between stages,
+        and the decode chunk is its. (Workers load under their plan; the device run switches.)"""
+        self.plan = plan
         self._place()
 
     @contextlib.contextmanager

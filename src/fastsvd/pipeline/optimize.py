@@ -10,7 +10,8 @@ measured on a GPU (``bench/gpu.py --optimize ...``; see docs/performance.md).
   (key and value for cross-attention), diffusers' ``FusedAttnProcessor2_0``; both U-Nets.
 - ``fp8`` (lossy, CUDA with compute capability >= 8.9 only): torchao's float8 dynamic
   quantisation (activations and weights, per row) of the video U-Nets' linear layers. Its
-  deviation from bf16 is measured by ``bench/gpu.py --all``, not promised.
+  deviation from bf16 is measured by the device run (``bench/gpu.py --call 2``), not
+  promised.
 """
 
 from __future__ import annotations
