@@ -39,7 +39,8 @@ def test_a_restart_with_the_warmed_cache_is_ready_compiled(
         marker.write_text("a finished warm-up\n")
     runner.load()
     pipeline = runner._pipeline
-    assert isinstance(pipeline, VideoPipeline) and pipeline.compiled is not None
+    assert isinstance(pipeline, VideoPipeline)
+    assert pipeline.compiled is not None
     states = {guard.state.value for guard in pipeline.compiled.guards}
     if warmed:  # warmed up and swapped in before ready; nothing left for the pauses
         assert warm_ups == [pipeline]
