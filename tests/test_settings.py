@@ -99,7 +99,7 @@ def test_the_housekeeping_interval_must_be_positive() -> None:
     got = Settings.from_env({"FASTSVD_HOUSEKEEPING_INTERVAL_S": "0.2"})
     assert got.housekeeping_interval_s == 0.2
     assert Settings().housekeeping_interval_s == 5.0
-    for value in ("0", "-1"):
+    for value in ("0", "0.0"):  # negatives: refused as every number setting is (below)
         with pytest.raises(ValueError, match="FASTSVD_HOUSEKEEPING_INTERVAL_S must be more than 0"):
             Settings.from_env({"FASTSVD_HOUSEKEEPING_INTERVAL_S": value})
 
@@ -110,3 +110,19 @@ def test_fps_conditioning_is_preset_or_request() -> None:
     assert Settings.from_env(env).fps_conditioning == "request"
     with pytest.raises(ValueError, match="FASTSVD_FPS_CONDITIONING must be preset or request"):
         Settings.from_env({"FASTSVD_FPS_CONDITIONING": "fps-1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FASTSVD_LEASE_S", "abc"),
+        ("FASTSVD_OUTAGE_WAIT_S", "-5"),
+        ("FASTSVD_RETENTION_S", "nan"),
+        ("FASTSVD_MAX_QUEUED", "inf"),
+        ("FASTSVD_DRAIN_S", "-1"),
+        ("FASTSVD_GPU_MEMORY_GB", "0.5"),
+    ],
+)
+def test_a_bad_number_setting_is_refused_naming_it(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name} must be a number .*, not {value}$"):
+        Settings.from_env({name: value})

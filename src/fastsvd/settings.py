@@ -115,7 +115,7 @@ class Settings:
 
         def number(name: str, default: float) -> float:
             value = get(name)
-            return float(value) if value is not None else default
+            return _number(name, value, 0.0, math.inf) if value is not None else default
 
         workers = get("workers")
         tls_cert, tls_key = get("tls_cert"), get("tls_key")
@@ -135,7 +135,7 @@ class Settings:
             optimize=get("optimize"),
             compile=get("compile"),
             memory_mode=_memory_mode(get("memory_mode")),
-            gpu_memory_gb=_gpu_memory_gb(get("gpu_memory_gb")),
+            gpu_memory_gb=_optional_number("gpu_memory_gb", get("gpu_memory_gb"), 1.0, 4096.0),
             data_dir=Path(get("data_dir") or defaults.data_dir),
             database_url=get("database_url"),
             storage_url=get("storage_url"),
@@ -162,7 +162,7 @@ class Settings:
                 number("housekeeping_interval_s", defaults.housekeeping_interval_s),
             ),
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
-            drain_s=_drain(get("drain_s")),
+            drain_s=_optional_number("drain_s", get("drain_s"), 0.0, math.inf),
             metrics_port=_port("FASTSVD_METRICS_PORT", get("metrics_port")),
             allow_private_urls=(get("allow_private_urls") or "0").lower() in ("1", "true", "yes"),
             webhook_attempts=int(number("webhook_attempts", defaults.webhook_attempts)),
@@ -198,16 +198,20 @@ def _guidance(value: str | None) -> float | None:
     return scale
 
 
-def _drain(value: str | None) -> float | None:
-    if value is None:
-        return None
+def _number(name: str, value: str, low: float, high: float) -> float:
+    """``value`` as a number from ``low`` to ``high``; else an error naming the variable."""
     try:
-        seconds = float(value)
+        parsed = float(value)
     except ValueError:
-        seconds = math.nan
-    if not seconds >= 0 or math.isinf(seconds):
-        raise ValueError(f"FASTSVD_DRAIN_S must be a number of seconds >= 0, not {value}")
-    return seconds
+        parsed = math.nan
+    if not low <= parsed <= high or math.isinf(parsed):  # NaN fails the comparison too
+        bounds = f">= {low:g}" if math.isinf(high) else f"from {low:g} to {high:g}"
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number {bounds}, not {value}")
+    return parsed
+
+
+def _optional_number(name: str, value: str | None, low: float, high: float) -> float | None:
+    return None if value is None else _number(name, value, low, high)
 
 
 def _port(name: str, value: str | None) -> int | None:
@@ -216,18 +220,6 @@ def _port(name: str, value: str | None) -> int | None:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise ValueError(f"{name} must be a TCP port, 1-65535, not {value}")
     return int(value)
-
-
-def _gpu_memory_gb(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        gb = float(value)
-    except ValueError:
-        gb = float("nan")
-    if not 1.0 <= gb <= 4096.0:
-        raise ValueError(f"FASTSVD_GPU_MEMORY_GB must be a number of GB (1-4096), not {value}")
-    return gb
 
 
 def _memory_mode(value: str | None) -> str | None:
