@@ -41,6 +41,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	./scripts/install-browser
+	./scripts/install-nftables
 	$(BIN)/pytest
 
 bench: $(STAMP)
