@@ -25,7 +25,7 @@ import uvicorn
 from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import configured
-from fastsvd.errors import FastSVDError, ModelNotAvailable, Unavailable
+from fastsvd.errors import FastSVDError, Unavailable
 from fastsvd.retry import Outage
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -228,12 +228,8 @@ def check_weights(settings: Settings) -> None:
     report = weights.check(settings)
     if report.complete:
         return
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        raise ModelNotAvailable(
-            f"{len(report.missing)} model(s) missing, and HF_HUB_OFFLINE is on:\n"
-            f"{report.message()}\n(`fastsvd doctor` checks everything; --preset tiny runs "
-            "without weights)"
-        )
+    if weights.hub_offline():
+        raise report.error()
     print(f"downloading as the workers load:\n{report.message()}", flush=True)
 
 

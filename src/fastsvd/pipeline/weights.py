@@ -315,7 +315,7 @@ class WeightsReport:
             "model weights are missing and offline mode is on (HF_HUB_OFFLINE=1):\n"
             f"{self.message()}\n"
             f"Download them, or set {env_vars} to local folders or files; or try everything "
-            "without weights on the tiny preset (--preset tiny)."
+            "without weights on the tiny preset (--preset tiny). `fastsvd doctor` checks it all."
         )
 
 
