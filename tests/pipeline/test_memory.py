@@ -243,3 +243,16 @@ def test_each_component_loads_straight_to_where_the_plan_keeps_it(
     assert cpu_video == ({"unet", "few_step_unet"} if mode == "offload-unets" else set())
     assert first[""] == video[""] == cuda
     assert all(where.dtype == torch.bfloat16 for where in (*first.values(), *video.values()))
+
+
+def test_every_loaded_model_is_named_as_the_plan_names_its_part(
+    tiny_pipeline: VideoPipeline,
+) -> None:
+    named = {id(module): name for name, module in tiny_pipeline._parts().values()}
+    assert set(named.values()) == set(memory.PARTS)  # all four endpoints' models: every part
+    assert named[id(tiny_pipeline.video.unet)] == "video_unet"
+    assert tiny_pipeline.few_step_video is not None
+    assert named[id(tiny_pipeline.few_step_video.unet)] == "few_step_video_unet"
+    # a component the few-step pipeline shares with the base one is counted once
+    assert tiny_pipeline.few_step_video.vae is tiny_pipeline.video.vae
+    assert named[id(tiny_pipeline.video.vae)] == "video_vae"

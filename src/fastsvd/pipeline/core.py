@@ -342,28 +342,24 @@ class VideoPipeline:
             )
 
     def _parts(self) -> dict[int, tuple[str, torch.nn.Module]]:
-        """The loaded models by id: each one's part name (``memory.py``) and module."""
+        """The loaded models by id: each one's part name (``memory.py``, from its stage's
+        ``parts``) and module; a component two pipelines share is named after the base one."""
         parts: dict[int, tuple[str, torch.nn.Module]] = {}
-
-        def add(name: str, module: torch.nn.Module | None) -> None:
-            if module is not None:
-                parts.setdefault(id(module), (name, module))
-
-        videos = ((self._video, "video_unet"), (self.few_step_video, "few_step_video_unet"))
-        for pipe, unet in videos:
-            if pipe is not None:
-                add(unet, pipe.unet)
-                add("image_encoder", pipe.image_encoder)
-                add("video_vae", pipe.vae)
-        for pipe, unet in (
-            (self.first_frame, "first_frame_unet"),
-            (self.few_step_first_frame, "few_step_first_frame_unet"),
-        ):
-            if pipe is not None:
-                add(unet, pipe.unet)
-                add("text_encoders", pipe.text_encoder)
-                add("text_encoders", pipe.text_encoder_2)
-                add("first_frame_vae", pipe.vae)
+        stages = (
+            (VIDEO_STAGE, self._video, self.few_step_video),
+            (FIRST_FRAME_STAGE, self.first_frame, self.few_step_first_frame),
+        )
+        for stage, base, few in stages:
+            for pipe, unet in ((base, "unet"), (few, FEW_STEP_UNET)):
+                if pipe is None:
+                    continue
+                for component, part in stage.parts.items():
+                    if component == FEW_STEP_UNET:
+                        continue
+                    module = pipe.components.get(component)
+                    if isinstance(module, torch.nn.Module):
+                        name = stage.parts[unet] if component == "unet" else part
+                        parts.setdefault(id(module), (name, module))
         return parts
 
     def _place(self) -> None:
