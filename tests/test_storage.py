@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fastsvd.errors import FastSVDError, RangeNotSatisfiable, StorageUnavailable
+from fastsvd.services import Services
+from fastsvd.settings import Settings
 from fastsvd.storage import Storage, open_storage
 from fastsvd.storage.local import LocalStorage
 from fastsvd.storage.s3 import S3Storage
@@ -97,3 +102,38 @@ def test_an_object_store_that_is_away_or_lost_its_bucket_is_unavailable(s3: Obje
         emptied.put("ab", b"x")
     with pytest.raises(StorageUnavailable, match="no-such-bucket"):
         emptied.check()
+
+
+def test_a_process_started_while_the_object_store_is_down_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker or the webhook deliverer starting during an outage waits, logged once, and goes
+    on when the store is back: no exit, no traceback, no restart loop (a one-shot command is
+    told the reason instead)."""
+    port = free_port()
+    down = ObjectStore(f"http://127.0.0.1:{port}")
+    bucket = "started-during-an-outage"
+    settings = Settings.from_env({**down.env(bucket), "FASTSVD_DATA_DIR": str(tmp_path)})
+    with pytest.raises(StorageUnavailable, match="is unavailable"):
+        Services.from_settings(settings)  # a one-shot command: the reason, at once
+
+    opened: list[Services] = []
+    waiting = threading.Thread(target=lambda: opened.append(open_waiting(settings)))
+    with caplog.at_level(logging.WARNING, logger="fastsvd.retry"):
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while "waiting for it" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "waiting for it" in caplog.text
+        assert waiting.is_alive()
+        assert not opened
+        with s3_server(port) as store:
+            store.client().create_bucket(Bucket=bucket)
+            waiting.join(30)
+    assert opened, "the process did not go on once the object store was back"
+    opened[0].close()
+    assert "back after" in caplog.text
+
+
+def open_waiting(settings: Settings) -> Services:
+    return Services.from_settings(settings, wait=True)

@@ -242,7 +242,7 @@ def serve(settings: Settings) -> int:
             f"auth can only be turned off on a loopback address, not on {settings.host}"
         )
     check_weights(settings)
-    services = Services.from_settings(settings)
+    services = Services.from_settings(settings, wait=True)
     if settings.auth and services.keys.count_live() == 0:
         create_first_key(services)
     services.signing_keys.ensure()  # the webhook signing key, made on the first start

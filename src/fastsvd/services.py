@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastsvd.retry import until_available
 from fastsvd.settings import Settings
 from fastsvd.storage import Storage, open_storage
 from fastsvd.store.db import Database, statement_timeout_s
@@ -32,8 +33,13 @@ class Services:
     signing_keys: SigningKeyStore  # the Ed25519 keys of fal-style webhooks
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Services:
-        """Open (and migrate) the database and the file storage ``settings`` name."""
+    def from_settings(cls, settings: Settings, *, wait: bool = False) -> Services:
+        """Open (and migrate) the database and the file storage ``settings`` name.
+
+        A wrong bucket or credentials raise ``FastSVDError`` at once. A database or object store
+        that is down raises ``Unavailable``, or with ``wait`` (a long-running process: the server,
+        a worker, the webhook deliverer) is waited for, logged once, like any other outage.
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         storage = open_storage(
             settings.storage_url,
@@ -41,13 +47,16 @@ class Services:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
         )
-        storage.check()  # a wrong bucket or credentials: say so at start, not per request
         db = Database(
             settings.db_url,
             pool_size=settings.db_pool_size,
             statement_timeout_s=statement_timeout_s(settings.lease_s),
         )
-        migrate(db)
+        for step in (storage.check, lambda: migrate(db)):  # say what is wrong at start
+            if wait:
+                until_available(step)
+            else:
+                step()
         return cls(
             settings=settings,
             db=db,

@@ -12,7 +12,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -27,8 +27,12 @@ from fastsvd.endpoints import (
     TEXT_TO_VIDEO,
     Endpoint,
 )
+from fastsvd.errors import FastSVDError
 from fastsvd.schema import VIDEO_SIZE_PRESETS, DeepCache, field_errors
 from fastsvd.settings import Settings
+
+if TYPE_CHECKING:
+    from fastsvd.services import Services
 
 T = TypeVar("T")
 EXIT_FAILED = 1
@@ -191,6 +195,17 @@ def load_settings(**overrides: object) -> Settings:
         return Settings.from_env().with_overrides(**overrides)
     except ValueError as exc:
         fail(f"settings: {exc}", EXIT_INVALID)
+
+
+def open_services(settings: Settings, *, wait: bool = False) -> Services:
+    """The stores ``settings`` name; a store that is misconfigured, or down (unless ``wait``, for
+    a long-running process), ends the command with the reason and no traceback."""
+    from fastsvd.services import Services
+
+    try:
+        return Services.from_settings(settings, wait=wait)
+    except FastSVDError as exc:
+        fail(exc.message)
 
 
 def store_options(command: Callable[..., Any]) -> Callable[..., Any]:

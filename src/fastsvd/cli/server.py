@@ -13,7 +13,15 @@ from typing import Any
 import click
 
 from fastsvd import constants as c
-from fastsvd.cli.common import EXIT_INVALID, fail, load_settings, main, store_name, store_options
+from fastsvd.cli.common import (
+    EXIT_INVALID,
+    fail,
+    load_settings,
+    main,
+    open_services,
+    store_name,
+    store_options,
+)
 from fastsvd.errors import CannotRunHere, FastSVDError, GpuFault, ModelNotAvailable
 
 
@@ -75,12 +83,11 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     from fastsvd.endpoints import configured
     from fastsvd.logs import configure
     from fastsvd.runner import make_runner
-    from fastsvd.services import Services
     from fastsvd.worker import Worker, WorkerServices, image_loader
 
     configure()
     settings = load_settings(preset=preset, **store)
-    services = Services.from_settings(settings)
+    services = open_services(settings, wait=True)
     loader = image_loader(
         services.files, services.storage, allow_private=settings.allow_private_urls
     )
@@ -130,13 +137,12 @@ def webhooks(store: dict[str, Any]) -> None:
     import threading
 
     from fastsvd.logs import configure
-    from fastsvd.services import Services
     from fastsvd.store.webhooks import WebhookOutbox
     from fastsvd.webhooks import Deliverer
 
     configure()
     settings = load_settings(**store)
-    services = Services.from_settings(settings)
+    services = open_services(settings, wait=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
@@ -150,10 +156,9 @@ def keys() -> None:
 
 def _key_store(store: dict[str, Any]) -> tuple[Any, str]:
     """The key store the options name, and its database's name for messages."""
-    from fastsvd.services import Services
 
     settings = load_settings(**store)
-    return Services.from_settings(settings).keys, store_name(settings)
+    return open_services(settings).keys, store_name(settings)
 
 
 @keys.command("create")
@@ -217,10 +222,9 @@ def keys_webhook_secret(key_id: str, store: dict[str, Any]) -> None:
 def keys_rotate_signing_key(overlap_s: float, store: dict[str, Any]) -> None:
     """Sign fal-style webhooks with a new Ed25519 key from now on; the old one stays published
     for OVERLAP_S seconds, so webhooks it signed still verify."""
-    from fastsvd.services import Services
 
     settings = load_settings(**store)
-    services = Services.from_settings(settings)
+    services = open_services(settings)
     try:
         services.signing_keys.ensure()  # a deployment that never started has one to retire
         key = services.signing_keys.rotate(overlap_s)
