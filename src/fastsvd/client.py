@@ -31,8 +31,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from fastsvd.schema import VideoOutput
+from fastsvd.endpoints import app_of
+from fastsvd.errors import ClientError
+from fastsvd.schema import (
+    CancelResponse,
+    QueueStatus,
+    SubmitResponse,
+    UploadedFile,
+    VideoOutput,
+    field_errors,
+)
 
 __all__ = [
     "AsyncClient",
@@ -60,6 +70,7 @@ POLL_FIRST_S, POLL_MAX_S = 0.1, 1.0  # status polls start quick and back off to 
 RETRIES = 5  # 429 / 503 answers retried (after Retry-After) before giving up
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 # --- what comes back ---------------------------------------------------------------------
@@ -94,41 +105,10 @@ class Completed:
 Status = Queued | InProgress | Completed
 
 
-class ClientError(Exception):
-    """The server refused or failed a request; ``str()`` is one line naming what went wrong.
-
-    ``status_code`` is the HTTP status, ``detail`` the server's ``detail``, ``error_type`` the
-    failure's type (``cancelled``, ``validation_error``...), and ``fields`` the fields a 422 names.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int,
-        detail: Any = None,
-        error_type: str | None = None,
-        fields: list[tuple[str, str]] | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.detail = detail
-        self.error_type = error_type
-        self.fields = fields or []
-        self.retry_after_s = retry_after_s
-
-
 # --- the core: protocol logic as generators of steps ---------------------------------------
 
 Step = httpx.Request | float  # a request to send, or seconds to wait
 Flow = Generator[Step, httpx.Response | None, T]
-
-
-def app_root(application: str) -> str:
-    """fal's rule: status, result and cancel live under the first two path segments."""
-    parts = application.strip("/").split("/")
-    return "/".join(parts[:2])
 
 
 def _error(response: httpx.Response) -> ClientError:
@@ -175,20 +155,28 @@ def _send(request: httpx.Request, ok: tuple[int, ...] = (200,)) -> Flow[httpx.Re
     raise AssertionError("unreachable")
 
 
-def _parse_status(body: dict[str, Any]) -> Status:
-    state = body.get("status")
-    if state == "IN_QUEUE":
-        return Queued(position=int(body.get("queue_position") or 0), logs=body.get("logs"))
-    if state == "IN_PROGRESS":
-        return InProgress(logs=body.get("logs"))
-    if state == "COMPLETED":
-        return Completed(
-            logs=body.get("logs"),
-            metrics=body.get("metrics") or {},
-            error=body.get("error"),
-            error_type=body.get("error_type"),
-        )
-    raise ClientError(f"unknown status {state!r}", status_code=200, detail=body)
+def _read(response: httpx.Response, model: type[M]) -> M:
+    """The body of ``response`` as ``model``, the wire model the server builds it from."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        field, message = field_errors(exc)[0]
+        raise ClientError(
+            f"{response.status_code} not a {model.__name__}: {field}: {message}",
+            status_code=response.status_code,
+            detail=response.text,
+        ) from None
+
+
+def _status_of(body: QueueStatus) -> Status:
+    logs = [line.model_dump() for line in body.logs] if body.logs is not None else None
+    if body.status == "IN_QUEUE":
+        return Queued(position=body.queue_position or 0, logs=logs)
+    if body.status == "IN_PROGRESS":
+        return InProgress(logs=logs)
+    return Completed(
+        logs=logs, metrics=body.metrics or {}, error=body.error, error_type=body.error_type
+    )
 
 
 class _Core:
@@ -199,6 +187,8 @@ class _Core:
         self.headers = {"authorization": f"Key {key}"} if key else {}
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
+        """An ``httpx`` request to ``path`` (a path under the server, or a whole URL), with the
+        key."""
         headers = {**self.headers, **kwargs.pop("headers", {})}
         target = (
             path if path.startswith(("http://", "https://")) else f"{self.url}/{path.lstrip('/')}"
@@ -215,6 +205,7 @@ class _Core:
         start_timeout_s: float | None = None,
         idempotency_key: str | None = None,
     ) -> Flow[str]:
+        """Queue ``arguments`` for ``application``; returns the request id."""
         headers: dict[str, str] = {}
         if priority is not None:
             headers["x-fal-queue-priority"] = priority
@@ -226,23 +217,26 @@ class _Core:
         response = yield from _send(
             self.request("POST", application, json=arguments, headers=headers, params=params)
         )
-        return str(response.json()["request_id"])
+        return _read(response, SubmitResponse).request_id
 
     def status(self, application: str, request_id: str, *, with_logs: bool) -> Flow[Status]:
-        path = f"{app_root(application)}/requests/{request_id}/status"
+        """The request's status (``logs`` with ``with_logs``)."""
+        path = f"{app_of(application)}/requests/{request_id}/status"
         params = {"logs": "1"} if with_logs else None
         response = yield from _send(self.request("GET", path, params=params), ok=(200, 202))
-        return _parse_status(response.json())
+        return _status_of(_read(response, QueueStatus))
 
     def result(self, application: str, request_id: str) -> Flow[VideoOutput]:
-        path = f"{app_root(application)}/requests/{request_id}"
+        """The request's output; a ``ClientError`` when it failed or is not finished."""
+        path = f"{app_of(application)}/requests/{request_id}"
         response = yield from _send(self.request("GET", path))
-        return VideoOutput.model_validate(response.json())
+        return _read(response, VideoOutput)
 
     def cancel(self, application: str, request_id: str) -> Flow[str]:
-        path = f"{app_root(application)}/requests/{request_id}/cancel"
+        """Ask to cancel; returns the server's answer (``CANCELLATION_REQUESTED`` ...)."""
+        path = f"{app_of(application)}/requests/{request_id}/cancel"
         response = yield from _send(self.request("PUT", path), ok=(202, 400))
-        return str(response.json().get("status"))
+        return _read(response, CancelResponse).status
 
     def wait(
         self,
@@ -279,6 +273,7 @@ class _Core:
         timeout_s: float | None,
         **submit_options: Any,
     ) -> Flow[VideoOutput]:
+        """Submit, wait for the end, return the output."""
         request_id = yield from self.submit(application, arguments, **submit_options)
         if on_enqueue is not None:
             on_enqueue(request_id)
@@ -292,19 +287,22 @@ class _Core:
         return (yield from self.result(application, request_id))
 
     def run(self, application: str, arguments: dict[str, Any]) -> Flow[VideoOutput]:
+        """Run on the synchronous route: one call that answers the output."""
         response = yield from _send(self.request("POST", f"run/{application}", json=arguments))
-        return VideoOutput.model_validate(response.json())
+        return _read(response, VideoOutput)
 
     def upload(self, data: bytes, content_type: str, file_name: str | None) -> Flow[str]:
+        """Store ``data`` on the server; returns its URL."""
         headers = {"content-type": content_type}
         if file_name:
             headers["x-fal-file-name"] = file_name
         response = yield from _send(
             self.request("POST", "files/upload", content=data, headers=headers)
         )
-        return str(response.json()["access_url"])
+        return _read(response, UploadedFile).access_url
 
     def download(self, url: str) -> Flow[bytes]:
+        """The bytes at ``url`` (a file the server serves)."""
         response = yield from _send(self.request("GET", url))
         return response.content
 
@@ -412,6 +410,8 @@ class SyncClient:
         return self._drive(self._core.run(application, arguments))
 
     def status(self, application: str, request_id: str, *, with_logs: bool = False) -> Status:
+        """Where the request stands: ``Queued``, ``InProgress`` or ``Completed``; with
+        ``with_logs``, its log lines so far."""
         return self._drive(self._core.status(application, request_id, with_logs=with_logs))
 
     def result(self, application: str, request_id: str) -> VideoOutput:
@@ -427,6 +427,7 @@ class SyncClient:
         return self._drive(self._core.upload(data, content_type, file_name))
 
     def upload_file(self, path: str | os.PathLike[str]) -> str:
+        """Upload the file at ``path`` (its type guessed from its name); returns its URL."""
         return self.upload(*_file_parts(path))
 
     def download(self, url: str) -> bytes:
@@ -434,6 +435,7 @@ class SyncClient:
         return self._drive(self._core.download(url))
 
     def close(self) -> None:
+        """Close the connections (``with SyncClient() as client`` does it)."""
         self._http.close()
 
     def __enter__(self) -> SyncClient:
@@ -498,6 +500,7 @@ class AsyncClient:
     async def submit(
         self, application: str, arguments: dict[str, Any], **options: Any
     ) -> AsyncRequestHandle:
+        """Queue a request; returns its handle. Options as ``SyncClient.submit``."""
         request_id = await self._drive(self._core.submit(application, arguments, **options))
         return AsyncRequestHandle(self, application, request_id)
 
@@ -512,6 +515,7 @@ class AsyncClient:
         timeout_s: float | None = None,
         **options: Any,
     ) -> VideoOutput:
+        """Submit, follow the status (``on_queue_update`` on each change), return the output."""
         return await self._drive(
             self._core.subscribe(
                 application,
@@ -525,27 +529,35 @@ class AsyncClient:
         )
 
     async def run(self, application: str, arguments: dict[str, Any]) -> VideoOutput:
+        """The synchronous endpoint: one call that returns when the video is ready."""
         return await self._drive(self._core.run(application, arguments))
 
     async def status(self, application: str, request_id: str, *, with_logs: bool = False) -> Status:
+        """Where the request stands: ``Queued``, ``InProgress`` or ``Completed``."""
         return await self._drive(self._core.status(application, request_id, with_logs=with_logs))
 
     async def result(self, application: str, request_id: str) -> VideoOutput:
+        """The output; ``ClientError`` if the request failed, was cancelled or is not done."""
         return await self._drive(self._core.result(application, request_id))
 
     async def cancel(self, application: str, request_id: str) -> str:
+        """Ask to cancel: ``CANCELLATION_REQUESTED`` or ``ALREADY_COMPLETED``."""
         return await self._drive(self._core.cancel(application, request_id))
 
     async def upload(self, data: bytes, content_type: str, file_name: str | None = None) -> str:
+        """Store ``data`` on the server; the URL it answers can be an ``image_url``."""
         return await self._drive(self._core.upload(data, content_type, file_name))
 
     async def upload_file(self, path: str | os.PathLike[str]) -> str:
+        """Upload the file at ``path`` (its type guessed from its name); returns its URL."""
         return await self.upload(*_file_parts(path))
 
     async def download(self, url: str) -> bytes:
+        """The bytes of an output file (``result.video.url``)."""
         return await self._drive(self._core.download(url))
 
     async def aclose(self) -> None:
+        """Close the connections (``async with AsyncClient() as client`` does it)."""
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -564,6 +576,7 @@ class RequestHandle:
     request_id: str
 
     def status(self, *, with_logs: bool = False) -> Status:
+        """Where this request stands (``with_logs``: with its log lines)."""
         return self.client.status(self.application, self.request_id, with_logs=with_logs)
 
     def iter_events(self, *, with_logs: bool = False) -> Iterator[Status]:
@@ -595,6 +608,7 @@ class RequestHandle:
         return self.client.result(self.application, self.request_id)
 
     def cancel(self) -> str:
+        """Ask to cancel this request: ``CANCELLATION_REQUESTED`` or ``ALREADY_COMPLETED``."""
         return self.client.cancel(self.application, self.request_id)
 
 
@@ -607,9 +621,11 @@ class AsyncRequestHandle:
     request_id: str
 
     async def status(self, *, with_logs: bool = False) -> Status:
+        """Where this request stands (``with_logs``: with its log lines)."""
         return await self.client.status(self.application, self.request_id, with_logs=with_logs)
 
     async def iter_events(self, *, with_logs: bool = False) -> AsyncIterator[Status]:
+        """Each new status until (and including) ``Completed``."""
         seen: list[Status] = []
         flow = self.client._core.wait(
             self.application,
@@ -634,10 +650,12 @@ class AsyncRequestHandle:
                 yield event
 
     async def get(self) -> VideoOutput:
+        """Wait for the end, then the output (``ClientError`` if it failed)."""
         await self.client.wait(self.application, self.request_id)
         return await self.client.result(self.application, self.request_id)
 
     async def cancel(self) -> str:
+        """Ask to cancel this request: ``CANCELLATION_REQUESTED`` or ``ALREADY_COMPLETED``."""
         return await self.client.cancel(self.application, self.request_id)
 
 
@@ -669,20 +687,25 @@ def run(application: str, arguments: dict[str, Any]) -> VideoOutput:
 
 
 def status(application: str, request_id: str, *, with_logs: bool = False) -> Status:
+    """Where a request stands, on the server in ``FASTSVD_URL`` with ``FASTSVD_KEY``."""
     return _client().status(application, request_id, with_logs=with_logs)
 
 
 def result(application: str, request_id: str) -> VideoOutput:
+    """A finished request's output (``ClientError`` if it failed or is not done)."""
     return _client().result(application, request_id)
 
 
 def cancel(application: str, request_id: str) -> str:
+    """Ask to cancel a request: ``CANCELLATION_REQUESTED`` or ``ALREADY_COMPLETED``."""
     return _client().cancel(application, request_id)
 
 
 def upload(data: bytes, content_type: str, file_name: str | None = None) -> str:
+    """Store ``data`` on the server; returns a URL usable as ``image_url``."""
     return _client().upload(data, content_type, file_name)
 
 
 def upload_file(path: str | os.PathLike[str]) -> str:
+    """Upload the file at ``path``; returns a URL usable as ``image_url``."""
     return _client().upload_file(path)

@@ -55,7 +55,7 @@ class Endpoint:
     @property
     def app(self) -> str:
         """``owner/app``: the part of the id that request URLs live under."""
-        return app_path_of(self.id)[1:]
+        return app_of(self.id)
 
     @property
     def path(self) -> str:
@@ -65,13 +65,13 @@ class Endpoint:
     @property
     def app_path(self) -> str:
         """``/owner/app``: where ``requests/{id}`` (status, stream, result, cancel) live."""
-        return app_path_of(self.id)
+        return f"/{self.app}"
 
 
-def app_path_of(endpoint_id: str) -> str:
-    """``/owner/app`` of an endpoint id (also of a stored job's, registered or not)."""
-    owner, app = endpoint_id.split("/")[:2]
-    return f"/{owner}/{app}"
+def app_of(endpoint_id: str) -> str:
+    """``owner/app`` of an endpoint id, registered or not (a stored job's, or one a client
+    names): fal's rule, status, result and cancel live under its first two path segments."""
+    return "/".join(endpoint_id.strip("/").split("/")[:2])
 
 
 class Registry:

@@ -20,25 +20,68 @@
     ├── CannotRunHere             a worker cannot run on this machine as set up   500
     │   ├── NoUsableGpu           a real preset, and no usable CUDA GPU
     │   └── DoesNotFit            the endpoints do not fit the GPU's memory
-    ├── GenerationCancelled       the cancel hook asked the pipeline to stop      499
+    ├── Cancelled                 the request was cancelled                       499
+    │   └── GenerationCancelled   the cancel hook asked the pipeline to stop
+    ├── RequestTimeout            it did not start before its start deadline      504
+    ├── WorkerLost                its worker stopped, and it is not run again     500
     ├── GpuFault                  the GPU failed (its CUDA context is unusable)   503
     └── GenerationFailed          the model ran and failed                        500
         └── OutOfMemory           the accelerator ran out of memory               503
 
+and, its own root, the one error of fastsvd's client (``fastsvd.client``):
+
+    ClientError                   a server refused or failed a call (its status and error_type)
+
 Each class carries the fal ``error_type`` it reports; ``HTTP_STATUS`` gives its HTTP status, and
 ``http_status`` looks an error up along its class hierarchy (as Starlette's exception handlers
 do), so a subclass answers like its parent unless the table names it. The HTTP edge has one
-handler for the whole tree (``fastsvd.api.errors``), and a worker records a failed job's status
-from the same table. Library errors (torch, diffusers, PyAV, OS, the database driver) are
-translated where they cross into fastsvd, with ``raise ... from exc``: the store turns an
-unreachable database into ``StoreUnavailable`` at its boundary (``fastsvd.store.db``), and each
-storage backend turns an object store it cannot reach, or a disk without room, into
-``StorageUnavailable`` (``fastsvd.storage``).
+handler for the whole tree (``fastsvd.api.errors``), and a job that ends without an output is
+recorded as ``Failure.of(exc)``, from the same table: by its worker, and by the job store for the
+endings it decides itself (cancelled while queued, start deadline passed, worker lost).
+
+Library errors (torch, diffusers, PyAV, OS, the database driver) are translated where they cross
+into fastsvd, with ``raise ... from exc``: the store turns an unreachable database into
+``StoreUnavailable`` at its boundary (``fastsvd.store.db``), and each storage backend turns an
+object store it cannot reach, or a disk without room, into ``StorageUnavailable``
+(``fastsvd.storage``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from fastsvd.schema import field_errors
+
+
+class ClientError(Exception):
+    """The server refused or failed a request of ``fastsvd.client``; ``str()`` is one line
+    naming what went wrong. Its own root: it relays what a server said, it is not one of the
+    errors below, which fastsvd raises about its own work (and a server maps to HTTP answers).
+
+    ``status_code`` is the HTTP status, ``detail`` the server's ``detail``, ``error_type`` the
+    failure's type (``cancelled``, ``validation_error``...), and ``fields`` the fields a 422 names.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        detail: Any = None,
+        error_type: str | None = None,
+        fields: list[tuple[str, str]] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+        self.error_type = error_type
+        self.fields = fields or []
+        self.retry_after_s = retry_after_s
 
 
 class FastSVDError(Exception):
@@ -169,10 +212,34 @@ class DoesNotFit(CannotRunHere):
     at load or warm-up); the message names settings that would fit."""
 
 
-class GenerationCancelled(FastSVDError):
-    """The cancel hook asked the pipeline to stop; raised at the next step boundary."""
+class Cancelled(FastSVDError):
+    """The request was cancelled: by its caller, or its caller went away."""
 
     error_type = "cancelled"
+
+    def __init__(self, message: str = "Request cancelled") -> None:
+        super().__init__(message)
+
+
+class GenerationCancelled(Cancelled):
+    """The cancel hook asked the pipeline to stop; raised at the next step boundary. Its message
+    says where it stopped, for the worker's log; the request's record says only ``Cancelled``'s."""
+
+
+class RequestTimeout(FastSVDError):
+    """The request did not start before its start deadline (``x-fal-request-timeout``)."""
+
+    error_type = "request_timeout"
+
+    def __init__(self, message: str = "Request start timeout exceeded") -> None:
+        super().__init__(message)
+
+
+class WorkerLost(FastSVDError):
+    """The worker running the request stopped, and the request is not run again (its attempts
+    are used, or its submitter asked for no retry)."""
+
+    error_type = "runner_disconnected"
 
 
 class GpuFault(FastSVDError):
@@ -206,15 +273,38 @@ HTTP_STATUS: dict[type[FastSVDError], int] = {
     ProxyRefused: 403,
     BadProxyTarget: 400,
     ProxyMethodNotAllowed: 405,
-    GenerationCancelled: 499,  # fal's status for a cancelled request's result
+    Cancelled: 499,  # fal's status for a cancelled request's result
+    RequestTimeout: 504,
     OutOfMemory: 503,  # the request may fit later, or on another worker
     GpuFault: 503,  # another worker (or this one, restarted) runs it
 }
 
 
-def http_status(exc: FastSVDError) -> int:
-    """The HTTP status of ``exc``: its class's entry, or its nearest ancestor's."""
-    for cls in type(exc).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
+def http_status(error: FastSVDError | type[FastSVDError]) -> int:
+    """The HTTP status of an error (or of an error class): its class's entry, or its nearest
+    ancestor's."""
+    kind = error if isinstance(error, type) else type(error)
+    return next(HTTP_STATUS[cls] for cls in kind.__mro__ if cls in HTTP_STATUS)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job ended without an output, as it is stored and as fal reports it."""
+
+    message: str
+    error_type: str
+    http_status: int
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        """The record of a job that ended with ``exc``: an error of the tree as itself (a
+        cancelled generation as ``Cancelled``), a pydantic validation error as the
+        ``InvalidInput`` of its first field, anything else as an internal error that names only
+        its class (the caller logs it)."""
+        if isinstance(exc, GenerationCancelled):
+            exc = Cancelled()  # where it stopped is for the log, not the caller
+        elif isinstance(exc, ValidationError):
+            exc = InvalidInput(*field_errors(exc)[0])
+        elif not isinstance(exc, FastSVDError):
+            exc = FastSVDError(f"internal error: {type(exc).__name__}")
+        return cls(exc.message, exc.error_type, http_status(exc))

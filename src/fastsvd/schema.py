@@ -320,7 +320,7 @@ class File(BaseModel):
 
 
 class VideoOutput(BaseModel):
-    """The output of both endpoints: the video and the seed that made it."""
+    """The output of every endpoint: the video and the seed that made it."""
 
     video: File = Field(..., description="The generated video file.")
     seed: int = Field(
@@ -365,7 +365,8 @@ def absolute_output(output: dict[str, Any], base_url: str) -> dict[str, Any]:
     return {**output, "video": video}
 
 
-# --- the queue protocol's bodies (documented in /openapi.json; the API builds them directly) ---
+# --- the queue protocol's bodies: the API builds its answers, and the client reads them, with
+# these models only, so /openapi.json documents what is sent ---
 
 
 class RequestLog(BaseModel):
@@ -419,7 +420,7 @@ class RequestSummary(BaseModel):
     """One request in a key's history (fastsvd's addition to fal's protocol)."""
 
     request_id: str
-    endpoint: str = Field(..., description="fal-ai/fast-svd/text-to-video or fal-ai/fast-svd.")
+    endpoint: str = Field(..., description="Its endpoint id, e.g. fal-ai/fast-svd/text-to-video.")
     status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
     created_at: float = Field(..., description="When it was submitted, UNIX seconds.")
     input: dict[str, Any] = Field(..., description="The validated input, defaults filled in.")
@@ -484,6 +485,14 @@ class CancelResponse(BaseModel):
     status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
 
 
+class UploadedFile(BaseModel):
+    """The answer to an upload (``POST /files/upload``, fal's CDN upload)."""
+
+    access_url: str = Field(..., description="Where the file is served: usable as image_url.")
+    content_type: str
+    file_name: str
+
+
 class ErrorResponse(BaseModel):
     """An error answer: ``detail`` is a message (or, for 422, fal's list of field errors)."""
 
@@ -492,11 +501,16 @@ class ErrorResponse(BaseModel):
 
 
 class WebhookBody(BaseModel):
-    """What a ``fal_webhook`` receives once the request has finished."""
+    """What a ``fal_webhook`` receives once the request has finished. An ``OK`` body carries no
+    ``error`` and no ``error_type`` (it is sent dumped with ``exclude_unset``)."""
 
     request_id: str
     gateway_request_id: str
     status: Literal["OK", "ERROR"]
-    payload: dict[str, Any] | None
-    error: str | None = None
+    error: str | None = Field(
+        default=None, description='With ERROR: "Invalid status code: <status>".'
+    )
     error_type: str | None = None
+    payload: dict[str, Any] | None = Field(
+        ..., description="OK: the endpoint's output; ERROR: the result's error body (detail)."
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import threading
 import time
@@ -30,13 +31,42 @@ from fastsvd import __version__
 from fastsvd.errors import InvalidInput
 from fastsvd.net.guard import Resolver, check_url, system_resolver
 from fastsvd.retry import until_available
+from fastsvd.schema import WebhookBody, absolute_output
 from fastsvd.settings import Settings
+from fastsvd.store.jobs import Job
 from fastsvd.store.signing import SigningKey, SigningKeyStore
-from fastsvd.store.webhooks import PendingWebhook, WebhookOutbox, body_of, dumps
+from fastsvd.store.webhooks import PendingWebhook, WebhookOutbox
 
 log = logging.getLogger("fastsvd.webhooks")
 
 IDLE_POLL_S = 0.5
+
+
+def body_of(job: Job) -> WebhookBody:
+    """fal's webhook body for a completed job, with only the fields of its kind set: an ``OK``
+    body has no ``error`` and no ``error_type``."""
+    if job.output is not None:
+        return WebhookBody(
+            request_id=job.id,
+            gateway_request_id=job.id,
+            status="OK",
+            payload=absolute_output(job.output, job.base_url or ""),
+        )
+    return WebhookBody(
+        request_id=job.id,
+        gateway_request_id=job.id,
+        status="ERROR",
+        error=f"Invalid status code: {job.http_status or 500}",
+        error_type=job.error_type,
+        payload={"detail": job.error},
+    )
+
+
+def dumps(body: WebhookBody) -> bytes:
+    """The exact bytes that are signed and sent."""
+    return json.dumps(
+        body.model_dump(mode="json", exclude_unset=True), separators=(",", ":")
+    ).encode()
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -103,7 +133,7 @@ class Deliverer:
         """One try; records the outcome. True when the receiver took it."""
         job = pending.job
         url = job.webhook_url or ""
-        body = dumps(body_of(job, job.base_url or ""))
+        body = dumps(body_of(job))
         try:
             target = check_url(
                 url,

@@ -36,24 +36,23 @@ from fastsvd import constants as c
 from fastsvd import media
 from fastsvd.endpoints import ENDPOINTS, Registry
 from fastsvd.errors import (
+    Failure,
     FastSVDError,
     GenerationCancelled,
     GpuFault,
-    InvalidInput,
     StorageUnavailable,
     StoreUnavailable,
     Unavailable,
-    http_status,
 )
 from fastsvd.net.fetch import fetch
 from fastsvd.pipeline.hooks import Hooks, StageClock, StepEvent
 from fastsvd.progress import first_frame_line, step_line
 from fastsvd.retry import Outage, until_available
 from fastsvd.runner import Runner
-from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
+from fastsvd.schema import File, VideoOutput, resolve_seed
 from fastsvd.storage import Storage
 from fastsvd.store.files import FileRecord, FileStore, new_file_id, new_record
-from fastsvd.store.jobs import CANCELLED, Claim, Failure, Job, JobStore, LogEntry
+from fastsvd.store.jobs import Claim, Job, JobStore, LogEntry
 from fastsvd.store.workers import WorkerRegistry
 from fastsvd.telemetry import WorkerMetrics
 from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
@@ -232,7 +231,9 @@ class Worker:
                 self.outage.failed(exc.message)
                 ctx.release(count_attempt=False)
             else:
-                failure = failure_of(exc)
+                if not isinstance(exc, FastSVDError | ValidationError):
+                    log.exception("job failed", exc_info=exc)  # a bug: its trace is for us
+                failure = Failure.of(exc)
                 ctx.fail(failure)
                 log.info(
                     "job failed", extra={"request_id": job.id, "error_type": failure.error_type}
@@ -492,17 +493,3 @@ def image_loader(
         return media.decode_image(data)
 
     return load
-
-
-def failure_of(exc: BaseException) -> Failure:
-    """How an exception from a job is reported to the client: its message, fal error type and
-    HTTP status, from the error tree's table."""
-    if isinstance(exc, GenerationCancelled):
-        return CANCELLED
-    if isinstance(exc, ValidationError):
-        field, message = field_errors(exc)[0]
-        exc = InvalidInput(field, message)
-    if isinstance(exc, FastSVDError):
-        return Failure(exc.message, exc.error_type, http_status(exc))
-    log.exception("job failed", exc_info=exc)
-    return Failure(f"internal error: {type(exc).__name__}", "internal_error", 500)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from fastsvd.errors import QueueFull
+from fastsvd.errors import Cancelled, Failure, QueueFull
 from fastsvd.store.db import Database
 from fastsvd.store.files import FileRecord, FileStore, new_record
-from fastsvd.store.jobs import CANCELLED, CancelOutcome, Failure, JobState, JobStore
+from fastsvd.store.jobs import CancelOutcome, JobState, JobStore
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
 from tests.databases import KINDS, database_url
@@ -198,7 +198,7 @@ def test_cancel_queued_running_and_finished(store: JobStore) -> None:
     assert store.get(queued).error_type == "cancelled"  # type: ignore[union-attr]
     assert store.request_cancel(running, "k1") == CancelOutcome.requested
     assert store.cancel_requested(running)
-    assert store.fail(running, claim.token, CANCELLED)
+    assert store.fail(running, claim.token, Failure.of(Cancelled()))
     assert store.request_cancel(running, "k1") == CancelOutcome.already_completed
     assert store.request_cancel(running, "other-key") == CancelOutcome.not_found
     assert store.claim("w", 30, [T2V]) is None  # the cancelled queued job never runs

@@ -22,7 +22,7 @@ from fastsvd.api.deps import BaseURL, KeyDep, ServicesDep
 from fastsvd.errors import InvalidInput, NotFound, RangeNotSatisfiable, TooLarge
 from fastsvd.net.fetch import url_schemes
 from fastsvd.net.guard import check_url
-from fastsvd.schema import ErrorResponse
+from fastsvd.schema import ErrorResponse, UploadedFile
 from fastsvd.services import Services
 from fastsvd.store.files import FileRecord, new_file_id, new_record
 from fastsvd.store.keys import KeyInfo
@@ -144,17 +144,17 @@ async def upload_token(request: Request, key: KeyDep, base: BaseURL) -> JSONResp
 @router.post(
     "/files/upload",
     summary="Upload a file (fal-client)",
+    response_model=UploadedFile,
     responses={**responses.TOO_LARGE, **responses.KEYED},
 )
-async def upload(request: Request, s: ServicesDep, key: KeyDep, base: BaseURL) -> JSONResponse:
+async def upload(request: Request, s: ServicesDep, key: KeyDep, base: BaseURL) -> UploadedFile:
     data = await _read_body(request)
     content_type = request.headers.get("content-type", "application/octet-stream")[:255]
     name = _clean_name(request.headers.get("x-fal-file-name"), content_type)
     file_id = new_file_id()
     await run_in_threadpool(s.storage.put, file_id, data, content_type)
     record = await _add_upload(s, key, name, content_type, size=len(data), file_id=file_id)
-    url = base + record.path
-    return JSONResponse({"access_url": url, "content_type": content_type, "file_name": name})
+    return UploadedFile(access_url=base + record.path, content_type=content_type, file_name=name)
 
 
 @router.post(

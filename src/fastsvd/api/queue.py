@@ -4,6 +4,10 @@ For every endpoint: ``POST /{id}`` (submit) and ``POST /run/{id}`` (run and wait
 (``owner/app``) among them: ``requests`` (a key's history), and ``requests/{id}`` with
 ``/status``, ``/status/stream`` and ``/cancel``. Request ids are unique across apps, so any app's
 routes find any of the caller's requests, as fal's clients expect whichever app they name.
+
+Every answer is a model of ``fastsvd.schema`` (built in ``fastsvd.api.status``), declared as the
+route's ``response_model`` for its success and in ``fastsvd.api.responses`` for the others, so
+/openapi.json documents what the routes send.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -24,13 +28,19 @@ from fastsvd.api import deps, responses
 from fastsvd.api.body import StrictJSONRoute
 from fastsvd.api.deps import BaseURL, KeyDep, ServicesDep, owner_of
 from fastsvd.api.files import check_image_url
-from fastsvd.api.status import no_worker_line, status_body, summary, urls
+from fastsvd.api.status import error_of, no_worker_line, output_of, status_of, submitted, summary
 from fastsvd.endpoints import Endpoint, Registry
-from fastsvd.errors import NotFound
+from fastsvd.errors import Cancelled, NotFound, RequestTimeout
 from fastsvd.net.guard import check_url
-from fastsvd.schema import RequestHistory, absolute_output
+from fastsvd.schema import (
+    CancelResponse,
+    ErrorResponse,
+    QueueStatus,
+    RequestHistory,
+    SubmitResponse,
+)
 from fastsvd.services import Services
-from fastsvd.store.jobs import START_TIMEOUT, CancelOutcome, Job, JobState
+from fastsvd.store.jobs import CancelOutcome, Job, JobState
 from fastsvd.store.keys import KeyInfo
 
 WebhookQuery = Annotated[
@@ -61,6 +71,7 @@ def router(endpoints: Registry) -> APIRouter:
             tags=["queue"],
             summary=f"Submit {endpoint.summary}",
             name=f"submit {endpoint.id}",
+            response_model=SubmitResponse,
             responses=responses.SUBMITTED,
         )
         api.add_api_route(
@@ -70,14 +81,23 @@ def router(endpoints: Registry) -> APIRouter:
             tags=["sync"],
             summary=f"Run {endpoint.summary}",
             name=f"run {endpoint.id}",
+            response_model=endpoint.output,
             responses=responses.result(endpoint.output),
         )
     for app in endpoints.apps():
-        _add_request_routes(api, f"/{app}")
+        _add_request_routes(api, f"/{app}", _output_of_app(endpoints, app))
     return api
 
 
-Route = Callable[..., Awaitable[JSONResponse]]
+def _output_of_app(endpoints: Registry, app: str) -> type[BaseModel]:
+    """The output model of ``app``'s endpoints: its result route's answer."""
+    outputs = {e.output for e in endpoints if e.app == app}
+    if len(outputs) != 1:
+        raise ValueError(f"the endpoints of {app} have different output models")
+    return outputs.pop()
+
+
+Route = Callable[..., Awaitable[Any]]
 
 
 def _typed(route: Route, body: type[BaseModel]) -> Route:
@@ -89,39 +109,39 @@ def _typed(route: Route, body: type[BaseModel]) -> Route:
 def _submit_route(endpoint: Endpoint) -> Route:
     async def submit(
         request: Request,
+        response: Response,
         body: BaseModel,
         s: ServicesDep,
         key: KeyDep,
         base: BaseURL,
         fal_webhook: WebhookQuery = None,
-    ) -> JSONResponse:
+    ) -> SubmitResponse:
         job = await enqueue(request, s, key, base, endpoint, body, fal_webhook)
         position = await run_in_threadpool(s.jobs.queue_position, job)
-        content = {
-            "status": "IN_QUEUE",
-            "request_id": job.id,
-            "gateway_request_id": job.id,
-            **urls(base, job),
-            "queue_position": position,
-        }
-        return JSONResponse(content, headers={"x-fal-request-id": job.id})
+        response.headers["x-fal-request-id"] = job.id
+        return submitted(job, base, position)
 
     return submit
 
 
 def _run_route(endpoint: Endpoint) -> Route:
     async def run(
-        request: Request, body: BaseModel, s: ServicesDep, key: KeyDep, base: BaseURL
-    ) -> JSONResponse:
+        request: Request,
+        response: Response,
+        body: BaseModel,
+        s: ServicesDep,
+        key: KeyDep,
+        base: BaseURL,
+    ) -> BaseModel | JSONResponse:
         job = await enqueue(request, s, key, base, endpoint, body, None)
         delay = 0.02
         while True:
             current = await run_in_threadpool(s.jobs.get, job.id)
             if current is not None and current.state == JobState.completed:
-                return result_response(current, base)
+                return result_response(current, base, endpoint.output, response)
             if await request.is_disconnected():
                 await run_in_threadpool(s.jobs.request_cancel, job.id, None)
-                return JSONResponse({"detail": "client disconnected"}, status_code=499)
+                raise Cancelled("client disconnected")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
@@ -161,31 +181,35 @@ async def enqueue(
     return job
 
 
-def result_response(job: Job, base: str) -> JSONResponse:
-    """A completed job's output (or its error, with its status); 400 while it runs."""
+def result_response(
+    job: Job, base: str, output: type[BaseModel], response: Response
+) -> BaseModel | JSONResponse:
+    """A completed job's output as ``output`` (or its error, with its status); 400 while it
+    runs. ``response`` carries the headers of the output's answer."""
     headers = {"x-fal-request-id": job.id}
     if job.state != JobState.completed:
-        return JSONResponse(
-            {"detail": "Request is still in progress"}, status_code=400, headers=headers
-        )
+        running = ErrorResponse(detail="Request is still in progress")
+        body = running.model_dump(exclude_unset=True)
+        return JSONResponse(body, status_code=400, headers=headers)
     if job.output is None:
         headers["x-fal-error-type"] = job.error_type or "internal_error"
-        if job.error_type == START_TIMEOUT.error_type:
+        if job.error_type == RequestTimeout.error_type:
             headers["x-fal-request-timeout-type"] = "user"  # the caller's deadline: no retry
         return JSONResponse(
-            {"detail": job.error, "error_type": job.error_type},
+            error_of(job).model_dump(mode="json"),
             status_code=job.http_status or 500,
             headers=headers,
         )
-    return JSONResponse(absolute_output(job.output, base), headers=headers)
+    response.headers.update(headers)
+    return output_of(job, base, output)
 
 
 async def _status_of(
     s: Services, job_id: str, key: KeyInfo, base: str, with_logs: bool
-) -> tuple[Job, dict[str, Any]]:
+) -> tuple[Job, QueueStatus]:
     scope = owner_of(key, s)
 
-    def read() -> tuple[Job, dict[str, Any]]:
+    def read() -> tuple[Job, QueueStatus]:
         view = s.jobs.view(job_id, scope, with_logs=with_logs)
         if view is None:
             raise NotFound(f"Request {job_id} not found")
@@ -194,42 +218,49 @@ async def _status_of(
         queued = job.state == JobState.queued and logs is not None
         if queued and not s.registry.serves(job.endpoint, 3 * s.settings.lease_s):
             waiting = no_worker_line(job.endpoint)  # say why, when no one can run it
-        return job, status_body(job, base, queue_position=position, logs=logs, waiting=waiting)
+        return job, status_of(job, base, queue_position=position, logs=logs, waiting=waiting)
 
     if s.db.cheap_reads:  # this path runs for every poll of every client
         return read()
     return await run_in_threadpool(read)
 
 
-def _add_request_routes(api: APIRouter, app_path: str) -> None:
+def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) -> None:
     @api.get(
         f"{app_path}/requests",
         tags=["queue"],
         summary="This key's recent requests (fastsvd)",
-        responses={200: {"model": RequestHistory}, **responses.ERRORS},
+        response_model=RequestHistory,
+        responses=responses.ERRORS,
     )
     async def history(
         s: ServicesDep,
         key: KeyDep,
         base: BaseURL,
         limit: Annotated[int, Query(ge=1, le=c.HISTORY_MAX)] = c.HISTORY_DEFAULT,
-    ) -> JSONResponse:
+    ) -> RequestHistory:
         recent = await run_in_threadpool(s.jobs.recent, owner_of(key, s), limit)
-        return JSONResponse(
-            RequestHistory(requests=[summary(job, base) for job in recent]).model_dump(mode="json")
-        )
+        return RequestHistory(requests=[summary(job, base) for job in recent])
 
     @api.get(
         f"{app_path}/requests/{{request_id}}/status",
         tags=["queue"],
         summary="Status",
+        response_model=QueueStatus,
+        response_model_exclude_unset=True,
         responses=responses.STATUS,
     )
     async def status(
-        request_id: str, s: ServicesDep, key: KeyDep, base: BaseURL, logs: LogsQuery = None
-    ) -> JSONResponse:
+        request_id: str,
+        response: Response,
+        s: ServicesDep,
+        key: KeyDep,
+        base: BaseURL,
+        logs: LogsQuery = None,
+    ) -> QueueStatus:
         job, body = await _status_of(s, request_id, key, base, deps.truthy(logs))
-        return JSONResponse(body, status_code=200 if job.state == JobState.completed else 202)
+        response.status_code = 200 if job.state == JobState.completed else 202
+        return body
 
     @api.get(
         f"{app_path}/requests/{{request_id}}/status/stream",
@@ -256,10 +287,11 @@ def _add_request_routes(api: APIRouter, app_path: str) -> None:
         job, first = await _status_of(s, request_id, key, base, with_logs)
 
         async def events() -> AsyncIterator[str]:
-            current, body = job, first
+            current, status = job, first
             last: dict[str, Any] | None = None
             last_sent = time.monotonic()
             while True:
+                body = status.model_dump(mode="json", exclude_unset=True)
                 if body != last:
                     yield f"data: {json.dumps(body)}\n\n"
                     last, last_sent = body, time.monotonic()
@@ -269,7 +301,7 @@ def _add_request_routes(api: APIRouter, app_path: str) -> None:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
                 await asyncio.sleep(STREAM_POLL_S)
-                current, body = await _status_of(s, request_id, key, base, with_logs)
+                current, status = await _status_of(s, request_id, key, base, with_logs)
 
         return StreamingResponse(
             events(),
@@ -281,20 +313,28 @@ def _add_request_routes(api: APIRouter, app_path: str) -> None:
         f"{app_path}/requests/{{request_id}}",
         tags=["queue"],
         summary="Result",
-        responses=responses.result(),
+        response_model=output,
+        responses=responses.result(output),
     )
-    async def result(request_id: str, s: ServicesDep, key: KeyDep, base: BaseURL) -> JSONResponse:
+    async def result(
+        request_id: str, response: Response, s: ServicesDep, key: KeyDep, base: BaseURL
+    ) -> BaseModel | JSONResponse:
         job = await run_in_threadpool(s.jobs.get, request_id, owner_of(key, s))
         if job is None:
             raise NotFound(f"Request {request_id} not found")
-        return result_response(job, base)
+        return result_response(job, base, output, response)
 
     @api.put(
         f"{app_path}/requests/{{request_id}}/cancel",
         tags=["queue"],
         summary="Cancel",
+        status_code=202,  # its usual answer; see CANCEL_CODES
+        response_model=CancelResponse,
         responses=responses.CANCEL,
     )
-    async def cancel(request_id: str, s: ServicesDep, key: KeyDep) -> JSONResponse:
+    async def cancel(
+        request_id: str, response: Response, s: ServicesDep, key: KeyDep
+    ) -> CancelResponse:
         outcome = await run_in_threadpool(s.jobs.request_cancel, request_id, owner_of(key, s))
-        return JSONResponse({"status": outcome.value}, status_code=CANCEL_CODES[outcome])
+        response.status_code = CANCEL_CODES[outcome]
+        return CancelResponse.model_validate({"status": outcome.value})

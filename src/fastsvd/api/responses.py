@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastsvd.errors import Cancelled, GenerationFailed, RequestTimeout, http_status
 from fastsvd.schema import (
     CancelResponse,
     ErrorResponse,
@@ -59,9 +60,15 @@ def result(output: type[Any] = VideoOutput) -> Responses:
     return {
         200: {"model": output, "description": "The output"},
         400: {"model": ErrorResponse, "description": "Not finished yet"},
-        499: {"model": ErrorResponse, "description": "Cancelled"},
-        500: {"model": ErrorResponse, "description": "The model failed (error_type says why)"},
-        504: {"model": ErrorResponse, "description": "Did not start before its start deadline"},
+        http_status(Cancelled): {"model": ErrorResponse, "description": "Cancelled"},
+        http_status(GenerationFailed): {
+            "model": ErrorResponse,
+            "description": "The model failed, or its worker was lost (error_type says why)",
+        },
+        http_status(RequestTimeout): {
+            "model": ErrorResponse,
+            "description": "Did not start before its start deadline",
+        },
         **ERRORS,
     }
 

@@ -32,7 +32,7 @@ from fastsvd.cli.common import (
 from fastsvd.cli.progress import StageProgress
 from fastsvd.client import ClientError, Completed, InProgress, Queued, Status, SyncClient
 from fastsvd.endpoints import ENDPOINTS, Endpoint
-from fastsvd.errors import FastSVDError, InvalidInput
+from fastsvd.errors import InvalidInput
 from fastsvd.progress import parse_first_frame_line, parse_step_line
 from fastsvd.schema import VideoOutput
 
@@ -40,31 +40,30 @@ from fastsvd.schema import VideoOutput
 ANY_ENDPOINT = ENDPOINTS.ids()[0]
 
 
-class RemoteError(FastSVDError):
-    """A server-side failure, as one line; ``invalid`` when the input was refused."""
-
-    def __init__(self, message: str, *, invalid: bool = False) -> None:
-        super().__init__(message)
-        self.invalid = invalid
-
-
 @contextmanager
 def connected(url: str | None, key: str | None) -> Iterator[SyncClient]:
-    """A client, with the server's refusals and network failures turned into ``RemoteError``."""
+    """A client; a refusal of the server (``ClientError``) or a network failure ends the
+    command with one line."""
     client = SyncClient(url, key)
     try:
         yield client
     except ClientError as exc:
-        if exc.fields:
-            field, message = exc.fields[0]
-            raise RemoteError(f"{field}: {message}", invalid=True) from None
-        if exc.status_code == 401:
-            raise RemoteError("the server refused the key (set --key or FASTSVD_KEY)") from None
-        raise RemoteError(str(exc).split(" ", 1)[-1]) from None
+        fail(*refusal(exc))
     except httpx.HTTPError as exc:
-        raise RemoteError(f"cannot reach the server at {client.url}: {exc}") from None
+        fail(f"cannot reach the server at {client.url}: {exc}")
     finally:
         client.close()
+
+
+def refusal(exc: ClientError) -> tuple[str, int]:
+    """What the command says about a refusal of the server, and its exit code: a field's error
+    is invalid input, anything else a failure."""
+    if exc.fields:
+        field, message = exc.fields[0]
+        return f"{field}: {message}", EXIT_INVALID
+    if exc.status_code == 401:
+        return "the server refused the key (set --key or FASTSVD_KEY)", EXIT_FAILED
+    return str(exc).split(" ", 1)[-1], EXIT_FAILED  # without the status code
 
 
 def image_url(client: SyncClient, image: str) -> str:
@@ -108,9 +107,9 @@ def report(progress: StageProgress, message: str) -> None:
 
 
 def finish(client: SyncClient, application: str, request_id: str, final: Completed) -> VideoOutput:
-    """The output of a finished request, or ``RemoteError`` saying why there is none."""
+    """The output of a finished request; without one, the command ends saying why."""
     if final.error is not None:
-        raise RemoteError(f"{final.error_type or 'failed'}: {final.error}")
+        fail(f"{final.error_type or 'failed'}: {final.error}")
     return client.result(application, request_id)
 
 
@@ -166,11 +165,9 @@ def request_of(
 
 
 def remote_call(call: Callable[[], T]) -> T:
-    """Run a server call; its failures become one line and an exit code."""
+    """Run a server call (in ``connected``); its failures become one line and an exit code."""
     try:
         return call()
-    except RemoteError as exc:
-        fail(exc.message, EXIT_INVALID if exc.invalid else EXIT_FAILED)
     except InvalidInput as exc:
         fail(exc.message, EXIT_INVALID)
     except KeyboardInterrupt:
@@ -289,10 +286,6 @@ def watch(
     show(*remote_call(call), as_json=as_json)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def show(got: VideoOutput, path: Path | None, *, as_json: bool) -> None:
     """A fetched output: where the video was written, or (with --json, or not downloaded) the
     fal output object."""
@@ -300,3 +293,7 @@ def show(got: VideoOutput, path: Path | None, *, as_json: bool) -> None:
         click.echo(got.model_dump_json())
     else:
         click.echo(f"wrote {path}  seed={got.seed}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,16 +3,18 @@
 Life cycle (``JobState``)::
 
     queued  --claim-->              running
-    queued  --cancel / deadline-->  completed   (error: cancelled / request_timeout)
+    queued  --cancel / deadline-->  completed   (error: Cancelled / RequestTimeout)
     running --result / failure-->   completed
-    running --cancel seen-->        completed   (error: cancelled)
-    running --lease expired-->      queued      (attempts left)  or  completed (runner_disconnected)
-    running --holder known dead-->  queued      (attempts left)  or  completed (runner_disconnected)
+    running --cancel seen-->        completed   (error: Cancelled)
+    running --lease expired-->      queued      (attempts left)  or  completed (WorkerLost)
+    running --holder known dead-->  queued      (attempts left)  or  completed (WorkerLost)
     (a job submitted with x-fal-no-retry has no attempts left after its first)
 
 A holder is known dead when it ran on the judging worker's host and its process is gone
 (``requeue_dead_holders``); a holder elsewhere, or of unknown identity, keeps the job until its
 lease expires. Either way the attempt was counted when the job was claimed.
+
+The endings the store decides itself are recorded as ``Failure.of`` the error (``fastsvd.errors``).
 
 A claim bumps the job's ``lease_token``; every later write from that worker names the token, so a
 worker whose lease was taken (it stalled, the job was handed on) cannot write a late result.
@@ -46,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from fastsvd import processes
-from fastsvd.errors import QueueFull
+from fastsvd.errors import Cancelled, Failure, QueueFull, RequestTimeout, WorkerLost
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
 from fastsvd.store.files import FileRecord
 from fastsvd.store.tables import files, job_logs, jobs, stage_timings, workers
@@ -68,25 +70,9 @@ class CancelOutcome(enum.StrEnum):
     requested = "CANCELLATION_REQUESTED"
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a job ended without an output, as fal reports it."""
-
-    message: str
-    error_type: str
-    http_status: int
-
-
 QUEUE_FULL_RETRY_AFTER_S = 10
 RATE_WINDOW_S = 60.0  # the submit-rate limit's sliding window
 
-CANCELLED = Failure("Request cancelled", "cancelled", 499)
-START_TIMEOUT = Failure("Request start timeout exceeded", "request_timeout", 504)
-NOT_RETRIED = Failure(
-    "The worker running this request stopped, and x-fal-no-retry asked for no retry",
-    "runner_disconnected",
-    500,
-)
 GPU_FAULT = "GPU failure"  # the start of the log line of a job handed back by a failed GPU
 
 
@@ -436,19 +422,11 @@ class JobStore:
             if state == JobState.completed:
                 return CancelOutcome.already_completed
             if state == JobState.queued:
-                self._finish(conn, job_id, None, failure=CANCELLED)
+                self._finish(conn, job_id, None, failure=Failure.of(Cancelled()))
             else:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
                 self.db.notify(conn, CANCEL_CHANNEL, job_id)
             return CancelOutcome.requested
-
-    def queue_depth(self) -> int:
-        """How many jobs wait for a worker."""
-        with self.db.read() as conn:
-            count = conn.scalar(
-                select(func.count()).select_from(jobs).where(jobs.c.state == JobState.queued)
-            )
-        return int(count or 0)
 
     # --- the worker side ------------------------------------------------------------------
 
@@ -456,7 +434,8 @@ class JobStore:
         """Take the next queued job for ``endpoints``, holding it for ``lease_s``.
 
         Cheap when there is nothing to take: every idle worker tries at each wake-up. Jobs of
-        dead workers come back through ``reap``, which workers and housekeeping run now and then.
+        dead workers come back through ``requeue_abandoned``, which workers and housekeeping run
+        now and then.
         """
         with self.db.write() as conn:
             self._expire_start_deadlines(conn, time.time())
@@ -709,8 +688,8 @@ class JobStore:
 
     def _requeue_or_give_up(self, conn: Connection, lost: Any, now: float) -> int:
         """The running jobs matching ``lost`` (their holder stopped): back to the queue, or
-        ended as ``runner_disconnected`` once they used their attempts (counted at claim) or
-        when their submitter asked for no retry (``x-fal-no-retry``)."""
+        ended as ``WorkerLost`` once they used their attempts (counted at claim) or when their
+        submitter asked for no retry (``x-fal-no-retry``)."""
         # Locked in order, skipping rows another reaper holds: reapers never deadlock.
         rows = conn.execute(
             select(jobs.c.id, jobs.c.attempts, jobs.c.no_retry)
@@ -720,15 +699,14 @@ class JobStore:
         ).all()
         requeued = False
         for row in rows:
-            if row.no_retry:
-                self._finish(conn, row.id, None, failure=NOT_RETRIED, now=now)
-            elif row.attempts >= self.max_attempts:
-                failure = Failure(
-                    f"The worker running this request stopped {row.attempts} times; giving up",
-                    "runner_disconnected",
-                    500,
+            if row.no_retry or row.attempts >= self.max_attempts:
+                why = (
+                    ", and x-fal-no-retry asked for no retry"
+                    if row.no_retry
+                    else f" {row.attempts} times; giving up"
                 )
-                self._finish(conn, row.id, None, failure=failure, now=now)
+                ended = WorkerLost(f"The worker running this request stopped{why}")
+                self._finish(conn, row.id, None, failure=Failure.of(ended), now=now)
             else:
                 conn.execute(
                     update(jobs)
@@ -749,7 +727,7 @@ class JobStore:
     def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
         late = conn.scalars(_PAST_START_DEADLINE, {"v_now": now}).all()
         for job_id in late:
-            self._finish(conn, job_id, None, failure=START_TIMEOUT, now=now)
+            self._finish(conn, job_id, None, failure=Failure.of(RequestTimeout()), now=now)
 
     def _finish(
         self,

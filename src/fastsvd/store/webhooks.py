@@ -6,14 +6,12 @@ one webhook (no more: a delivery claims its row with a short lease before sendin
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 
-from fastsvd.schema import absolute_output
 from fastsvd.store.db import Database
 from fastsvd.store.jobs import Job
 from fastsvd.store.tables import api_keys, jobs
@@ -76,27 +74,3 @@ class WebhookOutbox:
                     webhook_attempts=jobs.c.webhook_attempts + 1,
                 )
             )
-
-
-def body_of(job: Job, base_url: str) -> dict[str, Any]:
-    """fal's webhook body for a completed job."""
-    if job.output is not None:
-        return {
-            "request_id": job.id,
-            "gateway_request_id": job.id,
-            "status": "OK",
-            "payload": absolute_output(job.output, base_url),
-        }
-    return {
-        "request_id": job.id,
-        "gateway_request_id": job.id,
-        "status": "ERROR",
-        "error": f"Invalid status code: {job.http_status or 500}",
-        "error_type": job.error_type,
-        "payload": {"detail": job.error},
-    }
-
-
-def dumps(body: dict[str, Any]) -> bytes:
-    """The exact bytes that are signed and sent."""
-    return json.dumps(body, separators=(",", ":")).encode()
