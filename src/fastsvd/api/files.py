@@ -144,7 +144,6 @@ async def upload_token(request: Request, key: KeyDep, base: BaseURL) -> JSONResp
 @router.post(
     "/files/upload",
     summary="Upload a file (fal-client)",
-    response_model=UploadedFile,
     responses={**responses.TOO_LARGE, **responses.KEYED},
 )
 async def upload(request: Request, s: ServicesDep, key: KeyDep, base: BaseURL) -> UploadedFile:

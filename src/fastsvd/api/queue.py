@@ -5,9 +5,10 @@ For every endpoint: ``POST /{id}`` (submit) and ``POST /run/{id}`` (run and wait
 ``/status``, ``/status/stream`` and ``/cancel``. Request ids are unique across apps, so any app's
 routes find any of the caller's requests, as fal's clients expect whichever app they name.
 
-Every answer is a model of ``fastsvd.schema`` (built in ``fastsvd.api.status``), declared as the
-route's ``response_model`` for its success and in ``fastsvd.api.responses`` for the others, so
-/openapi.json documents what the routes send.
+Every answer is a model of ``fastsvd.schema`` (built in ``fastsvd.api.status``): a route's
+success is its response model (its return annotation, or ``response_model`` where the route
+answers the model's dump itself, with its own status and headers), its other answers are in
+``fastsvd.api.responses``; so /openapi.json documents what the routes send.
 """
 
 from __future__ import annotations
@@ -126,19 +127,14 @@ def _submit_route(endpoint: Endpoint) -> Route:
 
 def _run_route(endpoint: Endpoint) -> Route:
     async def run(
-        request: Request,
-        response: Response,
-        body: BaseModel,
-        s: ServicesDep,
-        key: KeyDep,
-        base: BaseURL,
-    ) -> BaseModel | JSONResponse:
+        request: Request, body: BaseModel, s: ServicesDep, key: KeyDep, base: BaseURL
+    ) -> JSONResponse:
         job = await enqueue(request, s, key, base, endpoint, body, None)
         delay = 0.02
         while True:
             current = await run_in_threadpool(s.jobs.get, job.id)
             if current is not None and current.state == JobState.completed:
-                return result_response(current, base, endpoint.output, response)
+                return result_response(current, base, endpoint.output)
             if await request.is_disconnected():
                 await run_in_threadpool(s.jobs.request_cancel, job.id, None)
                 raise Cancelled("client disconnected")
@@ -181,11 +177,9 @@ async def enqueue(
     return job
 
 
-def result_response(
-    job: Job, base: str, output: type[BaseModel], response: Response
-) -> BaseModel | JSONResponse:
-    """A completed job's output as ``output`` (or its error, with its status); 400 while it
-    runs. ``response`` carries the headers of the output's answer."""
+def result_response(job: Job, base: str, output: type[BaseModel]) -> JSONResponse:
+    """A completed job's output as ``output``, the route's response model (or its error, with
+    its status); 400 while it runs."""
     headers = {"x-fal-request-id": job.id}
     if job.state != JobState.completed:
         running = ErrorResponse(detail="Request is still in progress")
@@ -200,8 +194,7 @@ def result_response(
             status_code=job.http_status or 500,
             headers=headers,
         )
-    response.headers.update(headers)
-    return output_of(job, base, output)
+    return JSONResponse(output_of(job, base, output).model_dump(mode="json"), headers=headers)
 
 
 async def _status_of(
@@ -230,7 +223,6 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
         f"{app_path}/requests",
         tags=["queue"],
         summary="This key's recent requests (fastsvd)",
-        response_model=RequestHistory,
         responses=responses.ERRORS,
     )
     async def history(
@@ -246,7 +238,6 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
         f"{app_path}/requests/{{request_id}}/status",
         tags=["queue"],
         summary="Status",
-        response_model=QueueStatus,
         response_model_exclude_unset=True,
         responses=responses.STATUS,
     )
@@ -316,20 +307,17 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
         response_model=output,
         responses=responses.result(output),
     )
-    async def result(
-        request_id: str, response: Response, s: ServicesDep, key: KeyDep, base: BaseURL
-    ) -> BaseModel | JSONResponse:
+    async def result(request_id: str, s: ServicesDep, key: KeyDep, base: BaseURL) -> JSONResponse:
         job = await run_in_threadpool(s.jobs.get, request_id, owner_of(key, s))
         if job is None:
             raise NotFound(f"Request {request_id} not found")
-        return result_response(job, base, output, response)
+        return result_response(job, base, output)
 
     @api.put(
         f"{app_path}/requests/{{request_id}}/cancel",
         tags=["queue"],
         summary="Cancel",
         status_code=202,  # its usual answer; see CANCEL_CODES
-        response_model=CancelResponse,
         responses=responses.CANCEL,
     )
     async def cancel(
