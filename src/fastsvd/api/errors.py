@@ -28,6 +28,7 @@ from fastsvd.errors import (
     Unavailable,
     http_status,
 )
+from fastsvd.schema import ErrorResponse
 
 log = logging.getLogger("fastsvd.api")
 
@@ -46,21 +47,28 @@ def install(app: FastAPI) -> None:
 async def on_error(_request: Request, exc: FastSVDError) -> JSONResponse:
     status = http_status(exc)
     headers: dict[str, str] = {}
-    content: dict[str, Any] = {"detail": exc.message}
+    detail: str | list[dict[str, Any]] = exc.message
     if isinstance(exc, InvalidInput):
-        content["detail"] = [{"loc": _loc(exc.field), "msg": exc.reason, "type": "value_error"}]
+        detail = [{"loc": _loc(exc.field), "msg": exc.reason, "type": "value_error"}]
     elif isinstance(exc, TooManyRequests):
         headers["retry-after"] = str(exc.retry_after_s)
     elif isinstance(exc, Unavailable):
         log.warning("%s", exc.message)
-        store = isinstance(exc, StoreUnavailable)
-        content["detail"] = STORE_UNAVAILABLE if store else STORAGE_UNAVAILABLE
+        detail = STORE_UNAVAILABLE if isinstance(exc, StoreUnavailable) else STORAGE_UNAVAILABLE
         headers["retry-after"] = str(exc.retry_after_s)
     elif isinstance(exc, RangeNotSatisfiable) and exc.size is not None:
         headers["content-range"] = f"bytes */{exc.size}"
     elif status >= 500:
         log.error("%s", exc.message, exc_info=exc)
-    return JSONResponse(content, status_code=status, headers=headers)
+    return _answer(detail, status, headers)
+
+
+def _answer(
+    detail: str | list[dict[str, Any]], status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error answer: fal's ``{"detail": ...}`` body (``ErrorResponse``)."""
+    body = ErrorResponse(detail=detail).model_dump(mode="json", exclude_unset=True)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _loc(field: str) -> list[str]:
@@ -74,18 +82,19 @@ def _loc(field: str) -> list[str]:
 
 async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     # echoes of the input made encodable: an error answer never fails to serialise
-    return JSONResponse({"detail": safe_detail(exc.errors())}, status_code=422)
+    return _answer(safe_detail(exc.errors()), http_status(InvalidInput))
 
 
 async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 400 and request.method in ("POST", "PUT"):
         # a body that is not JSON (or not UTF-8): bad input like any other, so 422
         message = "the body is not valid JSON"
-        detail = [{"loc": ["body"], "msg": message, "type": "json_invalid"}]
-        return JSONResponse({"detail": detail}, status_code=422)
+        return _answer(
+            [{"loc": ["body"], "msg": message, "type": "json_invalid"}], http_status(InvalidInput)
+        )
     return await http_exception_handler(request, exc)
 
 
 async def on_bug(_request: Request, exc: Exception) -> JSONResponse:
     log.error("internal error", exc_info=exc)
-    return JSONResponse({"detail": "Internal error"}, status_code=500)
+    return _answer("Internal error", http_status(FastSVDError))

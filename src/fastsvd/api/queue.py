@@ -31,7 +31,7 @@ from fastsvd.api.deps import BaseURL, KeyDep, ServicesDep, owner_of
 from fastsvd.api.files import check_image_url
 from fastsvd.api.status import error_of, no_worker_line, output_of, status_of, submitted, summary
 from fastsvd.endpoints import Endpoint, Registry
-from fastsvd.errors import Cancelled, NotFound, RequestTimeout
+from fastsvd.errors import Cancelled, NotFound, RequestTimeout, http_status
 from fastsvd.net.guard import check_url
 from fastsvd.schema import (
     CancelResponse,
@@ -57,7 +57,7 @@ STREAM_POLL_S = 0.1
 CANCEL_CODES = {
     CancelOutcome.requested: 202,
     CancelOutcome.already_completed: 400,
-    CancelOutcome.not_found: 404,
+    CancelOutcome.not_found: http_status(NotFound),
 }
 
 
