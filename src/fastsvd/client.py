@@ -37,6 +37,7 @@ from fastsvd.endpoints import app_of
 from fastsvd.errors import ClientError
 from fastsvd.schema import (
     CancelResponse,
+    ErrorResponse,
     QueueStatus,
     SubmitResponse,
     UploadedFile,
@@ -112,14 +113,16 @@ Flow = Generator[Step, httpx.Response | None, T]
 
 
 def _error(response: httpx.Response) -> ClientError:
+    """The ``ClientError`` of a refusal: its body read as ``ErrorResponse`` when it is one (a
+    proxy in between may answer anything)."""
     try:
-        body = response.json()
-    except ValueError:
+        body: ErrorResponse | None = ErrorResponse.model_validate_json(response.content)
+    except ValidationError:
         body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    error_type = (
-        body.get("error_type") if isinstance(body, dict) else None
-    ) or response.headers.get("x-fal-error-type")
+    detail = body.detail if body is not None else None
+    error_type = (body.error_type if body is not None else None) or response.headers.get(
+        "x-fal-error-type"
+    )
     fields: list[tuple[str, str]] = []
     if isinstance(detail, list):
         for item in detail:
