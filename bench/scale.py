@@ -60,12 +60,12 @@ def worker_process(count: int) -> None:
     """``count`` workers in threads of this process, until SIGTERM."""
     import numpy as np
 
-    from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+    from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO, TEXT_TO_VIDEO
     from fastsvd.pipeline.encode import encode_mp4
     from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
     from fastsvd.services import Services
     from fastsvd.settings import Settings
-    from fastsvd.worker import Worker, WorkerServices, worker_name
+    from fastsvd.worker import Worker, worker_name
 
     mp4 = encode_mp4(np.zeros((25, 64, 64, 3), dtype=np.uint8), 10)
 
@@ -87,9 +87,16 @@ def worker_process(count: int) -> None:
             return mp4
 
     count_database_work(Path(os.environ["FASTSVD_BENCH_TALLY_DIR"]) / f"{os.getpid()}.json")
-    shared = WorkerServices.from_services(Services.from_settings(Settings.from_env()))
+    settings = Settings.from_env()
+    shared = Services.from_settings(settings)
     workers = [
-        Worker(shared, SleepRunner(), f"{worker_name()}-{i}")  # type: ignore[arg-type]
+        Worker.build(
+            settings,
+            services=shared,
+            runner=SleepRunner(),  # type: ignore[arg-type]
+            endpoints=ENDPOINTS,
+            name=f"{worker_name()}-{i}",
+        )
         for i in range(count)
     ]
     threads = [threading.Thread(target=w.serve, daemon=True) for w in workers]

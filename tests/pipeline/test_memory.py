@@ -211,8 +211,8 @@ def test_the_pipeline_refuses_a_size_beyond_its_plan_before_computing(
     request = ImageToVideoInput.model_validate(
         {"image_url": "data:,", "video_size": {"width": 1024, "height": 1024}, "steps": 1}
     )
+    from fastsvd.job_context import failure_of
     from fastsvd.runner import params_of
-    from fastsvd.worker import failure_of
 
     with pytest.raises(InvalidInput, match="video_size: 1024x1024") as exc:
         tiny_pipeline.generate(params_of(request, 1, Image.new("RGB", (1024, 1024))))

@@ -23,7 +23,7 @@ from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
-from fastsvd.worker import Worker, WorkerServices, image_loader
+from fastsvd.worker import Worker
 from tests.service.conftest import wait_for
 
 SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 2, "seed": 1}
@@ -70,17 +70,9 @@ def few_step_only(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Settin
 
 
 def model_worker(services: Services, settings: Settings) -> tuple[Worker, ModelRunner]:
-    from fastsvd.endpoints import configured
-
-    loader = image_loader(services.files, services.storage)
-    runner = ModelRunner(settings, loader)
-    worker = Worker(
-        WorkerServices.from_services(services),
-        runner,
-        name="model-worker",
-        endpoints=configured(settings),
-    )
-    return worker, runner
+    worker = Worker.build(settings, services=services, name="model-worker")
+    assert isinstance(worker.runner, ModelRunner)
+    return worker, worker.runner
 
 
 def frames_of(client: TestClient, url: str) -> int:

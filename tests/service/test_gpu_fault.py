@@ -13,14 +13,13 @@ import torch
 from PIL import Image
 
 from fastsvd import constants as c
-from fastsvd.endpoints import configured
 from fastsvd.pipeline import core
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.jobs import GPU_FAULT, JobState
-from fastsvd.worker import Worker, WorkerServices
+from fastsvd.worker import Worker
 from tests.pipeline.test_loading import run_cli
 from tests.service.conftest import ROOT
 from tests.service.test_few_step import picture_uri
@@ -53,9 +52,7 @@ def test_a_gpu_fault_hands_the_job_back_and_stops_the_worker(
         monkeypatch.setattr(core, "animate", faulty)
         runner = ModelRunner(settings, lambda _url: Image.new("RGB", (64, 64)))
         monkeypatch.setattr(runner, "load", lambda: setattr(runner, "_pipeline", tiny_pipeline))
-        worker = Worker(
-            WorkerServices.from_services(services), runner, endpoints=configured(settings)
-        )
+        worker = Worker.build(settings, services=services, runner=runner)
         assert worker.serve() == 1  # not burst: it stops by itself, after the one job
         assert worker.gpu_fault is not None
         assert "illegal memory access" in worker.gpu_fault.message
