@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.service import percentile, poll  # noqa: E402
 from tests.databases import postgres_database  # noqa: E402
-from tests.service.conftest import PYTHONPATH, start_server, stop_server  # noqa: E402
+from tests.support.bodies import T2V_PATH  # noqa: E402
+from tests.support.servers import PYTHONPATH, start_server, stop_server  # noqa: E402
 
-T2V = "/fal-ai/fast-svd/text-to-video"
 PROCESSES = 8
 JOB_S = 0.05
 STEPS = 4  # a few-step request's denoising steps: a progress line each
@@ -371,7 +371,7 @@ def measure(
             started = time.monotonic()
             while time.monotonic() - started < args.seconds:
                 api = apis[sent % len(apis)]
-                answer = client.post(f"{api.url}{T2V}", json={"prompt": "bench", "steps": 1})
+                answer = client.post(f"{api.url}{T2V_PATH}", json={"prompt": "bench", "steps": 1})
                 answer.raise_for_status()
                 sent += 1
                 pause = started + sent / args.rate - time.monotonic()
@@ -396,7 +396,7 @@ def measure(
         clear_jobs(url)
         with httpx.Client(headers={"Authorization": f"Key {apis[0].key}"}) as client:
             status_urls = [
-                client.post(f"{api.url}{T2V}", json={"prompt": "bench"}).json()["status_url"]
+                client.post(f"{api.url}{T2V_PATH}", json={"prompt": "bench"}).json()["status_url"]
                 for api in apis
             ]
 

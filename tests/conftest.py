@@ -1,8 +1,9 @@
-"""Shared fixtures: the tiny preset, loaded once per test session."""
+"""Shared fixtures: the tiny preset, loaded once per test session, and a webhook receiver."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Nothing in the suite may reach a model hub; the loading tests point at their own caches.
@@ -20,6 +21,7 @@ from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
 from fastsvd.pipeline.presets import TINY  # noqa: E402
 from fastsvd.pipeline.stock import Stock  # noqa: E402
+from tests.support.receivers import Receiver  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +47,11 @@ def tiny_folders(
 def stock_fp32(tiny_folders: tuple[Path, Path]) -> Stock:
     """diffusers' own pipelines, from_pretrained from the tiny folders in fp32."""
     return Stock.load(TINY, *tiny_folders, torch.float32)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback (200 unless its script says otherwise)."""
+    running = Receiver()
+    yield running
+    running.close()

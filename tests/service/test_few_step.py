@@ -24,9 +24,11 @@ from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.worker import Worker
-from tests.service.conftest import wait_for
+from tests.support.bodies import SIZE_64
+from tests.support.servers import wait_for
 
-SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 2, "seed": 1}
+TWO_STEPS = {**SIZE_64, "steps": 2, "seed": 1}
+
 FEW_STEP_ONLY = (c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT, c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT)
 
 
@@ -37,10 +39,10 @@ def picture_uri() -> str:
 
 
 BODIES: dict[str, dict[str, Any]] = {
-    c.TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **SMALL},
-    c.IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **SMALL},
-    c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **SMALL},
-    c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **SMALL},
+    c.TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **TWO_STEPS},
+    c.IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **TWO_STEPS},
+    c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **TWO_STEPS},
+    c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **TWO_STEPS},
 }
 
 

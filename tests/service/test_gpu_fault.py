@@ -21,8 +21,8 @@ from fastsvd.settings import Settings
 from fastsvd.store.jobs import GPU_FAULT, JobState
 from fastsvd.worker import Worker
 from tests.pipeline.test_loading import run_cli
-from tests.service.conftest import ROOT
 from tests.service.test_few_step import picture_uri
+from tests.support.servers import ROOT
 
 ILLEGAL_ACCESS = (
     "CUDA error: an illegal memory access was encountered\n"
@@ -67,6 +67,7 @@ def test_a_gpu_fault_hands_the_job_back_and_stops_the_worker(
         services.close()
 
 
+@pytest.mark.process
 def test_the_worker_command_exits_with_the_gpu_fault_code(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTSVD_")}
     env.update(
