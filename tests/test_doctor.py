@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastsvd.cli import main
-from tests.pipeline.test_loading import run_cli
+from tests.support.commands import run_cli
 from tests.support.servers import ROOT
 
 MODELS = 4  # the default preset's: SVD-XT 1.1, SDXL base, AnimateLCM-SVD-xt, SDXL-Lightning

@@ -7,22 +7,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from PIL import Image
 
 from fastsvd import constants as c
-from fastsvd.pipeline import core
-from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.jobs import GPU_FAULT, JobState
 from fastsvd.worker import Worker
-from tests.pipeline.test_loading import run_cli
-from tests.service.test_few_step import picture_uri
+from tests.support.bodies import picture_uri
+from tests.support.commands import run_cli
 from tests.support.servers import ROOT
+
+if TYPE_CHECKING:
+    from fastsvd.pipeline.core import VideoPipeline
 
 ILLEGAL_ACCESS = (
     "CUDA error: an illegal memory access was encountered\n"
@@ -31,9 +32,14 @@ ILLEGAL_ACCESS = (
 )
 
 
+@pytest.mark.model
 def test_a_gpu_fault_hands_the_job_back_and_stops_the_worker(
     tmp_path: Path, tiny_pipeline: VideoPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import torch
+
+    from fastsvd.pipeline import core
+
     settings = Settings(data_dir=tmp_path, auth=False, preset="tiny", device="cpu")
     services = Services.from_settings(settings)
     try:

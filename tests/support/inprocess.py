@@ -112,7 +112,7 @@ def start_in_process(folder: Path, **env: str) -> InProcessServer:
     services = Services.from_settings(settings)
     key, _info = services.keys.create("first key", scope=Scope.admin)
     app = create_app(services, configured(settings))
-    worker = Worker.build(settings, services=services)
+    worker = Worker.build(settings, services=services, name=f"in-process-{folder.name}")
     server = InProcessServer(services, app, key, worker, environ)
     deliverer = Deliverer(WebhookOutbox(services.db), settings, services.signing_keys)
     server._threads = [
