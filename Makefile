@@ -1,6 +1,9 @@
 # The two commands of the README, and the steps they are made of.
 #   make run    set up .venv if needed, then serve the fal-compatible API on 127.0.0.1:8000
 #   make test   set up .venv if needed, then lint, type-check and run every test
+#   make test-fast   the fast tier alone: the tests that start no process and run no model
+#                    (pytest -m "not slow and not process and not model"), for the edit-test
+#                    loop; make test stays the full gate
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +19,7 @@ ifeq ($(PRESET),tiny)
   GENERATE_ARGS += --video-size 128x64 --steps 8
 endif
 
-.PHONY: install run generate test lint typecheck pytest bench clean
+.PHONY: install run generate test test-fast lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -31,6 +34,9 @@ generate: $(STAMP)
 	$(BIN)/fastsvd generate "$(PROMPT)" -o $(OUTPUT) $(if $(PRESET),--preset $(PRESET)) $(GENERATE_ARGS) $(ARGS)
 
 test: lint typecheck pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow and not process and not model"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -29,10 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.databases import database_url  # noqa: E402
 from tests.netfault import Namespace, Relay, relayed_url, unavailable  # noqa: E402
-from tests.service.conftest import start_server, stop_server, wait_for  # noqa: E402
 from tests.service.test_topology import start_worker  # noqa: E402
-
-T2V = "/fal-ai/fast-svd/text-to-video"
+from tests.support.bodies import T2V_PATH  # noqa: E402
+from tests.support.servers import start_server, stop_server, wait_for  # noqa: E402
 
 
 def logged_at(path: Path, containing: str) -> float | None:
@@ -83,7 +82,7 @@ def main() -> None:
                 client = server.client()
             try:
                 with namespace.inside():
-                    sub = client.post(T2V, json={"prompt": "a long one", "steps": 50}).json()
+                    sub = client.post(T2V_PATH, json={"prompt": "a long one", "steps": 50}).json()
                     namespace.cut(api_relay.port)
                     answers = []
                     for _ in range(5):

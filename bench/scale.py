@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.service import percentile, poll  # noqa: E402
 from tests.databases import postgres_database  # noqa: E402
-from tests.service.conftest import PYTHONPATH, start_server, stop_server  # noqa: E402
+from tests.support.bodies import T2V_PATH  # noqa: E402
+from tests.support.servers import PYTHONPATH, start_server, stop_server  # noqa: E402
 
-T2V = "/fal-ai/fast-svd/text-to-video"
 PROCESSES = 8
 JOB_S = 0.05
 STEPS = 4  # a few-step request's denoising steps: a progress line each
@@ -60,12 +60,12 @@ def worker_process(count: int) -> None:
     """``count`` workers in threads of this process, until SIGTERM."""
     import numpy as np
 
-    from fastsvd.endpoints import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+    from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO, TEXT_TO_VIDEO
     from fastsvd.pipeline.encode import encode_mp4
     from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
     from fastsvd.services import Services
     from fastsvd.settings import Settings
-    from fastsvd.worker import Worker, WorkerServices, worker_name
+    from fastsvd.worker import Worker, worker_name
 
     mp4 = encode_mp4(np.zeros((25, 64, 64, 3), dtype=np.uint8), 10)
 
@@ -87,9 +87,16 @@ def worker_process(count: int) -> None:
             return mp4
 
     count_database_work(Path(os.environ["FASTSVD_BENCH_TALLY_DIR"]) / f"{os.getpid()}.json")
-    shared = WorkerServices.from_services(Services.from_settings(Settings.from_env()))
+    settings = Settings.from_env()
+    shared = Services.from_settings(settings)
     workers = [
-        Worker(shared, SleepRunner(), f"{worker_name()}-{i}")  # type: ignore[arg-type]
+        Worker.build(
+            settings,
+            services=shared,
+            runner=SleepRunner(),  # type: ignore[arg-type]
+            endpoints=ENDPOINTS,
+            name=f"{worker_name()}-{i}",
+        )
         for i in range(count)
     ]
     threads = [threading.Thread(target=w.serve, daemon=True) for w in workers]
@@ -364,7 +371,7 @@ def measure(
             started = time.monotonic()
             while time.monotonic() - started < args.seconds:
                 api = apis[sent % len(apis)]
-                answer = client.post(f"{api.url}{T2V}", json={"prompt": "bench", "steps": 1})
+                answer = client.post(f"{api.url}{T2V_PATH}", json={"prompt": "bench", "steps": 1})
                 answer.raise_for_status()
                 sent += 1
                 pause = started + sent / args.rate - time.monotonic()
@@ -389,7 +396,7 @@ def measure(
         clear_jobs(url)
         with httpx.Client(headers={"Authorization": f"Key {apis[0].key}"}) as client:
             status_urls = [
-                client.post(f"{api.url}{T2V}", json={"prompt": "bench"}).json()["status_url"]
+                client.post(f"{api.url}{T2V_PATH}", json={"prompt": "bench"}).json()["status_url"]
                 for api in apis
             ]
 

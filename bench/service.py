@@ -32,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.service.conftest import start_server, stop_server  # noqa: E402
+from tests.support.servers import start_server, stop_server  # noqa: E402
 
 BARE_APP = """
 from starlette.applications import Starlette

@@ -31,6 +31,7 @@ def decoded(path: Path) -> tuple[np.ndarray, float]:
         return frames, float(stream.average_rate)
 
 
+@pytest.mark.model
 def test_generate_writes_a_video_of_the_requested_size_and_rate(tmp_path: Path) -> None:
     out = tmp_path / "a.mp4"
     result = run(
@@ -44,6 +45,7 @@ def test_generate_writes_a_video_of_the_requested_size_and_rate(tmp_path: Path) 
     assert fps == 8
 
 
+@pytest.mark.model
 def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path) -> None:
     videos = []
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
@@ -59,6 +61,7 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path) -> None:
     assert np.abs(videos[0] - videos[2]).mean() > 12
 
 
+@pytest.mark.model
 def test_json_prints_the_fal_output_object(tmp_path: Path) -> None:
     out = tmp_path / "j.mp4"
     result = run("generate", "a rocket", *TINY, "--video-size", "64x64", "--json", "-o", str(out))
@@ -73,6 +76,7 @@ def test_json_prints_the_fal_output_object(tmp_path: Path) -> None:
     assert isinstance(body["seed"], int)
 
 
+@pytest.mark.model
 def test_image_to_video_from_a_file(tmp_path: Path) -> None:
     picture = tmp_path / "in.png"
     Image.new("RGB", (200, 100), (0, 200, 0)).save(picture)
@@ -123,6 +127,7 @@ def test_a_picture_that_is_not_one_is_refused(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: image_url: ")
 
 
+@pytest.mark.model
 def test_data_uri_images_are_accepted(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (9, 9, 9)).save(buffer, format="PNG")

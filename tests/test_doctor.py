@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from fastsvd.cli import main
-from tests.pipeline.test_loading import run_cli
-from tests.service.conftest import ROOT
+from tests.support.commands import run_cli
+from tests.support.servers import ROOT
 
 MODELS = 4  # the default preset's: SVD-XT 1.1, SDXL base, AnimateLCM-SVD-xt, SDXL-Lightning
 
@@ -54,6 +54,7 @@ def test_doctor_on_the_tiny_preset_finds_nothing_missing(offline: dict[str, str]
     assert "missing:" not in result.output
 
 
+@pytest.mark.process
 def test_serve_without_weights_offline_stops_with_one_line_per_model(
     offline: dict[str, str],
 ) -> None:

@@ -18,6 +18,8 @@ from fastsvd.storage.local import LocalStorage
 from fastsvd.storage.s3 import S3Storage
 from tests.objectstore import CREDENTIALS, ObjectStore, free_port, s3_server
 
+pytestmark = pytest.mark.process  # starts an S3-protocol server (moto)
+
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[ObjectStore]:

@@ -6,11 +6,16 @@ storage ``StorageUnavailable`` when its object store cannot be reached or its di
 worker's claims and writes, the webhook deliverer, the server's housekeeping) calls
 ``until_available`` instead of writing its own backoff, and reports the outage through an
 ``Outage``: one warning when it starts and one when it ends, never a traceback.
+
+A running job's writes use the two shapes built on it: ``until_written`` (the result, the
+failure, the hand-back: retried until they land, the lease is lost or a deadline passes) and
+``best_effort`` (progress lines, cancel polls, previews: skipped while a store is away).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -103,3 +108,30 @@ def until_available(
             continue
         outage.answered()
         return result
+
+
+def until_written(
+    write: Callable[[], T],
+    *,
+    outage: Outage,
+    lost: threading.Event | None = None,
+    deadline_s: float = 0,
+) -> T | None:
+    """``write()``, retried while a store is unavailable: until it works, or None once the
+    lease is lost (``lost``) or ``deadline_s`` seconds pass (0: never)."""
+    give_up_at = time.monotonic() + deadline_s if deadline_s else None
+
+    def give_up() -> bool:
+        return (lost is not None and lost.is_set()) or (
+            give_up_at is not None and time.monotonic() > give_up_at
+        )
+
+    return until_available(write, give_up=give_up, outage=outage)
+
+
+def best_effort(read: Callable[[], T]) -> T | None:
+    """``read()``, or None while a store is unavailable."""
+    try:
+        return read()
+    except Unavailable:
+        return None

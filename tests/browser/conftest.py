@@ -5,17 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.service.conftest import Server, start_server, stop_server
+from tests.support.servers import Server, start_server, stop_server
 
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = (
-    ROOT / "test-artifacts" / "screenshots"
-)  # kept after the run: what each state looks like
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -71,11 +66,3 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     finally:
         context.close()
     assert not errors, f"JavaScript errors in {request.node.name}: {errors}"
-
-
-def shot(page: Page, name: str) -> Path:
-    """Save a screenshot of the whole page as a test artifact."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path

@@ -10,11 +10,14 @@ import base64
 import io
 
 import httpx
+import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import shot
-from tests.service.conftest import Server
+from tests.support.browser import shot
+from tests.support.servers import Server
+
+pytestmark = pytest.mark.process  # starts server processes
 
 # Record the order in which the first frame and the video appear.
 WATCH_APPEARANCES = """

@@ -19,8 +19,7 @@ from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.jobs import JobState
 from fastsvd.telemetry import WorkerMetrics
-from fastsvd.worker import Worker, WorkerServices, image_loader
-from tests.fakes.runner import Runner
+from fastsvd.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "fastsvd.json"
@@ -30,14 +29,13 @@ PROMQL_WORDS = {"by", "without", "sum", "max", "min", "rate", "histogram_quantil
 
 def exposed(tmp_path: Path) -> dict[str, set[str]]:
     """Every sample name the API and a worker expose, with its label names."""
-    settings = Settings(data_dir=tmp_path, lease_s=5.0)
+    settings = Settings(data_dir=tmp_path, lease_s=5.0, runner="tests.fakes.runner:Runner")
     services = Services.from_settings(settings)
     t2v = "fal-ai/fast-svd/text-to-video"
     for prompt in ("a rocket", "fail"):
         services.jobs.submit(key_id="k", endpoint=t2v, input={"prompt": prompt, "steps": 2})
     metrics = WorkerMetrics(memory=lambda: (2.0e9, 3.0e9))  # no GPU here: a stand-in reading
-    runner = Runner(settings, image_loader(services.files, services.storage))
-    worker = Worker(WorkerServices.from_services(services), runner, metrics=metrics)
+    worker = Worker.build(settings, services=services, metrics=metrics)
     thread = threading.Thread(target=worker.serve, kwargs={"burst": True})
     thread.start()
     thread.join(120)
@@ -45,8 +43,8 @@ def exposed(tmp_path: Path) -> dict[str, set[str]]:
     outcomes = {j.error_type for j in services.jobs.recent(None, 10)}
     assert outcomes == {None, "generation_failed"}
     assert all(j.state == JobState.completed for j in services.jobs.recent(None, 10))
-    worker.s.registry.register("ready-one", endpoints=ENDPOINTS.ids())
-    worker.s.registry.beat("ready-one", ready=True)
+    services.registry.register("ready-one", endpoints=ENDPOINTS.ids())
+    services.registry.beat("ready-one", ready=True)
 
     names: dict[str, set[str]] = {}
     for text in (render(services, ENDPOINTS).decode(), generate_latest(metrics.registry).decode()):

@@ -15,10 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fastsvd.store.db import Database, sqlite_url
 from fastsvd.store.jobs import Job, JobState, JobStore
 from fastsvd.store.migrations import migrate
-from tests.service.conftest import CEILING_S, PYTHONPATH, ROOT, wait_for
+from tests.support.servers import CEILING_S, PYTHONPATH, ROOT, wait_for
+
+pytestmark = pytest.mark.process  # starts server processes
 
 GRACE_MARGIN_S = 60.0  # the manifests' terminationGracePeriodSeconds - FASTSVD_DRAIN_S
 

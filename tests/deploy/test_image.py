@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from dockerfile_parse import DockerfileParser
 
 from fastsvd.settings import Settings
 from tests.objectstore import free_port
-from tests.service.conftest import CEILING_S, PYTHONPATH, ROOT, wait_for
+from tests.support.servers import CEILING_S, PYTHONPATH, ROOT, wait_for
+
+pytestmark = pytest.mark.process  # starts server processes
 
 VENV = "/opt/fastsvd/.venv"  # where the image keeps its virtual environment
 VOLUME = "/data"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from fastsvd.pipeline.loading import load_pretrained, load_single_file
 from fastsvd.pipeline.presets import ANIMATE_LCM, SVD_XT_1_1, TINY
 from fastsvd.runner import params_of
 from fastsvd.schema import FewStepTextToVideoInput, TextToVideoInput
+from tests.support.commands import run_cli
 
 REQUEST = TextToVideoInput(prompt="a rocket", video_size={"width": 64, "height": 64}, steps=2)
 FEW_STEP = FewStepTextToVideoInput(prompt="a rocket", video_size={"width": 64, "height": 64})
@@ -228,18 +227,6 @@ def put_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
     shutil.copytree(folder, repo / "snapshots" / commit)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fastsvd.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
 
 
 def generates(env: dict[str, str], cwd: Path, output: str, *flags: str) -> None:

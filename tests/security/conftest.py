@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.service.conftest import Server, start_server, stop_server
-from tests.service.conftest import receiver as receiver  # the webhook receiver fixture
+from tests.support.servers import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +24,3 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
     finally:
         stop_server(running)
-
-
-def user_key(server: Server, name: str = "user") -> str:
-    """A new key with the user scope, written into the server's database."""
-    with server.key_store() as keys:
-        key, _info = keys.create(name)
-    return key

@@ -27,7 +27,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.service.conftest import Server
+from tests.support.servers import Server
+
+pytestmark = pytest.mark.process  # starts server processes
 
 FUZZ_EXAMPLES = int(os.environ.get("FASTSVD_FUZZ_EXAMPLES", "60"))
 # "Schema-valid data is accepted" cannot hold for fastsvd: a well-formed URL can still name a

@@ -16,13 +16,10 @@ import httpx
 import pytest
 
 from fastsvd.api.limits import JSON_BODY_MAX_BYTES
-from tests.security.conftest import user_key
-from tests.service.conftest import Server, start_server, stop_server
+from tests.support.bodies import ONE_STEP, T2V_PATH
+from tests.support.servers import Server, start_server, stop_server, user_key
 
-T2V = "/fal-ai/fast-svd/text-to-video"
-SMALL = {"steps": 1, "video_size": {"width": 64, "height": 64}}
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +85,10 @@ def raw_post(server: Server, path: str, key: str, length: int | None, send: int)
 def test_bodies_over_the_limit_get_413_before_being_read(limited: Server) -> None:
     key = user_key(limited)
     over = JSON_BODY_MAX_BYTES + 1
-    declared = raw_post(limited, T2V, key, over, send=0)  # refused on the header alone
+    declared = raw_post(limited, T2V_PATH, key, over, send=0)  # refused on the header alone
     assert declared.startswith("HTTP/1.1 413"), declared[:200]
     assert "limited to" in declared
-    streamed = raw_post(limited, T2V, key, None, send=over + 65536)  # counted as it arrives
+    streamed = raw_post(limited, T2V_PATH, key, None, send=over + 65536)  # counted as it arrives
     assert streamed.startswith("HTTP/1.1 413"), streamed[:200]
     upload = raw_post(limited, "/files/upload", key, 50 * 1024 * 1024 + 1, send=0)
     assert upload.startswith("HTTP/1.1 413"), upload[:200]
@@ -100,7 +97,7 @@ def test_bodies_over_the_limit_get_413_before_being_read(limited: Server) -> Non
 
 def test_a_prompt_over_its_length_is_422_naming_it(limited: Server) -> None:
     with client(limited, user_key(limited)) as c:
-        answer = c.post(T2V, json={"prompt": "x" * 2001})
+        answer = c.post(T2V_PATH, json={"prompt": "x" * 2001})
         assert answer.status_code == 422
         assert answer.json()["detail"][0]["loc"] == ["body", "prompt"]
         assert "2000" in answer.json()["detail"][0]["msg"]
@@ -123,30 +120,31 @@ def test_per_key_submit_rate_and_unfinished_requests(limited: Server) -> None:
     key, other = user_key(limited, "submitter"), user_key(limited, "other")
     with client(limited, key) as c, client(limited, other) as o:
         ids = [
-            c.post(T2V, json={"prompt": f"p{i}", **SMALL}).json()["request_id"] for i in range(3)
+            c.post(T2V_PATH, json={"prompt": f"p{i}", **ONE_STEP}).json()["request_id"]
+            for i in range(3)
         ]
-        assert_429(c.post(T2V, json={"prompt": "p3", **SMALL}), "unfinished requests")
+        assert_429(c.post(T2V_PATH, json={"prompt": "p3", **ONE_STEP}), "unfinished requests")
         assert c.put(f"/fal-ai/fast-svd/requests/{ids[0]}/cancel").status_code == 202
         once = {"idempotency-key": "k"}
-        fourth = c.post(T2V, json={"prompt": "p4", **SMALL}, headers=once)
+        fourth = c.post(T2V_PATH, json={"prompt": "p4", **ONE_STEP}, headers=once)
         assert fourth.status_code == 200  # room again
         assert c.put(f"/fal-ai/fast-svd/requests/{ids[1]}/cancel").status_code == 202
-        wait = assert_429(c.post(T2V, json={"prompt": "p5", **SMALL}), "requests a minute")
+        wait = assert_429(c.post(T2V_PATH, json={"prompt": "p5", **ONE_STEP}), "requests a minute")
         assert wait <= 60
         # a repeat of an accepted request (same idempotency key) is answered, not counted
-        repeat = c.post(T2V, json={"prompt": "p4", **SMALL}, headers=once)
+        repeat = c.post(T2V_PATH, json={"prompt": "p4", **ONE_STEP}, headers=once)
         assert repeat.status_code == 200
         assert repeat.json()["request_id"] == fourth.json()["request_id"]
-        assert o.post(T2V, json={"prompt": "other", **SMALL}).status_code == 200
+        assert o.post(T2V_PATH, json={"prompt": "other", **ONE_STEP}).status_code == 200
 
 
 def test_global_queue_cap(tmp_path: Path) -> None:
     server = start_server(tmp_path, FASTSVD_WORKERS="0", FASTSVD_MAX_QUEUED="2")
     try:
         with client(server, user_key(server, "a")) as a, client(server, user_key(server)) as b:
-            assert a.post(T2V, json={"prompt": "1", **SMALL}).status_code == 200
-            assert b.post(T2V, json={"prompt": "2", **SMALL}).status_code == 200
-            assert_429(a.post(T2V, json={"prompt": "3", **SMALL}), "queue is full")
+            assert a.post(T2V_PATH, json={"prompt": "1", **ONE_STEP}).status_code == 200
+            assert b.post(T2V_PATH, json={"prompt": "2", **ONE_STEP}).status_code == 200
+            assert_429(a.post(T2V_PATH, json={"prompt": "3", **ONE_STEP}), "queue is full")
     finally:
         stop_server(server)
 
@@ -195,7 +193,7 @@ def test_admin_and_user_scopes(limited: Server) -> None:
 def test_one_key_never_sees_or_cancels_another_keys_requests(limited: Server) -> None:
     owner, stranger = user_key(limited, "owner"), user_key(limited, "stranger")
     with client(limited, owner) as o, client(limited, stranger) as s:
-        mine = o.post(T2V, json={"prompt": "private", **SMALL}).json()
+        mine = o.post(T2V_PATH, json={"prompt": "private", **ONE_STEP}).json()
         rid = mine["request_id"]
         base = f"/fal-ai/fast-svd/requests/{rid}"
         for path in (base, f"{base}/status", f"{base}/status/stream"):

@@ -20,7 +20,9 @@ from PIL import Image
 
 from fastsvd import media
 from fastsvd.errors import InvalidInput
-from tests.service.conftest import ROOT, Server, wait_done
+from tests.support.servers import ROOT, Server, wait_done
+
+pytestmark = pytest.mark.process  # starts server processes
 
 MEMORY_LIMIT_BYTES = 768 * 1024 * 1024  # address space of the process reading every case
 

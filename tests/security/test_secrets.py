@@ -22,9 +22,11 @@ from fastsvd.store.db import Database
 from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
 from fastsvd.store.tables import api_keys, webhook_signing_keys
-from tests.service.conftest import Receiver, Server, start_server, stop_server, wait_done
+from tests.support.bodies import T2V_PATH
+from tests.support.receivers import Receiver
+from tests.support.servers import Server, start_server, stop_server, wait_done
 
-T2V = "/fal-ai/fast-svd/text-to-video"
+pytestmark = pytest.mark.process  # starts server processes
 
 
 @pytest.fixture
@@ -51,9 +53,9 @@ def test_no_secret_reaches_logs_errors_or_metrics(chatty: Server, receiver: Rece
         secrets += [made["key"], made["key"].split(":")[1], made["webhook_secret"]]
         with chatty.client(made["key"]) as user:
             hooked = user.post(
-                T2V, params={"fal_webhook": f"{receiver.url}/hook"}, json={"prompt": "ok"}
+                T2V_PATH, params={"fal_webhook": f"{receiver.url}/hook"}, json={"prompt": "ok"}
             ).json()
-            failing = user.post(T2V, json={"prompt": "fail"}).json()
+            failing = user.post(T2V_PATH, json={"prompt": "fail"}).json()
             for submitted in (hooked, failing):
                 wait_done(user, submitted["status_url"])
                 bodies.append(user.get(submitted["response_url"]).text)

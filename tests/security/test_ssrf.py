@@ -34,11 +34,9 @@ from fastsvd.store.signing import SigningKeyStore
 from fastsvd.store.tables import jobs as jobs_table
 from fastsvd.store.webhooks import WebhookOutbox
 from fastsvd.webhooks import Deliverer
-from tests.service.conftest import Server
+from tests.support.bodies import I2V_PATH, T2V_PATH
+from tests.support.servers import Server
 from tests.test_fetch import Site
-
-T2V = "/fal-ai/fast-svd/text-to-video"
-I2V = "/fal-ai/fast-svd"
 
 
 class Listener:
@@ -342,15 +340,15 @@ def test_the_api_refuses_internal_urls_at_submit(target: Server, listener: Liste
     with target.client() as client:
         before = client.get("/fal-ai/fast-svd/requests", params={"limit": 100}).json()
         for url in urls + https:
-            hooked = client.post(T2V, params={"fal_webhook": url}, json={"prompt": "a"})
+            hooked = client.post(T2V_PATH, params={"fal_webhook": url}, json={"prompt": "a"})
             _assert_refused(hooked, ["query", "fal_webhook"])
-            image = client.post(I2V, json={"image_url": url})
+            image = client.post(I2V_PATH, json={"image_url": url})
             if url.startswith(("http", "HTTP")):
                 _assert_refused(image, ["body", "image_url"])
             else:  # refused by the schema already, also naming the field
                 assert image.status_code == 422
                 assert image.json()["detail"][0]["loc"][:2] == ["body", "image_url"]
-            run = client.post(f"/run{I2V}", json={"image_url": url})
+            run = client.post(f"/run{I2V_PATH}", json={"image_url": url})
             assert run.status_code == 422
         after = client.get("/fal-ai/fast-svd/requests", params={"limit": 100}).json()
     assert after == before  # nothing was queued

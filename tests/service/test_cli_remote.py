@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from tests.objectstore import free_port
-from tests.service.conftest import PYTHONPATH, ROOT, Server, start_server, stop_server
+from tests.support.bodies import SMALL_ARGS
+from tests.support.servers import PYTHONPATH, ROOT, Server, start_server, stop_server
 
-SMALL = ["--video-size", "64x64", "--steps", "3"]
+pytestmark = pytest.mark.process  # starts server processes
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def frames(path: Path) -> int:
 
 
 def test_submit_watch_status_and_result(server: Server, tmp_path: Path) -> None:
-    submitted = fastsvd(server, "submit", "a rocket", "--seed", "21", *SMALL)
+    submitted = fastsvd(server, "submit", "a rocket", "--seed", "21", *SMALL_ARGS)
     assert submitted.returncode == 0, submitted.stderr
     request_id = submitted.stdout.strip()
     out = tmp_path / "watched.mp4"
@@ -73,7 +74,7 @@ def test_submit_watch_status_and_result(server: Server, tmp_path: Path) -> None:
 
 def test_generate_on_a_server(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "remote.mp4"
-    got = fastsvd(server, "generate", "a boat", "--server", server.url, "--seed", "4", *SMALL,
+    got = fastsvd(server, "generate", "a boat", "--server", server.url, "--seed", "4", *SMALL_ARGS,
                   "-o", str(out), "--json")  # fmt: skip
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["seed"] == 4
@@ -81,7 +82,7 @@ def test_generate_on_a_server(server: Server, tmp_path: Path) -> None:
     picture = tmp_path / "green.png"
     Image.new("RGB", (64, 64), (0, 200, 0)).save(picture)
     from_image = fastsvd(server, "generate", "--image", str(picture), "--server", server.url,
-                         *SMALL, "-q", cwd=tmp_path)  # fmt: skip
+                         *SMALL_ARGS, "-q", cwd=tmp_path)  # fmt: skip
     assert from_image.returncode == 0, from_image.stderr
     written = Path(from_image.stdout.split()[1])
     assert written.parent == tmp_path
@@ -89,7 +90,7 @@ def test_generate_on_a_server(server: Server, tmp_path: Path) -> None:
 
 
 def test_cancel_a_running_request(server: Server) -> None:
-    request_id = fastsvd(server, "submit", "slow", *SMALL[:2], "--steps", "50").stdout.strip()
+    request_id = fastsvd(server, "submit", "slow", *SMALL_ARGS[:2], "--steps", "50").stdout.strip()
     cancelled = fastsvd(server, "cancel", request_id)
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout.strip() == "cancellation requested"

@@ -26,11 +26,10 @@ from fastsvd.client import (
 from fastsvd.schema import VideoOutput
 from fastsvd.services import Services
 from fastsvd.settings import Settings
-from tests.service.conftest import Server, start_server, stop_server
+from tests.support.bodies import I2V, SMALL, T2V
+from tests.support.servers import Server, start_server, stop_server
 
-T2V = "fal-ai/fast-svd/text-to-video"
-I2V = "fal-ai/fast-svd"
-SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 3}
+pytestmark = pytest.mark.process  # starts server processes
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from fastsvd.endpoints import ENDPOINTS, Endpoint
 from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 from fastsvd.services import Services
 from fastsvd.settings import Settings
-from fastsvd.worker import Worker, WorkerServices
+from fastsvd.worker import Worker
 
 ECHO = "test-org/echo"
 
@@ -68,9 +68,10 @@ def served(tmp_path: Path) -> Iterator[tuple[TestClient, Services]]:
 
 
 def start_worker(services: Services, runner: EchoRunner) -> tuple[Worker, threading.Thread]:
-    worker = Worker(
-        WorkerServices.from_services(services),
-        runner,  # type: ignore[arg-type]
+    worker = Worker.build(
+        services.settings,
+        services=services,
+        runner=runner,  # type: ignore[arg-type]
         name="echo-worker",
         endpoints=ENDPOINTS.plus(ENDPOINT),
     )

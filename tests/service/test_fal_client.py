@@ -25,11 +25,11 @@ from fastsvd.settings import Settings
 from fastsvd.storage import open_storage
 from fastsvd.store.db import Database
 from fastsvd.store.tables import files
-from tests.service.conftest import Server, start_server, stop_server, wait_for
+from tests.support.bodies import I2V, SMALL, T2V
+from tests.support.servers import Server, start_server, stop_server, wait_for
 
-T2V = "fal-ai/fast-svd/text-to-video"
-I2V = "fal-ai/fast-svd"
-SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 3}
+pytestmark = pytest.mark.process  # starts server processes
+
 # each family's text-to-video and image-to-video endpoints, and its most steps
 FAMILIES = {
     "20-step": (T2V, I2V, 30),

@@ -24,14 +24,18 @@ import pytest
 import trustme
 from PIL import Image
 
-from tests.service.conftest import Server, start_server, stop_server
+from tests.support.bodies import I2V, SMALL, T2V
+from tests.support.servers import Server, start_server, stop_server
 
-CLIENT = """
+pytestmark = pytest.mark.process  # starts server processes
+
+# the client's script, run by a Python of its own: the test's endpoints and sizes, as values
+CLIENT = (
+    f"T2V, I2V, SMALL = {T2V!r}, {I2V!r}, {SMALL!r}\n"
+    + """
 import json, sys
 import fal_client
 
-T2V, I2V = "fal-ai/fast-svd/text-to-video", "fal-ai/fast-svd"
-SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 3}
 updates = []
 subscribed = fal_client.subscribe(
     T2V, {"prompt": "a rocket", "seed": 5, **SMALL}, with_logs=True, on_queue_update=updates.append
@@ -48,6 +52,7 @@ print(json.dumps({
     "data_uri": picture[:22],
 }))
 """
+)
 
 
 @dataclass

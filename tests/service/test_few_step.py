@@ -4,7 +4,6 @@ loaded runs a mixed queue in order; a worker with the few-step family alone neve
 
 from __future__ import annotations
 
-import base64
 import io
 import threading
 from collections.abc import Iterator
@@ -14,33 +13,29 @@ from typing import Any
 import av
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import ENDPOINTS
-from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
-from fastsvd.worker import Worker, WorkerServices, image_loader
-from tests.service.conftest import wait_for
+from fastsvd.worker import Worker
+from tests.support.bodies import SIZE_64, picture_uri
+from tests.support.servers import wait_for
 
-SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 2, "seed": 1}
+pytestmark = pytest.mark.model  # the real pipeline, tiny preset
+
+TWO_STEPS = {**SIZE_64, "steps": 2, "seed": 1}
+
 FEW_STEP_ONLY = (c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT, c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT)
 
 
-def picture_uri() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 BODIES: dict[str, dict[str, Any]] = {
-    c.TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **SMALL},
-    c.IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **SMALL},
-    c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **SMALL},
-    c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **SMALL},
+    c.TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **TWO_STEPS},
+    c.IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **TWO_STEPS},
+    c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT: {"prompt": "a rocket", **TWO_STEPS},
+    c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT: {"image_url": picture_uri(), **TWO_STEPS},
 }
 
 
@@ -70,17 +65,9 @@ def few_step_only(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Settin
 
 
 def model_worker(services: Services, settings: Settings) -> tuple[Worker, ModelRunner]:
-    from fastsvd.endpoints import configured
-
-    loader = image_loader(services.files, services.storage)
-    runner = ModelRunner(settings, loader)
-    worker = Worker(
-        WorkerServices.from_services(services),
-        runner,
-        name="model-worker",
-        endpoints=configured(settings),
-    )
-    return worker, runner
+    worker = Worker.build(settings, services=services, name="model-worker")
+    assert isinstance(worker.runner, ModelRunner)
+    return worker, worker.runner
 
 
 def frames_of(client: TestClient, url: str) -> int:
@@ -102,6 +89,8 @@ def test_one_worker_runs_a_mixed_queue_of_all_four_in_order(
     worker, runner = model_worker(services, settings)
     assert worker.serve(burst=True) == len(order)  # one worker, every endpoint
     pipeline = runner._pipeline
+    from fastsvd.pipeline.core import VideoPipeline  # torch: only where the model runs
+
     assert isinstance(pipeline, VideoPipeline)
     assert all(p is not None for p in (pipeline.first_frame, pipeline.few_step_first_frame))
     started = []
@@ -137,6 +126,8 @@ def test_a_few_step_worker_never_claims_a_20_step_job(
         done_url = few.json()["status_url"]
         wait_for(lambda: client.get(done_url).json()["status"] == "COMPLETED", "the few-step job")
         pipeline = runner._pipeline
+        from fastsvd.pipeline.core import VideoPipeline  # torch: only where the model runs
+
         assert isinstance(pipeline, VideoPipeline)
         assert pipeline._video is None  # no 20-step U-Nets in memory
         assert pipeline.first_frame is None

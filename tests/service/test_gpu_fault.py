@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from PIL import Image
 
 from fastsvd import constants as c
-from fastsvd.endpoints import configured
-from fastsvd.pipeline import core
-from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.jobs import GPU_FAULT, JobState
-from fastsvd.worker import Worker, WorkerServices
-from tests.pipeline.test_loading import run_cli
-from tests.service.conftest import ROOT
-from tests.service.test_few_step import picture_uri
+from fastsvd.worker import Worker
+from tests.support.bodies import picture_uri
+from tests.support.commands import run_cli
+from tests.support.servers import ROOT
+
+if TYPE_CHECKING:
+    from fastsvd.pipeline.core import VideoPipeline
 
 ILLEGAL_ACCESS = (
     "CUDA error: an illegal memory access was encountered\n"
@@ -32,9 +32,14 @@ ILLEGAL_ACCESS = (
 )
 
 
+@pytest.mark.model
 def test_a_gpu_fault_hands_the_job_back_and_stops_the_worker(
     tmp_path: Path, tiny_pipeline: VideoPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import torch
+
+    from fastsvd.pipeline import core
+
     settings = Settings(data_dir=tmp_path, auth=False, preset="tiny", device="cpu")
     services = Services.from_settings(settings)
     try:
@@ -53,9 +58,7 @@ def test_a_gpu_fault_hands_the_job_back_and_stops_the_worker(
         monkeypatch.setattr(core, "animate", faulty)
         runner = ModelRunner(settings, lambda _url: Image.new("RGB", (64, 64)))
         monkeypatch.setattr(runner, "load", lambda: setattr(runner, "_pipeline", tiny_pipeline))
-        worker = Worker(
-            WorkerServices.from_services(services), runner, endpoints=configured(settings)
-        )
+        worker = Worker.build(settings, services=services, runner=runner)
         assert worker.serve() == 1  # not burst: it stops by itself, after the one job
         assert worker.gpu_fault is not None
         assert "illegal memory access" in worker.gpu_fault.message
@@ -70,6 +73,7 @@ def test_a_gpu_fault_hands_the_job_back_and_stops_the_worker(
         services.close()
 
 
+@pytest.mark.process
 def test_the_worker_command_exits_with_the_gpu_fault_code(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTSVD_")}
     env.update(

@@ -14,7 +14,9 @@ import av
 import httpx
 import pytest
 
-from tests.service.conftest import Server
+from tests.support.servers import Server
+
+pytestmark = pytest.mark.process  # starts server processes
 
 JS = Path(__file__).resolve().parents[1] / "js"
 # each family's text-to-video and image-to-video endpoints and its most steps, as client.mjs

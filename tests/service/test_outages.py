@@ -32,14 +32,16 @@ from tests.netfault import (
     unmount,
 )
 from tests.objectstore import free_port, s3_server
-from tests.service.conftest import Server, start_server, stop_server, wait_for
-from tests.service.test_topology import SMALL, T2V, start_worker
+from tests.service.test_topology import start_worker
+from tests.support.bodies import SIZE_64, T2V_PATH
+from tests.support.servers import Server, start_server, stop_server, wait_for
 
 # How long the object store stays away (plus its restart); FASTSVD_TEST_OUTAGE_S=10 for longer
 OUTAGE_S = float(os.environ.get("FASTSVD_TEST_OUTAGE_S", "2"))
 LEASE = {"FASTSVD_LEASE_S": "2"}
 
 pytestmark = [
+    pytest.mark.process,
     pytest.mark.slow,
     pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),
 ]
@@ -69,7 +71,7 @@ class Tally:
         return answer
 
     def submit(self, client: httpx.Client, prompt: str, steps: int) -> dict[str, Any]:
-        answer = client.post(T2V, json={"prompt": prompt, **SMALL, "steps": steps})
+        answer = client.post(T2V_PATH, json={"prompt": prompt, **SIZE_64, "steps": steps})
         self.statuses[answer.status_code] += 1
         assert answer.status_code == 200, answer.text
         body: dict[str, Any] = answer.json()

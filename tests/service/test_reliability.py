@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import (
-    Receiver,
+from tests.support.bodies import REQUESTS_PATH, SIZE_64, T2V_PATH
+from tests.support.receivers import Receiver
+from tests.support.servers import (
     Server,
     backend_env,
     log_time,
@@ -30,16 +31,13 @@ from tests.service.conftest import (
     wait_for,
 )
 
-T2V = "/fal-ai/fast-svd/text-to-video"
-REQUESTS = "/fal-ai/fast-svd/requests"
-SMALL = {"video_size": {"width": 64, "height": 64}}
 FAST_LEASE = {"FASTSVD_LEASE_S": "1.5", "FASTSVD_MAX_ATTEMPTS": "2"}
 # Idle workers that never poll within a test: a job must reach one through a wake-up or the
 # reaping rounds, not through the safety-net poll.
 NO_IDLE_POLL = {"FASTSVD_IDLE_POLL_S": "600"}
 HOOKS = {"FASTSVD_ALLOW_PRIVATE_URLS": "1"}
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 
 def submit(
@@ -51,8 +49,8 @@ def submit(
 ) -> dict[str, Any]:
     params = {"fal_webhook": f"{webhook.url}/hook"} if webhook else None
     answer = client.post(
-        T2V,
-        json={"prompt": prompt, **SMALL, "steps": steps},
+        T2V_PATH,
+        json={"prompt": prompt, **SIZE_64, "steps": steps},
         params=params,
         headers=headers,
     )
@@ -62,7 +60,7 @@ def submit(
 
 
 def status_url(server: Server, request_id: str) -> str:
-    return f"{server.url}{REQUESTS}/{request_id}/status"
+    return f"{server.url}{REQUESTS_PATH}/{request_id}/status"
 
 
 def running(client: httpx.Client, sub: dict[str, Any]) -> bool:
@@ -319,13 +317,13 @@ def test_r20_backpressure(tmp_path: Path, fresh_backend: dict[str, str]) -> None
         third_key, _ = keys.create("third")
     with server.client() as client, server.client(other_key) as other:
         accepted = [(server.key, submit(client, f"job {i}")) for i in range(3)]
-        refused = client.post(T2V, json={"prompt": "one too many", **SMALL})
+        refused = client.post(T2V_PATH, json={"prompt": "one too many", **SIZE_64})
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"]) > 0
         assert "limit" in refused.json()["detail"]
         accepted += [(other_key, submit(other, f"other {i}")) for i in range(2)]
     with server.client(third_key) as third:
-        full = third.post(T2V, json={"prompt": "queue full", **SMALL})
+        full = third.post(T2V_PATH, json={"prompt": "queue full", **SIZE_64})
         assert full.status_code == 429
         assert "queue is full" in full.json()["detail"]
     stop_server(server)
@@ -375,7 +373,7 @@ def test_r15_database_restart_mid_run(
                 down = client.get(sub["status_url"])
                 assert down.status_code == 503, down.text
                 assert int(down.headers["retry-after"]) > 0
-                refused = client.post(T2V, json={"prompt": "while down", **SMALL})
+                refused = client.post(T2V_PATH, json={"prompt": "while down", **SIZE_64})
                 assert refused.status_code == 503
             finally:
                 postgres("start")

@@ -10,9 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fastsvd.serve import FATAL_EXITS
 from tests.objectstore import free_port
-from tests.service.conftest import PYTHONPATH, ROOT, wait_for
+from tests.support.servers import PYTHONPATH, ROOT, wait_for
+
+pytestmark = pytest.mark.process  # starts server processes
 
 
 def serve(tmp_path: Path, error: str) -> subprocess.Popen[str]:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,11 @@ import httpx
 import pytest
 
 from tests.objectstore import ObjectStore
-from tests.service.conftest import (
+from tests.support.bodies import SIZE_64, T2V_PATH
+from tests.support.receivers import Receiver, settled
+from tests.support.servers import (
     PYTHONPATH,
     ROOT,
-    Receiver,
     Server,
     backend_env,
     start_server,
@@ -30,10 +30,7 @@ from tests.service.conftest import (
     wait_for,
 )
 
-T2V = "/fal-ai/fast-svd/text-to-video"
-SMALL = {"video_size": {"width": 64, "height": 64}}
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 
 def start_worker(folder: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -100,8 +97,8 @@ def test_two_apis_three_workers_every_request_completes_exactly_once(
         subs: list[dict[str, Any]] = []
         for i in range(9):
             answer = clients[i % 2].post(
-                T2V,
-                json={"prompt": f"slow {i}", **SMALL, "steps": 1},
+                T2V_PATH,
+                json={"prompt": f"slow {i}", **SIZE_64, "steps": 1},
                 params={"fal_webhook": f"{receiver.url}/hook"},
             )
             assert answer.status_code == 200
@@ -128,7 +125,8 @@ def test_two_apis_three_workers_every_request_completes_exactly_once(
         assert set(completed.values()) == {1}
         assert len({w for w, _r in completed}) >= 2  # the work was shared
         receiver.wait(len(ids))
-        time.sleep(1.0)  # both APIs run a webhook deliverer: no request may get two
+        for request_id in ids:  # both APIs run a webhook deliverer: no request may get two
+            settled(apis[0], request_id, "delivered", attempts=1)
         assert sorted(json.loads(b)["request_id"] for _p, _h, b in receiver.received) == sorted(ids)
         # one output and one first-frame picture each, in the bucket; nothing on the APIs' disks
         bucket, prefix = env["FASTSVD_STORAGE_URL"].removeprefix("s3://").split("/", 1)
@@ -151,7 +149,7 @@ def test_a_cancel_sent_to_one_api_stops_a_job_on_a_worker_attached_to_nothing_bu
     worker = start_worker(folders[0], env)
     try:
         with apis[0].client(key) as a, apis[1].client(key) as b:
-            sub = a.post(T2V, json={"prompt": "slow", **SMALL, "steps": 30}).json()  # 15 s
+            sub = a.post(T2V_PATH, json={"prompt": "slow", **SIZE_64, "steps": 30}).json()  # 15 s
             wait_for(
                 lambda: b.get(sub["status_url"]).json()["status"] == "IN_PROGRESS",
                 "the job to start",

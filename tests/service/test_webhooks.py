@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,17 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fastsvd.cli import main
 from fastsvd.schema import WebhookBody
-from tests.service.conftest import (
-    Receiver,
-    Server,
-    start_server,
-    stop_server,
-    wait_done,
-    wait_for,
-)
+from tests.support.bodies import ONE_STEP, T2V_PATH
+from tests.support.receivers import Receiver, settled, webhook_row
+from tests.support.servers import Server, start_server, stop_server, wait_done, wait_for
 
-T2V = "/fal-ai/fast-svd/text-to-video"
-SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 1}
+pytestmark = pytest.mark.process  # starts server processes
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +57,14 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
 def test_one_signed_webhook_per_request(hooked: Server, receiver: Receiver) -> None:
     with hooked.client() as client:
         sub = client.post(
-            T2V, params={"fal_webhook": f"{receiver.url}/hook"}, json={"prompt": "a", **SMALL}
+            T2V_PATH,
+            params={"fal_webhook": f"{receiver.url}/hook"},
+            json={"prompt": "a", **ONE_STEP},
         ).json()
         wait_done(client, sub["status_url"])
         receiver.wait(1)
-        time.sleep(1.0)  # nothing more arrives
+        # nothing more arrives: the outbox row is done, after one try
+        settled(hooked, sub["request_id"], "delivered", attempts=1)
         assert len(receiver.received) == 1
         path, headers, body = receiver.received[0]
         assert path == "/hook"
@@ -83,7 +79,9 @@ def test_one_signed_webhook_per_request(hooked: Server, receiver: Receiver) -> N
 
 def test_failed_request_sends_an_error_webhook(hooked: Server, receiver: Receiver) -> None:
     with hooked.client() as client:
-        client.post(T2V, params={"fal_webhook": receiver.url}, json={"prompt": "fail", **SMALL})
+        client.post(
+            T2V_PATH, params={"fal_webhook": receiver.url}, json={"prompt": "fail", **ONE_STEP}
+        )
         receiver.wait(1)
         payload = json.loads(receiver.received[0][2])
         assert payload["status"] == "ERROR"
@@ -94,9 +92,11 @@ def test_failed_request_sends_an_error_webhook(hooked: Server, receiver: Receive
 def test_receiver_errors_are_retried_until_accepted(hooked: Server, receiver: Receiver) -> None:
     receiver.script = [500, 503]
     with hooked.client() as client:
-        client.post(T2V, params={"fal_webhook": receiver.url}, json={"prompt": "a", **SMALL})
+        sub = client.post(
+            T2V_PATH, params={"fal_webhook": receiver.url}, json={"prompt": "a", **ONE_STEP}
+        ).json()
         receiver.wait(3)
-        time.sleep(1.0)
+        settled(hooked, sub["request_id"], "delivered", attempts=3)
         assert len(receiver.received) == 3  # two failures, one success, then nothing
         assert len({r[2] for r in receiver.received}) == 1  # the same body each time
 
@@ -106,9 +106,11 @@ def test_redirects_are_not_followed_and_tries_are_capped(
 ) -> None:
     receiver.script = [301] * 10
     with hooked.client() as client:
-        client.post(T2V, params={"fal_webhook": receiver.url}, json={"prompt": "a", **SMALL})
+        sub = client.post(
+            T2V_PATH, params={"fal_webhook": receiver.url}, json={"prompt": "a", **ONE_STEP}
+        ).json()
         receiver.wait(4)
-        time.sleep(2.0)
+        settled(hooked, sub["request_id"], "failed", attempts=4)  # given up: no 5th try
         assert [r[0] for r in receiver.received] == ["/"] * 4  # never /redirected, 4 tries
 
 
@@ -119,7 +121,9 @@ def test_a_receiver_that_is_down_is_retried_then_given_up(hooked: Server) -> Non
 
     nowhere = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     with hooked.client() as client:
-        sub = client.post(T2V, params={"fal_webhook": nowhere}, json={"prompt": "a", **SMALL})
+        sub = client.post(
+            T2V_PATH, params={"fal_webhook": nowhere}, json={"prompt": "a", **ONE_STEP}
+        )
         done = wait_done(client, sub.json()["status_url"])
         assert done.get("error") is None
         request_id = sub.json()["request_id"]
@@ -133,25 +137,6 @@ def test_a_receiver_that_is_down_is_retried_then_given_up(hooked: Server) -> Non
     assert httpx.get(f"{hooked.url}/health").status_code == 200
 
 
-def webhook_row(server: Server, request_id: str) -> dict[str, Any]:
-    from sqlalchemy import select
-
-    from fastsvd.store.db import Database
-    from fastsvd.store.tables import jobs
-
-    db = Database(server.database_url)
-    try:
-        with db.read() as conn:
-            row = conn.execute(
-                select(jobs.c.webhook_state, jobs.c.webhook_attempts, jobs.c.webhook_error).where(
-                    jobs.c.id == request_id
-                )
-            ).one()
-    finally:
-        db.dispose()
-    return dict(row._mapping)
-
-
 def test_private_webhook_targets_are_refused_by_default(tmp_path: Path) -> None:
     server = start_server(tmp_path, FASTSVD_WORKERS="0")
     try:
@@ -161,7 +146,7 @@ def test_private_webhook_targets_are_refused_by_default(tmp_path: Path) -> None:
                 "http://169.254.169.254/",
                 "ftp://example.com/",
             ):
-                answer = client.post(T2V, params={"fal_webhook": target}, json={"prompt": "a"})
+                answer = client.post(T2V_PATH, params={"fal_webhook": target}, json={"prompt": "a"})
                 assert answer.status_code == 422, target
                 assert answer.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
     finally:
@@ -197,7 +182,7 @@ def test_fal_client_submit_with_a_webhook(hooked: Server, receiver: Receiver) ->
     try:
         handle = client.submit(
             "fal-ai/fast-svd/text-to-video",
-            {"prompt": "a", **SMALL},
+            {"prompt": "a", **ONE_STEP},
             webhook_url=f"{receiver.url}/from-fal-client",
         )
         receiver.wait(1)
@@ -224,7 +209,7 @@ def test_image_to_video_from_a_data_uri_and_from_a_url(hooked: Server) -> None:
 
     def colour_of(body: dict[str, object]) -> list[int]:
         with hooked.client() as client:
-            sub = client.post("/fal-ai/fast-svd", json={**body, **SMALL})
+            sub = client.post("/fal-ai/fast-svd", json={**body, **ONE_STEP})
             assert sub.status_code == 200, sub.text
             done = wait_done(client, sub.json()["status_url"])
             assert done.get("error") is None, done
@@ -321,7 +306,9 @@ def hooked_submit(server: Server, receiver: Receiver, count: int) -> tuple[dict[
     """Submit a request with a webhook; the ``count``-th webhook the receiver got."""
     with server.client() as client:
         client.post(
-            T2V, params={"fal_webhook": f"{receiver.url}/fal"}, json={"prompt": "a", **SMALL}
+            T2V_PATH,
+            params={"fal_webhook": f"{receiver.url}/fal"},
+            json={"prompt": "a", **ONE_STEP},
         ).raise_for_status()
     receiver.wait(count)
     _path, headers, body = receiver.received[count - 1]

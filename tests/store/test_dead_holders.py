@@ -15,8 +15,8 @@ from fastsvd.store.db import Database
 from fastsvd.store.jobs import JobState, JobStore
 from fastsvd.store.tables import workers
 from fastsvd.store.workers import WorkerRegistry
+from tests.support.bodies import T2V
 
-T2V = "text-to-video"
 LONG_LEASE_S = 600.0  # never expires during a test: only a judged death frees the job
 
 

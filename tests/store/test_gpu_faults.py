@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from fastsvd.store.db import Database
 from fastsvd.store.jobs import GPU_FAULT, JobState, JobStore
+from tests.support.bodies import I2V
 
-I2V = "image-to-video"
 CUDA = "the GPU failed: CUDA error: an illegal memory access was encountered"
 
 

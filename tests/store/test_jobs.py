@@ -17,8 +17,7 @@ from fastsvd.store.jobs import CancelOutcome, JobState, JobStore
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
 from tests.databases import KINDS, database_url
-
-T2V = "text-to-video"
+from tests.support.bodies import T2V
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from fastsvd.store.jobs import JobStore
 from fastsvd.store.migrations import migrate
 from fastsvd.wakeup import PostgresListener, Waker, WakeupListener
 from tests.databases import postgres_database
-
-T2V = "text-to-video"
+from tests.support.bodies import T2V
 
 
 @pytest.fixture

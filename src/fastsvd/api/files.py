@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import urllib.parse
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
@@ -19,7 +18,8 @@ from fastsvd.api import responses
 from fastsvd.api.auth import credentials
 from fastsvd.api.body import StrictJSONRoute
 from fastsvd.api.deps import BaseURL, KeyDep, ServicesDep
-from fastsvd.errors import InvalidInput, NotFound, RangeNotSatisfiable, TooLarge
+from fastsvd.errors import NotFound, RangeNotSatisfiable, TooLarge
+from fastsvd.inputs import uploaded_file_id
 from fastsvd.net.fetch import url_schemes
 from fastsvd.net.guard import check_url
 from fastsvd.schema import ErrorResponse, UploadedFile
@@ -40,12 +40,8 @@ def check_image_url(url: str, services: Services) -> None:
     if url.startswith("data:"):
         media.check_image(media.decode_data_uri(url, "image_url")[1], "image_url")
         return
-    try:
-        parts = urllib.parse.urlsplit(url).path.split("/")
-    except ValueError:
-        raise InvalidInput("image_url", "not a valid URL") from None
-    uploaded_here = len(parts) >= 3 and parts[1] == "files" and parts[2].isalnum()
-    if uploaded_here and services.files.get(parts[2]) is not None:
+    file_id = uploaded_file_id(url)
+    if file_id is not None and services.files.get(file_id) is not None:
         return  # a file uploaded here: read from storage, never fetched
     settings = services.settings
     check_url(

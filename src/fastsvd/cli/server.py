@@ -80,22 +80,14 @@ def serve(
 @store_options
 def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
     """Run one worker: load the model, then run queued jobs one at a time."""
-    from fastsvd.endpoints import configured
     from fastsvd.logs import configure
-    from fastsvd.runner import make_runner
-    from fastsvd.worker import Worker, WorkerServices, image_loader
+    from fastsvd.worker import Worker
 
     configure()
     settings = load_settings(preset=preset, **store)
     services = open_services(settings, wait=True)
-    loader = image_loader(
-        services.files, services.storage, allow_private=settings.allow_private_urls
-    )
     try:
-        runner = make_runner(settings, loader)
-        worker = Worker(
-            WorkerServices.from_services(services), runner, endpoints=configured(settings)
-        )
+        worker = Worker.build(settings, services=services)
     except CannotRunHere as exc:  # no usable GPU; the endpoints named do not fit it
         fail(exc.message, c.EXIT_CANNOT_RUN_HERE)
     except FastSVDError as exc:  # FASTSVD_ENDPOINTS names nothing this runner can run; no GPU
