@@ -1,11 +1,13 @@
 """The worker: loads the model once, then claims jobs one at a time and runs them.
 
-Each job runs under a lease that a heartbeat thread renews; if the lease is lost (the worker
-stalled, the job was handed on) the job's hooks ask the pipeline to stop and nothing more is
-written. Cancels are checked before every step. A worker that dies mid-job leaves its lease to
-expire, and the store gives the job to another worker (or ends it after ``max_attempts``); a
-worker on the same host hands it on sooner, when it starts or in its reaping rounds, once it can
-tell that the holder's process is gone (``JobStore.requeue_dead_holders``).
+Each job runs under a lease that the worker's heartbeat thread (one for its whole life) renews;
+if the lease is lost (the worker stalled, the job was handed on) the job's hooks ask the pipeline
+to stop and nothing more is written. Cancels are checked before every step. A worker that
+finishes a job claims its next one in the transaction that records the result. A worker that
+dies mid-job leaves its lease to expire, and the store gives the job to another worker (or ends
+it after ``max_attempts``); a worker on the same host hands it on sooner, when it starts or in
+its reaping rounds, once it can tell that the holder's process is gone
+(``JobStore.requeue_dead_holders``).
 
 When the database goes away (a restart, a fail-over) the worker keeps what it has: an idle one
 retries with backoff, a running job keeps running while its lease may still hold, and its result
@@ -53,7 +55,16 @@ from fastsvd.runner import Runner
 from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
 from fastsvd.storage import Storage
 from fastsvd.store.files import FileRecord, FileStore, new_file_id, new_record
-from fastsvd.store.jobs import CANCELLED, Claim, Failure, Job, JobStore, LogEntry
+from fastsvd.store.jobs import (
+    CANCELLED,
+    Claim,
+    Completed,
+    Failure,
+    Job,
+    JobStore,
+    LogEntry,
+    NextClaim,
+)
 from fastsvd.store.workers import WorkerRegistry
 from fastsvd.telemetry import WorkerMetrics
 from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
@@ -132,6 +143,10 @@ class Worker:
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
         self.outage = Outage(log)  # the job store or the file storage is away
         self.gpu_fault: GpuFault | None = None  # set: the job went back, this process must go
+        # The job the heartbeat thread looks after (``_heartbeats``), None between jobs.
+        self._current: JobContext | None = None
+        self._current_changed = threading.Condition()
+        self._heart: threading.Thread | None = None
 
     def drain(self, within_s: float | None = None) -> None:
         """Stop claiming; the current job finishes, or, past ``within_s`` seconds, stops at its
@@ -161,27 +176,33 @@ class Worker:
         reap_every_s = min(REAP_EVERY_S, self.s.lease_s / 2)
         claimable = self.endpoints.ids()
 
-        def next_claim() -> Claim | None:
+        def housekeeping() -> None:
             nonlocal last_beat, last_reap
-            if self.outage.down:  # no new job until the storage answers again
-                self.s.storage.check()
             if time.monotonic() - last_reap > reap_every_s:
                 self.s.jobs.requeue_abandoned()
                 last_reap = time.monotonic()
-            claim = self.s.jobs.claim(self.name, self.s.lease_s, claimable)
             if time.monotonic() - last_beat > self.s.lease_s / 3:
                 self.s.registry.beat(self.name, ready=True)
                 last_beat = time.monotonic()
-            return claim
 
+        def next_claim() -> Claim | None:
+            if self.outage.down:  # no new job until the storage answers again
+                self.s.storage.check()
+            housekeeping()
+            return self.s.jobs.claim(self.name, self.s.lease_s, claimable)
+
+        claim: Claim | None = None  # held: claimed with the last job's result
         try:
             while not self.stopping.is_set():
-                claim = until_available(
-                    next_claim,
-                    wait=self.stopping.wait,
-                    give_up=self.stopping.is_set,
-                    outage=self.outage,
-                )
+                if claim is not None:
+                    self._best_effort(housekeeping)  # a held job does not wait for it
+                else:
+                    claim = until_available(
+                        next_claim,
+                        wait=self.stopping.wait,
+                        give_up=self.stopping.is_set,
+                        outage=self.outage,
+                    )
                 if claim is None:
                     if burst or self.stopping.is_set():
                         break
@@ -192,18 +213,32 @@ class Worker:
                     until_reap_s = last_reap + reap_every_s - time.monotonic()
                     self.listener.wait(max(0.0, min(self.s.idle_poll_s, until_reap_s)))
                 else:
-                    self.run(claim)
+                    claim = self.run(claim)
                     ran += 1
+            if claim is not None:  # claimed as the drain began: back to the queue, untried
+                held = claim
+                self._until_written(
+                    lambda: self.s.jobs.release(held.job.id, held.token, count_attempt=False),
+                    deadline=self.s.lease_s,
+                )
         finally:
+            self._stop_heartbeats()
             self.listener.close()
             self._until_written(lambda: self.s.registry.leave(self.name), deadline=5.0)
         return ran
 
-    def run(self, claim: Claim) -> None:
-        """Run one claimed job to a final state (unless its lease is lost)."""
+    def next_claimant(self) -> NextClaim | None:
+        """Who claims the next job with this one's result; None when this worker must not
+        take one now (it is stopping, or the file storage is away)."""
+        if self.stopping.is_set() or self.outage.down:
+            return None
+        return NextClaim(self.name, self.s.lease_s, self.endpoints.ids())
+
+    def run(self, claim: Claim) -> Claim | None:
+        """Run one claimed job to a final state (unless its lease is lost). Returns the next
+        job, when one was claimed with the result."""
         ctx = JobContext(self, claim)
-        heartbeat = threading.Thread(target=self._heartbeat, args=(ctx,), daemon=True)
-        heartbeat.start()
+        self._watch(ctx)
         self.listener.watch(ctx.job.id)
         self.listener.pass_on()  # there may be more queued: another idle worker looks
         job = ctx.job
@@ -216,9 +251,11 @@ class Worker:
             seed = resolve_seed(getattr(request, "seed", None))
             ctx.log(f"seed {seed}")
             mp4 = self.runner.run(endpoint.capability, request, seed, ctx.hooks())
-            if ctx.complete(mp4, seed):
+            completed = ctx.complete(mp4, seed)
+            if completed is not None:
                 self.metrics.finished(job.endpoint, ctx.stage_seconds)
                 log.info("job completed", extra={"request_id": job.id, "seconds": ctx.elapsed_s})
+                return completed.next
             else:
                 log.warning("job %s: lease lost before the result; result dropped", job.id)
         except Exception as exc:
@@ -239,8 +276,9 @@ class Worker:
                 )
         finally:
             ctx.done.set()
-            heartbeat.join()
+            self._watch(None)
             self.listener.watch(None)
+        return None
 
     def _hand_back(self, ctx: JobContext, fault: GpuFault) -> None:
         """The CUDA context is gone: every later job here would fail at once. The job goes
@@ -252,6 +290,37 @@ class Worker:
         )
         self.gpu_fault = fault
         self.stopping.set()
+
+    def _watch(self, ctx: JobContext | None) -> None:
+        """Hand the heartbeat thread the job now running (None: none); started with the first."""
+        with self._current_changed:
+            self._current = ctx
+            self._current_changed.notify()
+        if self._heart is None and ctx is not None:
+            self._heart = threading.Thread(
+                target=self._heartbeats, name=f"heartbeat-{self.name}", daemon=True
+            )
+            self._heart.start()
+
+    def _stop_heartbeats(self) -> None:
+        with self._current_changed:
+            heart, self._heart = self._heart, None
+            self._current_changed.notify()
+        if heart is not None:
+            heart.join()
+
+    def _heartbeats(self) -> None:
+        """The heartbeat thread: one per worker, looking after each job in turn."""
+        while True:
+            with self._current_changed:
+                # a job that has ended here (``done``) is the last one's, not the next's
+                ctx = self._current
+                while self._heart is not None and (ctx is None or ctx.done.is_set()):
+                    self._current_changed.wait()
+                    ctx = self._current
+                if self._heart is None or ctx is None:
+                    return
+            self._heartbeat(ctx)
 
     def _heartbeat(self, ctx: JobContext) -> None:
         # The lease is ours until ``held_until``; while the database is away we keep running,
@@ -360,7 +429,8 @@ class JobContext:
         # read now and then, in case a notification was missed. Without them, as often as the
         # progress lines are written.
         self._poll_s = CANCEL_POLL_S if worker.listener.pushes_cancels else LOG_FLUSH_S
-        self._next_poll = 0.0
+        # the claim has just read the flag (a job cancelled while queued is never claimed)
+        self._next_poll = time.monotonic() + self._poll_s
         self._lines: list[LogEntry] = []  # not yet written (``flush_logs``)
         self._lines_lock = threading.Lock()  # held while lines are taken and written, in order
 
@@ -420,9 +490,10 @@ class JobContext:
         self.log(first_frame_line(url))
         self.flush_logs()  # the preview is shown now, not with the next batch
 
-    def complete(self, mp4: bytes, seed: int) -> bool:
-        """Store the video and record the result; False when the lease was lost first.
-        Raises ``StorageUnavailable`` when the video could not be stored for ``outage_wait_s``."""
+    def complete(self, mp4: bytes, seed: int) -> Completed | None:
+        """Store the video and record the result, claiming the worker's next job with it
+        (``Worker.next_claimant``); None when the lease was lost first. Raises
+        ``StorageUnavailable`` when the video could not be stored for ``outage_wait_s``."""
         w, job = self.worker, self.job
         stored = w._until_written(
             lambda: w._store_output(job, mp4, seed),
@@ -432,22 +503,21 @@ class JobContext:
         if stored is None:
             if not self.lost.is_set():
                 raise self.storage_gone()  # the request fails as storage_unavailable
-            return False
+            return None
         output, record = stored
         elapsed, lines = self.elapsed_s, self._last_lines()
-        written = w._until_written(
+        return w._until_written(
             lambda: self.s.jobs.complete(
                 job.id,
                 self.token,
                 output,
                 elapsed,
-                self.stage_seconds,
                 logs=lines,
                 output_file=record,
+                claim_next=w.next_claimant(),
             ),
             lost=self.lost,
         )
-        return bool(written)
 
     def fail(self, failure: Failure) -> None:
         elapsed, lines = self.elapsed_s, self._last_lines()
