@@ -212,8 +212,12 @@ _HELD = and_(
 )
 _UNFINISHED = and_(jobs.c.id == bindparam("h_id"), jobs.c.state != JobState.completed.value)
 _HELD_ID = select(jobs.c.id).where(_HELD)
-_NEXT_QUEUED = (
-    select(jobs)
+# The claim is one statement: the next queued job (locked, skipping those another claim holds)
+# started and returned, so a claim costs one round trip. Its start is ``v_now``, taken before
+# the statement, or the job's created_at if that is later (a job committed meanwhile): a start
+# never precedes its submit.
+_NEXT_QUEUED_ID = (
+    select(jobs.c.id)
     .where(
         jobs.c.state == JobState.queued.value,
         jobs.c.endpoint.in_(bindparam("endpoints", expanding=True)),
@@ -221,18 +225,23 @@ _NEXT_QUEUED = (
     .order_by(jobs.c.priority, jobs.c.seq)
     .limit(1)
     .with_for_update(skip_locked=True)
+    .scalar_subquery()
 )
-_START = (
+_STARTED_AT = case(
+    (jobs.c.created_at > bindparam("v_now"), jobs.c.created_at), else_=bindparam("v_now")
+)
+_START_NEXT = (
     update(jobs)
-    .where(jobs.c.id == bindparam("h_id"))
+    .where(jobs.c.id == _NEXT_QUEUED_ID)
     .values(
         state=JobState.running.value,
         lease_owner=bindparam("v_owner"),
-        lease_expires_at=bindparam("v_expires_at"),
-        lease_token=bindparam("v_token"),
-        attempts=bindparam("v_attempts"),
-        started_at=bindparam("v_now"),
+        lease_expires_at=_STARTED_AT + bindparam("v_lease_s"),
+        lease_token=jobs.c.lease_token + 1,
+        attempts=jobs.c.attempts + 1,
+        started_at=_STARTED_AT,
     )
+    .returning(*jobs.c)
 )
 _PAST_START_DEADLINE = (
     select(jobs.c.id)
@@ -477,33 +486,21 @@ class JobStore:
             return self._claim(conn, NextClaim(owner, lease_s, endpoints))
 
     def _claim(self, conn: Connection, claimant: NextClaim) -> Claim | None:
-        self._expire_start_deadlines(conn, time.time())
-        row = conn.execute(_NEXT_QUEUED, {"endpoints": list(claimant.endpoints)}).first()
+        now = time.time()
+        self._expire_start_deadlines(conn, now)
+        row = conn.execute(
+            _START_NEXT,
+            {
+                "endpoints": list(claimant.endpoints),
+                "v_owner": claimant.owner,
+                "v_now": now,
+                "v_lease_s": claimant.lease_s,
+            },
+        ).first()
         if row is None:
             return None
-        queued = Job.from_row(row)
-        token = queued.lease_token + 1
-        now = time.time()  # after the lock: never before the job's created_at
-        conn.execute(
-            _START,
-            {
-                "h_id": queued.id,
-                "v_owner": claimant.owner,
-                "v_expires_at": now + claimant.lease_s,
-                "v_token": token,
-                "v_attempts": queued.attempts + 1,
-                "v_now": now,
-            },
-        )
-        # the row as the update left it, without reading it again
-        job = dataclasses.replace(
-            queued,
-            state=JobState.running,
-            lease_token=token,
-            attempts=queued.attempts + 1,
-            started_at=now,
-        )
-        return Claim(job, token)
+        job = Job.from_row(row)
+        return Claim(job, job.lease_token)
 
     def renew(self, job_id: str, token: int, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer this worker's job."""
