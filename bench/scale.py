@@ -262,12 +262,12 @@ def clear_jobs(database_url: str) -> None:
     from sqlalchemy import delete
 
     from fastsvd.store.db import Database
-    from fastsvd.store.tables import files, job_logs, jobs, stage_timings
+    from fastsvd.store.tables import files, job_logs, jobs
 
     db = Database(database_url)
     try:
         with db.write() as conn:
-            for table in (stage_timings, job_logs, files, jobs):
+            for table in (job_logs, files, jobs):
                 conn.execute(delete(table))
     finally:
         db.dispose()

@@ -33,7 +33,7 @@ from fastsvd.retry import Outage, best_effort, until_written
 from fastsvd.schema import File, VideoOutput
 from fastsvd.services import Services
 from fastsvd.store.files import FileRecord, new_file_id, new_record
-from fastsvd.store.jobs import Job, LogEntry
+from fastsvd.store.jobs import Completed, Job, LogEntry, NextClaim
 from fastsvd.wakeup import CANCEL_POLL_S, Listener
 
 log = logging.getLogger("fastsvd.worker")
@@ -59,11 +59,12 @@ class _Lines:
 
 
 class _Every:
-    """True at most once every ``period_s`` seconds (the first time: at once)."""
+    """True at most once every ``period_s`` seconds, the first time one period from now (the
+    claim has just read the cancel flag: a job cancelled while queued is never claimed)."""
 
     def __init__(self, period_s: float) -> None:
         self.period_s = period_s
-        self.next_at = 0.0
+        self.next_at = time.monotonic() + period_s
 
     def due(self) -> bool:
         now = time.monotonic()
@@ -183,9 +184,13 @@ class JobContext:
         self.log(first_frame_line(url))
         self.flush_logs()  # the preview is shown now, not with the next batch
 
-    def complete(self, mp4: bytes, seed: int) -> bool:
-        """Store the video and record the result; False when the lease was lost first.
-        Raises ``StorageUnavailable`` when the video could not be stored for ``outage_wait_s``."""
+    def complete(
+        self, mp4: bytes, seed: int, *, claim_next: Callable[[], NextClaim | None]
+    ) -> Completed | None:
+        """Store the video and record the result, claiming the worker's next job with it
+        (``claim_next`` says who claims, when the write is made); None when the lease was lost
+        first. Raises ``StorageUnavailable`` when the video could not be stored for
+        ``outage_wait_s``."""
         stored = until_written(
             lambda: self._store_output(mp4, seed),
             outage=self.outage,
@@ -195,21 +200,20 @@ class JobContext:
         if stored is None:
             if not self.lost.is_set():
                 raise self.storage_gone()  # the request fails as storage_unavailable
-            return False
+            return None
         output, record = stored
         elapsed, lines = self.elapsed_s, self._last_lines()
-        written = self._until_written(
+        return self._until_written(
             lambda: self.services.jobs.complete(
                 self.job.id,
                 self.token,
                 output,
                 elapsed,
-                self.stage_seconds,
                 logs=lines,
                 output_file=record,
+                claim_next=claim_next(),
             )
         )
-        return bool(written)
 
     def fail(self, failure: Failure) -> None:
         elapsed, lines = self.elapsed_s, self._last_lines()

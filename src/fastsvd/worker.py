@@ -1,11 +1,13 @@
 """The worker: loads the model once, then claims jobs one at a time and runs them.
 
-Each job runs under a lease that a heartbeat thread renews; if the lease is lost (the worker
-stalled, the job was handed on) the job's hooks ask the pipeline to stop and nothing more is
-written. Cancels are checked before every step. A worker that dies mid-job leaves its lease to
-expire, and the store gives the job to another worker (or ends it after ``max_attempts``); a
-worker on the same host hands it on sooner, when it starts or in its reaping rounds, once it can
-tell that the holder's process is gone (``JobStore.requeue_dead_holders``).
+Each job runs under a lease that the worker's heartbeat thread (one for its whole life) renews;
+if the lease is lost (the worker stalled, the job was handed on) the job's hooks ask the pipeline
+to stop and nothing more is written. Cancels are checked before every step. A worker that
+finishes a job claims its next one in the transaction that records the result. A worker that
+dies mid-job leaves its lease to expire, and the store gives the job to another worker (or ends
+it after ``max_attempts``); a worker on the same host hands it on sooner, when it starts or in
+its reaping rounds, once it can tell that the holder's process is gone
+(``JobStore.requeue_dead_holders``).
 
 When the database goes away (a restart, a fail-over) the worker keeps what it has: an idle one
 retries with backoff, a running job keeps running while its lease may still hold, and its result
@@ -32,11 +34,11 @@ from fastsvd.endpoints import ENDPOINTS, Registry, configured
 from fastsvd.errors import Failure, FastSVDError, GenerationCancelled, GpuFault, Unavailable
 from fastsvd.inputs import image_loader
 from fastsvd.job_context import JobContext
-from fastsvd.retry import Outage, until_available, until_written
+from fastsvd.retry import Outage, best_effort, until_available, until_written
 from fastsvd.runner import Runner, make_runner
 from fastsvd.schema import resolve_seed
 from fastsvd.services import Services
-from fastsvd.store.jobs import Claim
+from fastsvd.store.jobs import Claim, NextClaim
 from fastsvd.telemetry import WorkerMetrics
 from fastsvd.wakeup import Listener, NoSignals
 
@@ -79,6 +81,10 @@ class Worker:
         self.listener: Listener = NoSignals()  # until ``serve`` opens the real one
         self.outage = Outage(log)  # the job store or the file storage is away
         self.gpu_fault: GpuFault | None = None  # set: the job went back, this process must go
+        # The job the heartbeat thread looks after (``_heartbeats``), None between jobs.
+        self._current: JobContext | None = None
+        self._current_changed = threading.Condition()
+        self._heart: threading.Thread | None = None
 
     @classmethod
     def build(
@@ -139,27 +145,33 @@ class Worker:
         reap_every_s = min(REAP_EVERY_S, lease_s / 2)
         claimable = self.endpoints.ids()
 
-        def next_claim() -> Claim | None:
+        def housekeeping() -> None:
             nonlocal last_beat, last_reap
-            if self.outage.down:  # no new job until the storage answers again
-                self.services.storage.check()
             if time.monotonic() - last_reap > reap_every_s:
                 self.services.jobs.requeue_abandoned()
                 last_reap = time.monotonic()
-            claim = self.services.jobs.claim(self.name, lease_s, claimable)
             if time.monotonic() - last_beat > lease_s / 3:
                 self.services.registry.beat(self.name, ready=True)
                 last_beat = time.monotonic()
-            return claim
 
+        def next_claim() -> Claim | None:
+            if self.outage.down:  # no new job until the storage answers again
+                self.services.storage.check()
+            housekeeping()
+            return self.services.jobs.claim(self.name, lease_s, claimable)
+
+        claim: Claim | None = None  # held: claimed with the last job's result
         try:
             while not self.stopping.is_set():
-                claim = until_available(
-                    next_claim,
-                    wait=self.stopping.wait,
-                    give_up=self.stopping.is_set,
-                    outage=self.outage,
-                )
+                if claim is not None:
+                    best_effort(housekeeping)  # a held job does not wait for it
+                else:
+                    claim = until_available(
+                        next_claim,
+                        wait=self.stopping.wait,
+                        give_up=self.stopping.is_set,
+                        outage=self.outage,
+                    )
                 if claim is None:
                     if burst or self.stopping.is_set():
                         break
@@ -170,22 +182,40 @@ class Worker:
                     until_reap_s = last_reap + reap_every_s - time.monotonic()
                     self.listener.wait(max(0.0, min(settings.idle_poll_s, until_reap_s)))
                 else:
-                    self.run(claim)
+                    claim = self.run(claim)
                     ran += 1
+            if claim is not None:  # claimed as the drain began: back to the queue, untried
+                held = claim
+                until_written(
+                    lambda: self.services.jobs.release(
+                        held.job.id, held.token, count_attempt=False
+                    ),
+                    outage=self.outage,
+                    deadline_s=lease_s,
+                )
         finally:
+            self._stop_heartbeats()
             self.listener.close()
             until_written(
                 lambda: self.services.registry.leave(self.name), outage=self.outage, deadline_s=5.0
             )
         return ran
 
-    def run(self, claim: Claim) -> None:
-        """Run one claimed job to a final state (unless its lease is lost)."""
+    def next_claimant(self) -> NextClaim | None:
+        """Who claims the next job with this one's result; None when this worker must not
+        take one now (it is stopping, or the file storage is away)."""
+        if self.stopping.is_set() or self.outage.down:
+            return None
+        settings = self.services.settings
+        return NextClaim(self.name, settings.lease_s, self.endpoints.ids())
+
+    def run(self, claim: Claim) -> Claim | None:
+        """Run one claimed job to a final state (unless its lease is lost). Returns the next
+        job, when one was claimed with the result."""
         ctx = JobContext(
             claim.job, claim.token, self.services, self.listener, self.outage, self.abort
         )
-        heartbeat = threading.Thread(target=ctx.keep_lease, daemon=True)
-        heartbeat.start()
+        self._watch(ctx)
         self.listener.watch(ctx.job.id)
         self.listener.pass_on()  # there may be more queued: another idle worker looks
         job = ctx.job
@@ -198,9 +228,11 @@ class Worker:
             seed = resolve_seed(getattr(request, "seed", None))
             ctx.log(f"seed {seed}")
             mp4 = self.runner.run(endpoint.capability, request, seed, ctx.hooks())
-            if ctx.complete(mp4, seed):
+            completed = ctx.complete(mp4, seed, claim_next=self.next_claimant)
+            if completed is not None:
                 self.metrics.finished(job.endpoint, ctx.stage_seconds)
                 log.info("job completed", extra={"request_id": job.id, "seconds": ctx.elapsed_s})
+                return completed.next
             else:
                 log.warning("job %s: lease lost before the result; result dropped", job.id)
         except Exception as exc:
@@ -229,5 +261,39 @@ class Worker:
                 )
         finally:
             ctx.done.set()
-            heartbeat.join()
+            self._watch(None)
             self.listener.watch(None)
+        return None
+
+    def _watch(self, ctx: JobContext | None) -> None:
+        """Hand the heartbeat thread the job now running (None: none); started with the first."""
+        with self._current_changed:
+            self._current = ctx
+            self._current_changed.notify()
+        if self._heart is None and ctx is not None:
+            self._heart = threading.Thread(
+                target=self._heartbeats, name=f"heartbeat-{self.name}", daemon=True
+            )
+            self._heart.start()
+
+    def _stop_heartbeats(self) -> None:
+        with self._current_changed:
+            heart, self._heart = self._heart, None
+            self._current_changed.notify()
+        if heart is not None:
+            heart.join()
+
+    def _heartbeats(self) -> None:
+        """The heartbeat thread: one per worker, keeping each job's lease in turn."""
+        while True:
+            with self._current_changed:
+                # a job that has ended here (``done``), or lost its lease, needs no more beats
+                ctx = self._current
+                while self._heart is not None and (
+                    ctx is None or ctx.done.is_set() or ctx.lost.is_set()
+                ):
+                    self._current_changed.wait()
+                    ctx = self._current
+                if self._heart is None or ctx is None:
+                    return
+            ctx.keep_lease()

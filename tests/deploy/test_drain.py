@@ -16,10 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from fastsvd.constants import TEXT_TO_VIDEO_ENDPOINT as T2V
+from fastsvd.services import Services
+from fastsvd.settings import Settings
 from fastsvd.store.db import Database, sqlite_url
-from fastsvd.store.jobs import Job, JobState, JobStore
+from fastsvd.store.jobs import Job, JobState, JobStore, NextClaim
 from fastsvd.store.migrations import migrate
+from fastsvd.worker import Worker
+from tests.fakes.runner import Runner
 from tests.support.servers import CEILING_S, PYTHONPATH, ROOT, wait_for
 
 pytestmark = pytest.mark.process  # starts server processes
@@ -116,3 +122,36 @@ def test_past_the_drain_time_the_job_is_handed_back_and_runs_again(tmp_path: Pat
     assert done.output is not None
     assert done.attempts == 2
     db.dispose()
+
+
+def test_a_job_claimed_with_the_last_result_as_the_drain_begins_goes_back_untried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0")
+    settings = Settings(data_dir=tmp_path, auth=False)
+    services = Services.from_settings(settings)
+    try:
+        first, second = (
+            services.jobs.submit(key_id="k", endpoint=T2V, input={"prompt": p})[0]
+            for p in ("first", "second")
+        )
+        worker = Worker.build(
+            settings,
+            services=services,
+            runner=Runner(settings, lambda _url: Image.new("RGB", (8, 8))),
+        )
+        claimant = worker.next_claimant
+
+        def drain_meanwhile() -> NextClaim | None:
+            asked = claimant()  # the next job is claimed with the first's result...
+            worker.drain()  # ...while the SIGTERM arrives
+            return asked
+
+        monkeypatch.setattr(worker, "next_claimant", drain_meanwhile)
+        assert worker.serve() == 1
+        done, back = job(services.jobs, first.id), job(services.jobs, second.id)
+        assert (done.state, done.error) == (JobState.completed, None)
+        # claimed once (its token moved), then queued again with no attempt counted
+        assert (back.state, back.attempts, back.lease_token) == (JobState.queued, 0, 1)
+    finally:
+        services.close()

@@ -281,7 +281,6 @@ def test_prometheus_metrics(server: InProcessServer) -> None:
     assert f'fastsvd_queue_depth{{endpoint="{t2v}",priority="0"}} 0.0' in text
     assert f'fastsvd_jobs_running{{endpoint="{t2v}",priority="1"}} 0.0' in text
     assert f'fastsvd_jobs_completed_total{{endpoint="{t2v}",outcome="ok"}} ' in text
-    assert 'fastsvd_stage_seconds_count{stage="video"}' in text
     assert "fastsvd_workers_ready 1.0" in text
     assert f'fastsvd_endpoint_workers_ready{{endpoint="{t2v}"}} 1.0' in text
     assert server.key.split(":")[1] not in text

@@ -13,9 +13,10 @@ from sqlalchemy import inspect, text
 from fastsvd.errors import Cancelled, Failure, QueueFull
 from fastsvd.store.db import Database
 from fastsvd.store.files import FileRecord, FileStore, new_record
-from fastsvd.store.jobs import CancelOutcome, JobState, JobStore
+from fastsvd.store.jobs import CancelOutcome, Completed, JobState, JobStore, NextClaim
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
+from fastsvd.store.tables import stage_timings
 from tests.databases import KINDS, database_url
 from tests.support.bodies import T2V
 
@@ -46,6 +47,7 @@ def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
         conn.execute(text("ALTER TABLE jobs DROP COLUMN output_lifetime_s"))  # migration 6
         conn.execute(text("ALTER TABLE jobs DROP COLUMN no_retry"))
         conn.execute(text("DROP TABLE webhook_signing_keys"))
+        stage_timings.create(conn)  # dropped by migration 7
         conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
     with db.write() as conn:  # a job written before the upgrade, without the new columns
         conn.execute(
@@ -57,12 +59,13 @@ def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
             {"endpoint": T2V},
         )
     assert current_version(db) == 1
-    assert migrate(db) == len(MIGRATIONS) == 6
+    assert migrate(db) == len(MIGRATIONS) == 7
     with db.read() as conn:
         indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
         columns = {c["name"] for c in inspect(conn).get_columns("workers")}
         job_columns = {c["name"] for c in inspect(conn).get_columns("jobs")}
         assert inspect(conn).has_table("webhook_signing_keys")
+        assert not inspect(conn).has_table("stage_timings")
     assert {"ix_jobs_start_deadline", "ix_jobs_key_created"} <= indexes
     assert {"host_id", "start_ticks", "endpoints"} <= columns
     assert {"output_lifetime_s", "no_retry"} <= job_columns
@@ -328,3 +331,31 @@ def test_the_result_its_last_lines_and_its_file_are_one_write(
     assert store.complete(job_id, second.token, {"video": 2}, 1.0, logs=lines, output_file=mine)
     assert files.get(mine.id) == mine
     assert [line.message for line in store.logs(job_id)] == [m for _at, m in lines]
+
+
+def test_a_result_claims_the_next_job_in_its_transaction(store: JobStore) -> None:
+    first_id, second_id = submit(store), submit(store)
+    first = store.claim("w1", -1, [T2V])  # a lease that has already expired
+    assert first is not None
+    assert store.reap() == 1  # first_id is queued again, behind nothing: it is first
+    again = store.claim("w2", 30, [T2V])
+    assert again is not None
+    assert again.job.id == first_id
+    w1 = NextClaim("w1", 30, [T2V])
+    assert store.complete(first_id, first.token, {"late": 1}, 1.0, claim_next=w1) is None
+    assert store.get(second_id).state == JobState.queued  # type: ignore[union-attr]  # no claim
+
+    done = store.complete(first_id, again.token, {"video": 1}, 1.0, claim_next=w1)
+    assert done is not None
+    assert done.next is not None
+    held = store.get(second_id)
+    assert held is not None
+    assert (done.next.job.id, done.next.token) == (second_id, held.lease_token)
+    assert (held.state, held.attempts, held.started_at) == (
+        JobState.running,
+        1,
+        done.next.job.started_at,
+    )
+    assert store.complete(second_id, done.next.token, {"video": 2}, 1.0, claim_next=w1) == (
+        Completed(None)  # nothing left to claim
+    )

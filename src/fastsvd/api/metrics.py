@@ -9,7 +9,6 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     Metric,
-    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 
@@ -21,8 +20,8 @@ PRIORITIES = (0, 1)  # normal, low (fal's X-Fal-Queue-Priority)
 
 
 class StoreCollector(Collector):
-    """Queue depth and running jobs per endpoint and priority, finished jobs by outcome,
-    per-stage time, ready workers (in all, and per endpoint)."""
+    """Queue depth and running jobs per endpoint and priority, finished jobs by outcome, ready
+    workers (in all, and per endpoint). Per-stage time is each worker's (``fastsvd.telemetry``)."""
 
     def __init__(self, services: Services, endpoints: Registry) -> None:
         self.services = services
@@ -59,12 +58,6 @@ class StoreCollector(Collector):
         for (endpoint, outcome), n in sorted(by_outcome.items()):
             finished.add_metric([endpoint, outcome], n)
         yield finished
-        stages = SummaryMetricFamily(
-            "fastsvd_stage_seconds", "Time spent in each pipeline stage.", labels=["stage"]
-        )
-        for stage, (count, total) in sorted(s.jobs.stage_totals().items()):
-            stages.add_metric([stage], count_value=count, sum_value=total)
-        yield stages
         ready = GaugeMetricFamily("fastsvd_workers_ready", "Workers with their model loaded.")
         count, serving, serve_all = s.registry.ready_endpoints(3 * s.settings.lease_s)
         ready.add_metric([], count)

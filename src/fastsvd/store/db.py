@@ -5,8 +5,11 @@ start of a write transaction (``BEGIN IMMEDIATE``) so that concurrent writers qu
 failing on a lock upgrade. Reads use plain deferred transactions and never block writers.
 
 PostgreSQL (``postgresql://...``, through psycopg 3) runs at READ COMMITTED with a connection
-pool whose connections are checked before use, so a restarted server costs the callers one
-failed transaction each, not a dead process: ``read`` and ``write`` turn a database that cannot
+pool. A connection that sat in the pool for more than ``POSTGRES_PING_IDLE_S`` is checked before
+use (one that came back moments ago is not: a round trip saved on every busy transaction); a
+server restarted under a busy process fails that process's transactions in flight once, and the
+first failure replaces every pooled connection. So a restart costs the callers one failed
+transaction each, not a dead process: ``read`` and ``write`` turn a database that cannot
 be reached into ``StoreUnavailable`` here, once, and callers retry on that alone
 (``fastsvd.retry``). Every connection's waits are bounded (``POSTGRES_LINK``: a connect
 timeout, TCP keepalives and a TCP user timeout; a statement timeout well under the lease), so a
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidatePoolError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
@@ -55,6 +58,9 @@ POSTGRES_LINK: dict[str, int] = {
 # The server ends a statement that runs longer than this: well under a worker's lease, so a
 # write stuck behind a lock fails (and is retried) while the lease still holds.
 POSTGRES_STATEMENT_TIMEOUT_S = 10.0
+# A pooled connection idle for longer than this is pinged before use (SQLAlchemy's pre-ping,
+# only where it can matter): the server may have restarted, or dropped it, meanwhile.
+POSTGRES_PING_IDLE_S = 1.0
 
 # LISTEN/NOTIFY channels (PostgreSQL)
 WAKE_CHANNEL = "fastsvd_wake"  # a job was queued (payload: its endpoint)
@@ -116,7 +122,6 @@ class Database:
         else:
             self.engine = create_engine(
                 self.url,
-                pool_pre_ping=True,  # a connection the server dropped is replaced, not used
                 hide_parameters=True,  # errors and logs never carry row values (key hashes)
                 pool_size=pool_size,
                 max_overflow=pool_size,
@@ -130,6 +135,8 @@ class Database:
                 with dbapi_connection.cursor() as cursor:
                     cursor.execute(f"SET statement_timeout = {timeout_ms}")
                 dbapi_connection.commit()
+
+            _ping_when_idle(self.engine)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -168,6 +175,28 @@ class Database:
 
 
 MIGRATION_LOCK = 0x66617374737664  # "fastsvd"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use when it has been idle ``POSTGRES_PING_IDLE_S``; one
+    that does not answer is replaced (and the pool with it) before the caller gets it."""
+
+    @event.listens_for(engine, "checkin")
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is None or time.monotonic() - idle_since < POSTGRES_PING_IDLE_S:
+            return  # new, or back in use moments after its last transaction
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise InvalidatePoolError(f"a pooled connection is gone: {exc}") from exc
+
+
+_IDLE_SINCE = "fastsvd_idle_since"
 
 
 def sqlite_url(path: Path) -> str:

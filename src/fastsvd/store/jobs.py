@@ -51,7 +51,7 @@ from fastsvd import processes
 from fastsvd.errors import Cancelled, Failure, QueueFull, RequestTimeout, WorkerLost
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
 from fastsvd.store.files import FileRecord
-from fastsvd.store.tables import files, job_logs, jobs, stage_timings, workers
+from fastsvd.store.tables import files, job_logs, jobs, workers
 
 
 class JobState(enum.StrEnum):
@@ -152,6 +152,22 @@ class Claim:
     token: int
 
 
+@dataclass(frozen=True)
+class NextClaim:
+    """Who asks for a job: a worker's name, the lease it takes, the endpoints it serves."""
+
+    owner: str
+    lease_s: float
+    endpoints: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A result recorded, and the job claimed with it (``NextClaim``), if any."""
+
+    next: Claim | None = None
+
+
 # The status read runs for every poll of every client: its statements are built once, so
 # SQLAlchemy compiles and caches them once instead of on every call.
 _JOB_BY_ID = select(jobs).where(jobs.c.id == bindparam("job_id"))
@@ -182,8 +198,12 @@ _HELD = and_(
 )
 _UNFINISHED = and_(jobs.c.id == bindparam("h_id"), jobs.c.state != JobState.completed.value)
 _HELD_ID = select(jobs.c.id).where(_HELD)
-_NEXT_QUEUED = (
-    select(jobs)
+# The claim is one statement: the next queued job (locked, skipping those another claim holds)
+# started and returned, so a claim costs one round trip. Its start is ``v_now``, taken before
+# the statement, or the job's created_at if that is later (a job committed meanwhile): a start
+# never precedes its submit.
+_NEXT_QUEUED_ID = (
+    select(jobs.c.id)
     .where(
         jobs.c.state == JobState.queued.value,
         jobs.c.endpoint.in_(bindparam("endpoints", expanding=True)),
@@ -191,18 +211,23 @@ _NEXT_QUEUED = (
     .order_by(jobs.c.priority, jobs.c.seq)
     .limit(1)
     .with_for_update(skip_locked=True)
+    .scalar_subquery()
 )
-_START = (
+_STARTED_AT = case(
+    (jobs.c.created_at > bindparam("v_now"), jobs.c.created_at), else_=bindparam("v_now")
+)
+_START_NEXT = (
     update(jobs)
-    .where(jobs.c.id == bindparam("h_id"))
+    .where(jobs.c.id == _NEXT_QUEUED_ID)
     .values(
         state=JobState.running.value,
         lease_owner=bindparam("v_owner"),
-        lease_expires_at=bindparam("v_expires_at"),
-        lease_token=bindparam("v_token"),
-        attempts=bindparam("v_attempts"),
-        started_at=bindparam("v_now"),
+        lease_expires_at=_STARTED_AT + bindparam("v_lease_s"),
+        lease_token=jobs.c.lease_token + 1,
+        attempts=jobs.c.attempts + 1,
+        started_at=_STARTED_AT,
     )
+    .returning(*jobs.c)
 )
 _PAST_START_DEADLINE = (
     select(jobs.c.id)
@@ -237,7 +262,6 @@ _FINISH_HELD = _finishing(_HELD)  # by its worker: only while it holds the job
 _FINISH_UNFINISHED = _finishing(_UNFINISHED)  # by anyone else (cancel, reaper, deadline)
 _INSERT_LOGS = insert(job_logs)
 _INSERT_FILE = insert(files)
-_INSERT_STAGES = insert(stage_timings)
 
 
 class JobStore:
@@ -430,7 +454,7 @@ class JobStore:
 
     # --- the worker side ------------------------------------------------------------------
 
-    def claim(self, owner: str, lease_s: float, endpoints: list[str]) -> Claim | None:
+    def claim(self, owner: str, lease_s: float, endpoints: Sequence[str]) -> Claim | None:
         """Take the next queued job for ``endpoints``, holding it for ``lease_s``.
 
         Cheap when there is nothing to take: every idle worker tries at each wake-up. Jobs of
@@ -438,33 +462,24 @@ class JobStore:
         now and then.
         """
         with self.db.write() as conn:
-            self._expire_start_deadlines(conn, time.time())
-            row = conn.execute(_NEXT_QUEUED, {"endpoints": endpoints}).first()
-            if row is None:
-                return None
-            queued = Job.from_row(row)
-            token = queued.lease_token + 1
-            now = time.time()  # after the lock: never before the job's created_at
-            conn.execute(
-                _START,
-                {
-                    "h_id": queued.id,
-                    "v_owner": owner,
-                    "v_expires_at": now + lease_s,
-                    "v_token": token,
-                    "v_attempts": queued.attempts + 1,
-                    "v_now": now,
-                },
-            )
-            # the row as the update left it, without reading it again
-            job = dataclasses.replace(
-                queued,
-                state=JobState.running,
-                lease_token=token,
-                attempts=queued.attempts + 1,
-                started_at=now,
-            )
-            return Claim(job, token)
+            return self._claim(conn, NextClaim(owner, lease_s, endpoints))
+
+    def _claim(self, conn: Connection, claimant: NextClaim) -> Claim | None:
+        now = time.time()
+        self._expire_start_deadlines(conn, now)
+        row = conn.execute(
+            _START_NEXT,
+            {
+                "endpoints": list(claimant.endpoints),
+                "v_owner": claimant.owner,
+                "v_now": now,
+                "v_lease_s": claimant.lease_s,
+            },
+        ).first()
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        return Claim(job, job.lease_token)
 
     def renew(self, job_id: str, token: int, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer this worker's job."""
@@ -503,31 +518,27 @@ class JobStore:
         token: int,
         output: dict[str, Any],
         inference_time_s: float,
-        stage_seconds: dict[str, float] | None = None,
         *,
         logs: Sequence[LogEntry] = (),
         output_file: FileRecord | None = None,
-    ) -> bool:
-        """Record the output, in one transaction with the last log lines, the output file's
-        record and how long each stage took; False (nothing written) when the lease was lost."""
+        claim_next: NextClaim | None = None,
+    ) -> Completed | None:
+        """Record the output, in one transaction with the last log lines and the output file's
+        record; None (nothing written) when the lease was lost.
+
+        With ``claim_next``, the worker's next job is claimed in the same transaction (as
+        ``claim`` would): a worker that finishes a job asks for the next one in the same
+        round trip. It is the answer's ``next``."""
         with self.db.write() as conn:
             done = self._finish(
                 conn, job_id, token, output=output, inference_time_s=inference_time_s
             )
             if not done:
-                return False
+                return None
             self._append_logs(conn, job_id, logs)
             if output_file is not None:
                 conn.execute(_INSERT_FILE, dataclasses.asdict(output_file))
-            if stage_seconds:
-                conn.execute(
-                    _INSERT_STAGES,
-                    [
-                        {"job_id": job_id, "stage": k, "seconds": v}
-                        for k, v in stage_seconds.items()
-                    ],
-                )
-            return done
+            return Completed(self._claim(conn, claim_next) if claim_next else None)
 
     def counts(self) -> dict[tuple[str, str, int, str], int]:
         """Jobs by (state, endpoint, priority, outcome): outcome is "ok", an error_type, or ""
@@ -544,16 +555,6 @@ class JobStore:
             key = (state, endpoint, int(priority), outcome)
             out[key] = out.get(key, 0) + int(count)
         return out
-
-    def stage_totals(self) -> dict[str, tuple[int, float]]:
-        """Per stage: (how many runs, total seconds), over every recorded job."""
-        with self.db.read() as conn:
-            rows = conn.execute(
-                select(
-                    stage_timings.c.stage, func.count(), func.sum(stage_timings.c.seconds)
-                ).group_by(stage_timings.c.stage)
-            ).all()
-        return {stage: (int(count), float(total or 0.0)) for stage, count, total in rows}
 
     def fail(
         self,

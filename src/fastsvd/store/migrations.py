@@ -65,6 +65,11 @@ def _v6_fal_request_options_and_signing_keys(conn: Connection) -> None:
     tables.webhook_signing_keys.create(conn, checkfirst=True)
 
 
+def _v7_drop_stage_timings(conn: Connection) -> None:
+    """Stage times are each worker's Prometheus histogram: no row per stage of every job."""
+    tables.stage_timings.drop(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_start_deadline_index,
@@ -72,6 +77,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v4_worker_identity,
     _v5_worker_endpoints,
     _v6_fal_request_options_and_signing_keys,
+    _v7_drop_stage_timings,
 ]
 
 

@@ -123,6 +123,7 @@ files = Table(
 )
 Index("ix_files_expiry", files.c.expires_at)
 
+# (dropped by migration 7: stage times are each worker's metric, fastsvd.telemetry)
 stage_timings = Table(
     "stage_timings",
     metadata,
