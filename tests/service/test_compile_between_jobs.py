@@ -10,7 +10,7 @@ compiles and swaps the compiled graphs in (``ModelRunner.idle``), and then
 The graphs are compiled by dynamo with its ``eager`` backend (the graphs, guards and recompiles
 of any backend, without inductor's code generation; inductor's own output is checked in
 ``tests/pipeline/test_compile.py``), for the few-step image-to-video endpoint alone (one warm-up
-request: the cheapest real warm-up), warmed at 64x64, with 4-frame videos (the preset's 25
+request: the cheapest real warm-up), warmed at 64x64, with 2-frame videos (the preset's 25
 would only make each of the 30+ requests slower).
 """
 
@@ -44,7 +44,7 @@ from tests.service.test_few_step import picture_uri
 
 ENDPOINT = c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT
 WARM_UP_SIZE = (64, 64)
-FRAMES = 4
+FRAMES = 2
 # dynamo's eager backend runs the very ATen ops the eager code runs: the same numbers, so the
 # frames must not change at all (inductor's kernels would differ in the last bits)
 COMPILED_TOLERANCE = 0  # levels of 255
