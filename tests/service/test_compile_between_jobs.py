@@ -43,6 +43,9 @@ from fastsvd.worker import Worker, WorkerServices, image_loader
 from tests.service.conftest import wait_for
 from tests.service.test_few_step import picture_uri
 
+# a cold trace of the U-Net, then 32 requests through the real pipeline
+pytestmark = pytest.mark.slow
+
 ENDPOINT = c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT
 WARM_UP_SIZE = (64, 64)
 FRAMES = 2
