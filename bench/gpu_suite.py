@@ -461,6 +461,7 @@ def plan_24gb(pipe: VideoPipeline, models: str) -> Plan:
         dtype_bytes=pipe.placement.dtype.itemsize,
         preset_chunk=pipe.preset.decode_chunk_size,
         weights=None if models == "full" else dict.fromkeys(memory.PARTS, 0),
+        fp16=pipe.placement.dtype == torch.float16,
     )
     pipe.use_plan(plan)
     if pipe.placement.device.type == "cuda":

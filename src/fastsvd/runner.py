@@ -68,7 +68,8 @@ class ModelRunner:
 
     At construction it checks the platform and chooses the memory plan (``pipeline/memory.py``),
     which may leave out endpoints that do not fit: ``capabilities`` are those it serves.
-    ``platform`` is the seam for tests (default: ``device.probe()``).
+    ``platform`` is the seam for tests (default: ``device.probe()``), as is ``warm_up_size``
+    (width, height; default: fal's default ``video_size``, the size a worker compiles).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class ModelRunner:
         *,
         serving: bool = True,
         platform: Platform | None = None,
+        warm_up_size: tuple[int, int] | None = None,
     ) -> None:
         from fastsvd.pipeline.quiet import quiet_libraries
 
@@ -106,6 +108,7 @@ class ModelRunner:
         self.capabilities = frozenset(
             e.capability for e in registry if e.id in self.plan.endpoints
         ) or frozenset(wanted)
+        self.warm_up_size = warm_up_size
         self._pipeline: object | None = None
         self._warm_up: list[Callable[[], None]] = []  # the compile steps left, between jobs
 
@@ -122,7 +125,7 @@ class ModelRunner:
         import torch
 
         from fastsvd.pipeline import compile, optimize, weights
-        from fastsvd.pipeline.core import load_pipeline
+        from fastsvd.pipeline.core import WARM_UP_SIZE, load_pipeline
         from fastsvd.pipeline.memory import NO_MODELS
 
         s = self.settings
@@ -156,10 +159,12 @@ class ModelRunner:
                 return
             if not self.serving:
                 pipeline.compile_on_first_use()
-            elif self._warmed_marker().exists():  # the persisted cache: ready compiled
-                pipeline.warm_up()
+                return
+            size = self.warm_up_size or WARM_UP_SIZE
+            if self._warmed_marker().exists():  # the persisted cache: ready compiled
+                pipeline.warm_up(size)
             else:  # serve eagerly now; compile between jobs (``idle``)
-                self._warm_up = pipeline.warm_up_steps()
+                self._warm_up = pipeline.warm_up_steps(size)
         except OutOfMemory as exc:
             raise self._does_not_fit("warming up", exc) from exc
         except torch.OutOfMemoryError as exc:  # while loading
@@ -190,7 +195,10 @@ class ModelRunner:
         import hashlib
 
         # the platform line names torch's version, the GPU and dtype; the plan, the models
-        key = repr((self.describe(), self.settings.compile, sorted(self.capabilities)))
+        # and the warm-up's size, the shapes the graphs were compiled for
+        key = repr(
+            (self.describe(), self.settings.compile, sorted(self.capabilities), self.warm_up_size)
+        )
         name = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.settings.data_dir / "compile-cache" / f"warmed-{name}"
 
@@ -247,6 +255,8 @@ def memory_plan(
         total_bytes = int(settings.gpu_memory_gb * memory.GiB)
     if placement.device.type != "cuda" or total_bytes is None:
         return memory.cpu_plan(endpoints, preset.decode_chunk_size)
+    import torch
+
     real = preset.video_model is not None
     mode = settings.memory_mode
     return memory.choose(
@@ -257,6 +267,7 @@ def memory_plan(
         mode=None if mode is None or mode.lower() == "auto" else mode,
         explicit=explicit,
         weights=None if real else dict.fromkeys(memory.PARTS, 0),  # tiny: a few MB, nothing
+        fp16=placement.dtype == torch.float16,  # its VAEs decode in fp32
     )
 
 

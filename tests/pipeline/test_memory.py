@@ -112,6 +112,30 @@ def test_the_decode_chunk_is_one_of_the_fixed_values() -> None:
     assert seen > {8}  # a small card decodes fewer frames per call, a large one the preset's
 
 
+def test_an_fp16_card_counts_its_vaes_decoding_in_fp32(tmp_path: Path) -> None:
+    # both bundled VAE configs set force_upcast: fp16 decodes in fp32 (video.vae_upcast, and
+    # diffusers' SDXL pipeline for the first frame)
+    assert memory.upcast_vaes() == {"video_vae", "first_frame_vae"}
+    bf16, fp16 = plan(80), plan(80, fp16=True)
+    assert (bf16.mode, bf16.decode_chunk) == (fp16.mode, fp16.decode_chunk) == ("resident", 8)
+    # the peak is the decode's: the temporal VAE's weights twice over, its activations in fp32
+    pixels = memory.DEFAULT_SIZE[0] * memory.DEFAULT_SIZE[1]
+    activations = fp16.decode_chunk * memory.DECODE_BYTES_PER_PIXEL_BYTE * pixels
+    vae = memory.weight_bytes(2)["video_vae"]
+    assert fp16.peak_bytes - bf16.peak_bytes == vae + 2 * activations  # 4 bytes a number, not 2
+    # a 24 GB card: 1024x1024 fits in bf16, not in fp16; 16 GB decodes fewer frames per call
+    plan(24).check_size(1024, 1024)
+    with pytest.raises(InvalidInput, match="1024x1024"):
+        plan(24, fp16=True).check_size(1024, 1024)
+    assert plan(16, fp16=True).decode_chunk < plan(16).decode_chunk
+    # a worker plans so below compute capability 8.0 (fp16)
+    settings = Settings(data_dir=tmp_path, gpu_memory_gb=24)
+    turing = ModelRunner(settings, data_uri_only, platform=gpu(24, (7, 5)))
+    ampere = ModelRunner(settings, data_uri_only, platform=gpu(24, (8, 6)))
+    assert turing.plan == plan(24, fp16=True)
+    assert ampere.plan == plan(24)
+
+
 def test_fp16_below_compute_capability_8_and_bf16_from_it() -> None:
     assert choose(platform=gpu(capability=(7, 5))).dtype == torch.float16  # T4, RTX 20xx
     assert choose(platform=gpu(capability=(7, 0))).dtype == torch.float16  # V100

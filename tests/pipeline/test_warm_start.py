@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fastsvd.endpoints import IMAGE_TO_VIDEO
+from fastsvd.errors import DoesNotFit, OutOfMemory
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
 from fastsvd.settings import Settings
@@ -50,3 +51,19 @@ def test_a_restart_with_the_warmed_cache_is_ready_compiled(
         assert warm_ups == []
         assert states == {"eager"}
         assert len(runner._warm_up) == len(pipeline.warm_up_steps())
+
+
+def test_out_of_memory_in_the_warm_up_between_jobs_is_fatal_naming_settings_that_fit(
+    tmp_path: Path, tiny_pipeline: VideoPipeline
+) -> None:
+    settings = Settings(data_dir=tmp_path, preset="tiny", device="cpu", compile="1")
+    runner = ModelRunner(settings, lambda _url: Image.new("RGB", (64, 64)))
+    runner._pipeline = tiny_pipeline  # loaded once for the session
+
+    def warm_up_step() -> None:  # what a warm-up request raises when the GPU runs out
+        raise OutOfMemory("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    runner._warm_up = [warm_up_step]
+    with pytest.raises(DoesNotFit, match=r"while warming up.*FASTSVD_ENDPOINTS"):
+        runner.idle()  # the worker's serve lets it out: the worker command exits 4
+    assert not runner._warmed_marker().exists()  # nothing claims a finished warm-up

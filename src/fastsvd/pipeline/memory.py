@@ -13,6 +13,10 @@ What it counts:
 - **activations, estimated** (the ``*_BYTES_PER_PIXEL_BYTE`` and ``RESERVE_BYTES`` constants,
   named as estimates): the first-frame stage, the video U-Net and the temporal decoder per frame,
   each linear in the request's pixels. A device run replaces them with measured peaks.
+- **the decoders' fp32 upcast on an fp16 card** (below compute capability 8.0): a VAE whose
+  config sets ``force_upcast`` (both bundled ones do) is moved to fp32 for its decode
+  (``video.vae_upcast``; diffusers' SDXL pipeline does the same), so while it decodes its weights
+  take 4 bytes a number and its activations are counted at 4 bytes, not 2. bf16 has no upcast.
 
 A plan is tried in this order until one fits at fal's default size (1024x576): the decode chunk
 from the preset's down (8, 4, 2, 1; fewer frames per call flicker more), and for each chunk the
@@ -29,14 +33,17 @@ from dataclasses import dataclass
 
 from fastsvd.constants import MEMORY_MODES
 from fastsvd.errors import DoesNotFit, FastSVDError, InvalidInput
+from fastsvd.pipeline import model_configs
 
 GiB = 1024**3
 
 # Estimates, per output pixel (width x height) and per byte of the dtype, until a device run
 # measures them (bench/gpu.py): SDXL's U-Net with guidance plus its VAE decode of one picture
-# (about 3 GiB at 1024x1024 in bf16); SVD's U-Net on 25 frames with guidance (about 4 GiB at
-# 1024x576); the temporal VAE decoder per frame of a chunk (its 128-channel full-resolution
-# activations, a few alive at once: about 0.84 GiB per frame at 1024x576).
+# (about 3 GiB at 1024x1024 in bf16; counted at the decoder's bytes, which on an fp16 card are
+# fp32's: the U-Net's share is then over-counted, on the safe side); SVD's U-Net on 25 frames
+# with guidance (about 4 GiB at 1024x576); the temporal VAE decoder per frame of a chunk (its
+# 128-channel full-resolution activations, a few alive at once: about 0.84 GiB per frame at
+# 1024x576 in bf16, twice that upcast to fp32).
 FIRST_FRAME_BYTES_PER_PIXEL_BYTE = 1536
 VIDEO_UNET_BYTES_PER_PIXEL_BYTE = 3600
 DECODE_BYTES_PER_PIXEL_BYTE = 768
@@ -57,6 +64,9 @@ FIRST_FRAME_PARTS = (
 VIDEO_UNETS = ("video_unet", "few_step_video_unet")  # SVD-XT, AnimateLCM-SVD-xt
 VIDEO_PARTS = (*VIDEO_UNETS, "image_encoder", "video_vae")
 PARTS = (*FIRST_FRAME_PARTS, *VIDEO_PARTS)
+# Each VAE part's bundled config (model_configs): its force_upcast says whether fp16 decodes fp32.
+VAE_CONFIGS = {"video_vae": model_configs.SVD_XT, "first_frame_vae": model_configs.SDXL_BASE}
+FP32_BYTES = 4
 
 # Memory modes: the parts that wait on the CPU between stages (FASTSVD_MEMORY_MODE).
 MODES: dict[str, frozenset[str]] = dict(
@@ -141,6 +151,16 @@ def weight_bytes(dtype_bytes: int) -> dict[str, int]:
     return {part: n * dtype_bytes for part, n in part_parameters().items()}
 
 
+@functools.cache
+def upcast_vaes() -> frozenset[str]:
+    """The VAE parts that decode in fp32 when loaded in fp16: their configs set force_upcast."""
+    return frozenset(
+        part
+        for part, model in VAE_CONFIGS.items()
+        if model_configs.load(model, "vae").get("force_upcast", False)
+    )
+
+
 @dataclass(frozen=True)
 class Plan:
     """Where the models live, the decode chunk and what fits, for one worker."""
@@ -196,13 +216,16 @@ def choose(
     mode: str | None = None,
     explicit: bool = False,
     weights: Mapping[str, int] | None = None,
+    fp16: bool = False,
 ) -> Plan:
     """The plan for a GPU of ``total_bytes`` serving ``endpoints`` (id -> models it needs).
 
     ``mode`` fixes the memory mode (None: the first that fits). When the endpoints were not
     named by the operator (``explicit`` False), the largest subset that fits is served, the
     others left out; named ones that do not fit raise ``DoesNotFit`` saying what would.
-    ``weights`` (part -> bytes) defaults to the bundled configs' counts.
+    ``weights`` (part -> bytes) defaults to the bundled configs' counts. ``fp16``: the models
+    run in fp16 (``dtype_bytes`` 2, below compute capability 8.0), so the VAEs that ask for it
+    decode in fp32 (``upcast_vaes``).
     """
     if mode is not None and mode not in MODES:
         raise FastSVDError(
@@ -215,10 +238,12 @@ def choose(
             break  # no silent narrowing of what the operator named: say what would fit
         for subset in itertools.combinations(ids, size):
             plan = _first_fit(total_bytes, endpoints, subset, dtype_bytes, preset_chunk, mode,
-                              weights)  # fmt: skip
+                              weights, fp16)  # fmt: skip
             if plan is not None:
                 return plan
-    raise DoesNotFit(_advice(total_bytes, endpoints, dtype_bytes, preset_chunk, mode, weights))
+    raise DoesNotFit(
+        _advice(total_bytes, endpoints, dtype_bytes, preset_chunk, mode, weights, fp16)
+    )
 
 
 def _first_fit(
@@ -229,6 +254,7 @@ def _first_fit(
     preset_chunk: int,
     mode: str | None,
     weights: Mapping[str, int],
+    fp16: bool,
 ) -> Plan | None:
     models = NO_MODELS
     for endpoint in served:
@@ -240,7 +266,7 @@ def _first_fit(
     for chunk in chunks:
         for name in modes:
             offloaded = MODES[name]
-            stages = _stages(models, offloaded, chunk, dtype_bytes, weights)
+            stages = _stages(models, offloaded, chunk, dtype_bytes, weights, fp16)
             max_pixels = min(
                 [PIXELS_MAX] + [(budget - fixed) // per_pixel for fixed, per_pixel in stages]
             )
@@ -259,18 +285,29 @@ def _stages(
     chunk: int,
     dtype_bytes: int,
     weights: Mapping[str, int],
+    fp16: bool,
 ) -> list[tuple[int, int]]:
-    """Each stage's memory as (bytes regardless of size, bytes per pixel)."""
+    """Each stage's memory as (bytes regardless of size, bytes per pixel): the first frame, the
+    video U-Net, the decode (the video U-Net stays in while the decoder runs)."""
     resident = sum(weights[p] for p in models.parts() - offloaded)
+
+    def decoding(vae: str) -> tuple[int, int]:
+        """The VAE's bytes per number while it decodes, and its weights' extra bytes then."""
+        if not (fp16 and vae in upcast_vaes()):
+            return dtype_bytes, 0
+        return FP32_BYTES, weights[vae] * (FP32_BYTES - dtype_bytes) // dtype_bytes
+
     stages = []
     for stage, parts in models.pipes():
-        moved_in = sum(weights[p] for p in parts if p in offloaded)
+        fixed = resident + sum(weights[p] for p in parts if p in offloaded)
         if stage == "first_frame":
-            per_pixel = FIRST_FRAME_BYTES_PER_PIXEL_BYTE * dtype_bytes
-        else:  # the U-Net stays in while the decoder runs
-            per_pixel = max(VIDEO_UNET_BYTES_PER_PIXEL_BYTE, chunk * DECODE_BYTES_PER_PIXEL_BYTE)
-            per_pixel *= dtype_bytes
-        stages.append((resident + moved_in, per_pixel))
+            decode_bytes, upcast = decoding("first_frame_vae")
+            stages.append((fixed + upcast, FIRST_FRAME_BYTES_PER_PIXEL_BYTE * decode_bytes))
+        else:
+            decode_bytes, upcast = decoding("video_vae")
+            stages.append((fixed, VIDEO_UNET_BYTES_PER_PIXEL_BYTE * dtype_bytes))
+            per_pixel = chunk * DECODE_BYTES_PER_PIXEL_BYTE * decode_bytes
+            stages.append((fixed + upcast, per_pixel))
     return stages
 
 
@@ -281,6 +318,7 @@ def _advice(
     preset_chunk: int,
     mode: str | None,
     weights: Mapping[str, int],
+    fp16: bool,
 ) -> str:
     """What would fit, as settings: a memory mode, else the endpoints that fit."""
     asked = f"{', '.join(endpoints)} do not fit a {_gib(total_bytes)} GPU"
@@ -288,7 +326,7 @@ def _advice(
     if mode is not None:
         try:
             fits = choose(total_bytes, endpoints, dtype_bytes=dtype_bytes,
-                          preset_chunk=preset_chunk, weights=weights)  # fmt: skip
+                          preset_chunk=preset_chunk, weights=weights, fp16=fp16)  # fmt: skip
         except DoesNotFit:
             pass
         else:
@@ -298,7 +336,7 @@ def _advice(
         for subset in itertools.combinations(endpoints, size):
             for name in MODES:
                 plan = _first_fit(total_bytes, endpoints, subset, dtype_bytes, preset_chunk,
-                                  name, weights)  # fmt: skip
+                                  name, weights, fp16)  # fmt: skip
                 if plan is not None:
                     return (
                         f"{asked}; set FASTSVD_ENDPOINTS={','.join(subset)} and "
