@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from fastsvd import constants as c
-from fastsvd.endpoints import configured
+from fastsvd.inputs import image_loader
 from fastsvd.pipeline import compile as compiling
 from fastsvd.pipeline import presets
 from fastsvd.pipeline.compile import CompileOptions, GraphState, Guarded
@@ -39,9 +39,9 @@ from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.jobs import Job, JobState
-from fastsvd.worker import Worker, WorkerServices, image_loader
-from tests.service.conftest import wait_for
+from fastsvd.worker import Worker
 from tests.service.test_few_step import picture_uri
+from tests.support.servers import wait_for
 
 # a cold trace of the U-Net, then 32 requests through the real pipeline
 pytestmark = pytest.mark.slow
@@ -169,12 +169,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             warm_up_size=WARM_UP_SIZE,
         )
         marker = runner._warmed_marker()
-        worker = Worker(
-            WorkerServices.from_services(services),
-            runner,
-            name="compiling-worker",
-            endpoints=configured(settings),
-        )
+        worker = Worker.build(settings, services=services, runner=runner, name="compiling-worker")
         thread = threading.Thread(target=worker.serve, daemon=True)
         thread.start()
         try:
