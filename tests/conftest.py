@@ -16,10 +16,12 @@ from fastsvd.pipeline.quiet import quiet_libraries
 
 quiet_libraries()
 
-from fastsvd.pipeline.core import VideoPipeline, load_pipeline  # noqa: E402
+from bench.stock import Stock  # noqa: E402
+
+from fastsvd.pipeline.core import VideoPipeline  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
+from fastsvd.pipeline.loading import load_pipeline  # noqa: E402
 from fastsvd.pipeline.presets import TINY  # noqa: E402
-from fastsvd.pipeline.stock import Stock  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -45,8 +45,8 @@ from fastsvd.errors import (
     Unavailable,
     http_status,
 )
+from fastsvd.hooks import Hooks, StageClock, StepEvent
 from fastsvd.net.fetch import fetch
-from fastsvd.pipeline.hooks import Hooks, StageClock, StepEvent
 from fastsvd.progress import first_frame_line, step_line
 from fastsvd.retry import Outage, until_available
 from fastsvd.runner import Runner
@@ -54,9 +54,9 @@ from fastsvd.schema import File, VideoOutput, field_errors, resolve_seed
 from fastsvd.storage import Storage
 from fastsvd.store.files import FileRecord, FileStore, new_file_id, new_record
 from fastsvd.store.jobs import CANCELLED, Claim, Failure, Job, JobStore, LogEntry
-from fastsvd.store.workers import WorkerRegistry
+from fastsvd.store.workers import WorkerRoster
 from fastsvd.telemetry import WorkerMetrics
-from fastsvd.wakeup import CANCEL_POLL_S, Listener, NoSignals
+from fastsvd.wakeup import Listener, NoSignals
 
 if TYPE_CHECKING:
     from fastsvd.services import Services
@@ -77,7 +77,7 @@ class WorkerServices:
     jobs: JobStore
     files: FileStore
     storage: Storage
-    registry: WorkerRegistry
+    roster: WorkerRoster
     open_listener: Callable[[str], Listener]  # by worker name: wake-ups and cancels
     lease_s: float
     retention_s: float
@@ -92,7 +92,7 @@ class WorkerServices:
             jobs=services.jobs,
             files=services.files,
             storage=services.storage,
-            registry=services.registry,
+            roster=services.roster,
             open_listener=services.open_listener,
             lease_s=settings.lease_s,
             retention_s=settings.retention_s,
@@ -150,9 +150,9 @@ class Worker:
         # again now, not when their lease expires; before registering, so that a dead worker
         # whose pid this process reuses (and so its name) is judged by its own start time.
         self.s.jobs.requeue_abandoned()
-        self.s.registry.register(self.name, endpoints=self.endpoints.ids())
+        self.s.roster.register(self.name, endpoints=self.endpoints.ids())
         self.runner.load()
-        self.s.registry.beat(self.name, ready=True)
+        self.s.roster.beat(self.name, ready=True)
         self.metrics.serving(self.endpoints.ids())
         self.listener = self.s.open_listener(self.name)
         log.info("worker %s ready", self.name)
@@ -170,7 +170,7 @@ class Worker:
                 last_reap = time.monotonic()
             claim = self.s.jobs.claim(self.name, self.s.lease_s, claimable)
             if time.monotonic() - last_beat > self.s.lease_s / 3:
-                self.s.registry.beat(self.name, ready=True)
+                self.s.roster.beat(self.name, ready=True)
                 last_beat = time.monotonic()
             return claim
 
@@ -196,7 +196,7 @@ class Worker:
                     ran += 1
         finally:
             self.listener.close()
-            self._until_written(lambda: self.s.registry.leave(self.name), deadline=5.0)
+            self._until_written(lambda: self.s.roster.leave(self.name), deadline=5.0)
         return ran
 
     def run(self, claim: Claim) -> None:
@@ -359,7 +359,7 @@ class JobContext:
         # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
         # read now and then, in case a notification was missed. Without them, as often as the
         # progress lines are written.
-        self._poll_s = CANCEL_POLL_S if worker.listener.pushes_cancels else LOG_FLUSH_S
+        self._poll_s = c.CANCEL_POLL_S if worker.listener.pushes_cancels else LOG_FLUSH_S
         self._next_poll = 0.0
         self._lines: list[LogEntry] = []  # not yet written (``flush_logs``)
         self._lines_lock = threading.Lock()  # held while lines are taken and written, in order

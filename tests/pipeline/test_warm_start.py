@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fastsvd import constants as c
 from fastsvd.endpoints import IMAGE_TO_VIDEO
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
@@ -31,7 +32,10 @@ def test_a_restart_with_the_warmed_cache_is_ready_compiled(
     monkeypatch.setattr(VideoPipeline, "warm_up", warm_up)
     settings = Settings(data_dir=tmp_path, preset="tiny", device="cpu", compile="1")
     runner = ModelRunner(
-        settings, lambda _url: Image.new("RGB", (64, 64)), frozenset({IMAGE_TO_VIDEO})
+        settings,
+        lambda _url: Image.new("RGB", (64, 64)),
+        {c.IMAGE_TO_VIDEO_ENDPOINT: IMAGE_TO_VIDEO},
+        explicit=True,
     )
     marker = runner._warmed_marker()
     if warmed:

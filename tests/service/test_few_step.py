@@ -19,7 +19,9 @@ from PIL import Image
 from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import ENDPOINTS
+from fastsvd.hooks import Stage
 from fastsvd.pipeline.core import VideoPipeline
+from fastsvd.pipeline.presets import FEW_STEP, STANDARD
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -73,7 +75,7 @@ def model_worker(services: Services, settings: Settings) -> tuple[Worker, ModelR
     from fastsvd.endpoints import configured
 
     loader = image_loader(services.files, services.storage)
-    runner = ModelRunner(settings, loader)
+    runner = ModelRunner(settings, loader, configured(settings).needs())
     worker = Worker(
         WorkerServices.from_services(services),
         runner,
@@ -103,7 +105,9 @@ def test_one_worker_runs_a_mixed_queue_of_all_four_in_order(
     assert worker.serve(burst=True) == len(order)  # one worker, every endpoint
     pipeline = runner._pipeline
     assert isinstance(pipeline, VideoPipeline)
-    assert all(p is not None for p in (pipeline.first_frame, pipeline.few_step_first_frame))
+    assert all(
+        p is not None for p in (pipeline.first_frame, pipeline.model(FEW_STEP, Stage.first_frame))
+    )
     started = []
     for endpoint, answer in zip(order, submitted, strict=True):
         job = services.jobs.get(answer["request_id"])
@@ -138,9 +142,9 @@ def test_a_few_step_worker_never_claims_a_20_step_job(
         wait_for(lambda: client.get(done_url).json()["status"] == "COMPLETED", "the few-step job")
         pipeline = runner._pipeline
         assert isinstance(pipeline, VideoPipeline)
-        assert pipeline._video is None  # no 20-step U-Nets in memory
+        assert pipeline.model(STANDARD, Stage.video) is None  # no 20-step U-Nets in memory
         assert pipeline.first_frame is None
-        assert pipeline.few_step_guidance == 1.0
+        assert pipeline.families[FEW_STEP].max_guidance_scale == 1.0
         ready = client.get("/ready").json()
         assert ready["endpoints"] == {
             c.TEXT_TO_VIDEO_ENDPOINT: 0,

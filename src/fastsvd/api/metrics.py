@@ -66,7 +66,7 @@ class StoreCollector(Collector):
             stages.add_metric([stage], count_value=count, sum_value=total)
         yield stages
         ready = GaugeMetricFamily("fastsvd_workers_ready", "Workers with their model loaded.")
-        count, serving, serve_all = s.registry.ready_endpoints(3 * s.settings.lease_s)
+        count, serving, serve_all = s.roster.ready_endpoints(s.settings.serving_window_s)
         ready.add_metric([], count)
         yield ready
         per_endpoint = GaugeMetricFamily(

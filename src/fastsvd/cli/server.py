@@ -92,7 +92,7 @@ def worker(burst: bool, preset: str | None, store: dict[str, Any]) -> None:
         services.files, services.storage, allow_private=settings.allow_private_urls
     )
     try:
-        runner = make_runner(settings, loader)
+        runner = make_runner(settings, loader, configured(settings).needs())
         worker = Worker(
             WorkerServices.from_services(services), runner, endpoints=configured(settings)
         )

@@ -22,7 +22,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -168,11 +167,6 @@ class Database:
 
 
 MIGRATION_LOCK = 0x66617374737664  # "fastsvd"
-
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of the SQLite file at ``path``."""
-    return f"sqlite:///{path}"
 
 
 def _sqlite_engine(url: str) -> Engine:
