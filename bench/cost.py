@@ -38,11 +38,19 @@ from fastsvd.pipeline.quiet import quiet_libraries
 quiet_libraries()
 
 from fastsvd import constants as c  # noqa: E402
+from fastsvd.hooks import Stage  # noqa: E402
 from fastsvd.pipeline import full_size  # noqa: E402
-from fastsvd.pipeline.core import WARM_UP_SIZE, load_pipeline  # noqa: E402
+from fastsvd.pipeline.core import WARM_UP_SIZE  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
-from fastsvd.pipeline.hooks import Stage  # noqa: E402
-from fastsvd.pipeline.presets import SVD_XT_1_1, TINY, ModelPreset  # noqa: E402
+from fastsvd.pipeline.loading import load_pipeline  # noqa: E402
+from fastsvd.pipeline.presets import (  # noqa: E402
+    FEW_STEP,
+    STANDARD,
+    SVD_XT_1_1,
+    TINY,
+    Family,
+    ModelPreset,
+)
 from fastsvd.runner import params_of  # noqa: E402
 from fastsvd.schema import (  # noqa: E402
     FewStepImageToVideoInput,
@@ -135,18 +143,15 @@ def request_flops(
     models: FullSize,
     *,
     preset: ModelPreset,
+    family: Family,
     prompt: bool,
-    few_step: bool,
     steps: int,
-    max_guidance: float,
 ) -> dict[str, int]:
-    """FLOPs per stage of one request."""
+    """FLOPs per stage of one request run by ``family``."""
     out = dict.fromkeys(STAGES, 0)
+    max_guidance = family.max_guidance_scale
     if prompt:
-        if few_step:
-            ff_steps, ff_guidance = preset.few_step.first_frame_steps, 0.0
-        else:
-            ff_steps, ff_guidance = preset.first_frame_steps, preset.first_frame_guidance
+        ff_steps, ff_guidance = family.first_frame_steps, family.first_frame_guidance
         batch = 2 if ff_guidance > 1 else 1
         out["first_frame"] = (
             models.text_encoders(batch) + ff_steps * models.sdxl_unet(batch) + models.sdxl_decode()
@@ -159,13 +164,13 @@ def request_flops(
     return out
 
 
-# (label, request type, few-step family, guidance override)
-ROWS: list[tuple[str, type, bool, float | None]] = [
-    (c.TEXT_TO_VIDEO_ENDPOINT, TextToVideoInput, False, None),
-    (c.IMAGE_TO_VIDEO_ENDPOINT, ImageToVideoInput, False, None),
-    (c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT, FewStepTextToVideoInput, True, None),
-    (c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT, FewStepImageToVideoInput, True, None),
-    (f"{c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT}, no guidance", FewStepTextToVideoInput, True, 1.0),
+# (label, request type, family, guidance override)
+ROWS: list[tuple[str, type, str, float | None]] = [
+    (c.TEXT_TO_VIDEO_ENDPOINT, TextToVideoInput, STANDARD, None),
+    (c.IMAGE_TO_VIDEO_ENDPOINT, ImageToVideoInput, STANDARD, None),
+    (c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT, FewStepTextToVideoInput, FEW_STEP, None),
+    (c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT, FewStepImageToVideoInput, FEW_STEP, None),
+    (f"{c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT}, no guidance", FewStepTextToVideoInput, FEW_STEP, 1.0),
 ]
 
 
@@ -174,19 +179,17 @@ def flops_table() -> list[dict[str, Any]]:
     width, height = WARM_UP_SIZE  # fal's default video_size, landscape_16_9
     models = FullSize(width, height)
     rows = []
-    for label, kind, few_step, guidance in ROWS:
+    for label, kind, key, guidance in ROWS:
         default_steps = kind.model_fields["steps"].default
-        if few_step:
-            max_guidance = preset.few_step.max_guidance_scale if guidance is None else guidance
-        else:
-            max_guidance = preset.max_guidance_scale
+        family = preset.family(key)
+        if guidance is not None:
+            family = replace(family, max_guidance_scale=guidance)
         stages = request_flops(
             models,
             preset=preset,
+            family=family,
             prompt="prompt" in kind.model_fields,
-            few_step=few_step,
             steps=default_steps,
-            max_guidance=max_guidance,
         )
         rows.append({"endpoint": label, "steps": default_steps, **stages})
     return rows
@@ -205,12 +208,12 @@ def times_table(width: int, height: int, repeats: int) -> list[dict[str, Any]]:
     pipeline = load_pipeline(TINY, choose("cpu", "fp32"))
     picture = Image.new("RGB", (width, height), (120, 80, 200))
     rows = []
-    for label, kind, _few_step, guidance in ROWS:
+    for label, kind, key, guidance in ROWS:
         request = request_for(kind, width, height)
         params = params_of(request, 7, None if "prompt" in kind.model_fields else picture)
-        saved = pipeline.few_step_guidance
+        saved = pipeline.families[key]
         if guidance is not None:
-            pipeline.few_step_guidance = guidance
+            pipeline.families[key] = replace(saved, max_guidance_scale=guidance)
         samples: list[dict[str, float]] = []
         try:
             for _ in range(repeats + 1):  # the first run warms the caches; not counted
@@ -218,7 +221,7 @@ def times_table(width: int, height: int, repeats: int) -> list[dict[str, Any]]:
                 pipeline.to_mp4(video)
                 samples.append({s: video.timings_s.get(Stage(s), 0.0) for s in STAGES})
         finally:
-            pipeline.few_step_guidance = saved
+            pipeline.families[key] = saved
         stages = {s: statistics.median(run[s] for run in samples[1:]) for s in STAGES}
         rows.append({"endpoint": label, "steps": params.steps, **stages})
     return rows

@@ -101,8 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed runs per configuration")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA if visible)")
     parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA)")
-    parser.add_argument("--ready-probe", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)  # the ready probe's
     args = parser.parse_args(argv)
     default_size, default_steps, default_repeats = REQUESTS[args.models]
     args.size = args.size or default_size
@@ -274,11 +272,6 @@ def free_memory() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.ready_probe:
-        import gpu_suite
-
-        gpu_suite.ready_probe(args)
-        return 0
     deadline = STARTED + args.budget_s
     out = Path(args.out or os.environ.get("OUT") or "bench-out")
     meta = {

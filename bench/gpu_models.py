@@ -27,16 +27,19 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionXLPipeline,
     StableVideoDiffusionPipeline,
+    UNet2DConditionModel,
+    UNetSpatioTemporalConditionModel,
 )
 from torch.utils.flop_counter import FlopCounterMode
 
+from fastsvd.hooks import Hooks, Stage, StepEvent
 from fastsvd.pipeline import full_size
-from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline
+from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import Placement
 from fastsvd.pipeline.encode import encode_mp4
-from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
+from fastsvd.pipeline.loading import assemble, load_pipeline
 from fastsvd.pipeline.params import GenerationParams
-from fastsvd.pipeline.presets import SVD_XT_1_1, TINY
+from fastsvd.pipeline.presets import FEW_STEP, STANDARD, SVD_XT_1_1, TINY
 from gpu_record import TIMES
 
 Frames = np.ndarray  # [frames, height, width, 3] uint8
@@ -77,18 +80,24 @@ def build(models: str, placement: Placement) -> VideoPipeline:
     """Both families (all four endpoints' models), tiny or full size, on ``placement``."""
     with default_dtype(placement.dtype):
         if models == "tiny":
-            return load_pipeline(TINY, placement, models=Models())
+            return load_pipeline(TINY, placement)
         video = full_size.build_video(placement.device, placement.dtype)
         first_frame = full_size.build_first_frame(placement.device, placement.dtype)
-        few_step_video, few_step_first_frame = full_size.build_few_step(video, first_frame)
-    return VideoPipeline(
-        SVD_XT_1_1,
-        placement,
-        video,
-        first_frame,
-        few_step_video=few_step_video,
-        few_step_first_frame=few_step_first_frame,
-    )
+        # the few-step family on the same components: AnimateLCM-SVD-xt's and SDXL-Lightning's
+        # U-Nets (each its teacher's architecture) at full size, random weights
+        with torch.device(placement.device):
+            video_unet = UNetSpatioTemporalConditionModel.from_config(video.unet.config)
+            frame_unet = UNet2DConditionModel.from_config(first_frame.unet.config)
+    models = {(STANDARD, Stage.video): video, (STANDARD, Stage.first_frame): first_frame}
+    for stage, base, unet in (
+        (Stage.video, video, video_unet),
+        (Stage.first_frame, first_frame, frame_unet),
+    ):
+        few_step = SVD_XT_1_1.family(FEW_STEP)
+        models[(FEW_STEP, stage)] = assemble(
+            stage, base, unet.to(dtype=placement.dtype), few_step.sampler
+        )
+    return VideoPipeline(SVD_XT_1_1, placement, models)
 
 
 class Stock:
@@ -133,8 +142,8 @@ class Stock:
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
             **size,
-            num_inference_steps=preset.first_frame_steps,
-            guidance_scale=preset.first_frame_guidance,
+            num_inference_steps=preset.base.first_frame_steps,
+            guidance_scale=preset.base.first_frame_guidance,
             generator=torch.Generator("cpu").manual_seed(params.seed),
         ).images[0]
         clock.mark("first_frame")
@@ -146,8 +155,8 @@ class Stock:
             fps=params.fps,
             motion_bucket_id=params.motion_bucket_id,
             noise_aug_strength=params.noise_aug_strength,
-            min_guidance_scale=preset.min_guidance_scale,
-            max_guidance_scale=preset.max_guidance_scale,
+            min_guidance_scale=preset.base.min_guidance_scale,
+            max_guidance_scale=preset.base.max_guidance_scale,
             decode_chunk_size=preset.decode_chunk_size,
             generator=torch.Generator("cpu").manual_seed(params.seed),
             output_type="np",

@@ -39,15 +39,16 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 from fastsvd.endpoints import ENDPOINTS
+from fastsvd.hooks import NO_HOOKS, Hooks, StepEvent
 from fastsvd.pipeline import compile as compiling
 from fastsvd.pipeline import memory, optimize
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import Placement, choose
-from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, StepEvent
 from fastsvd.pipeline.memory import Plan
 from fastsvd.pipeline.params import GenerationParams
+from fastsvd.pipeline.presets import FEW_STEP, models_of
 from fastsvd.pipeline.video import decode
-from fastsvd.runner import models_of
+from fastsvd.schema import DeepCache
 from gpu_models import (
     Frames,
     Stock,
@@ -63,7 +64,7 @@ from gpu_models import (
 from gpu_record import Record, gib
 
 CHUNKS = (25, 13, 8, 5, 1)
-LEVELS = ("minimum", "medium", "high")  # "none" is the plain request
+LEVELS = (DeepCache.minimum, DeepCache.medium, DeepCache.high)  # "none" is the plain request
 PLAN_GB = 24  # the memory plan emulated in call 2: a 24 GB card (RTX 4090, L4, A10)
 
 
@@ -215,7 +216,8 @@ def few_step_eager(ctx: Context) -> None:
 def few_step_eager_no_guidance(ctx: Context) -> None:
     """FASTSVD_FEW_STEP_GUIDANCE=1.0: one U-Net batch a step instead of two."""
     pipe = ctx.model
-    saved, pipe.few_step_guidance = pipe.few_step_guidance, 1.0
+    saved = pipe.families[FEW_STEP]
+    pipe.families[FEW_STEP] = dataclasses.replace(saved, max_guidance_scale=1.0)
     try:
         timed(
             ctx,
@@ -224,7 +226,7 @@ def few_step_eager_no_guidance(ctx: Context) -> None:
             ctx.flops.get("few_step_no_guidance"),
         )
     finally:
-        pipe.few_step_guidance = saved
+        pipe.families[FEW_STEP] = saved
 
 
 def levels_eager(ctx: Context) -> None:
@@ -454,7 +456,7 @@ def plan_24gb(pipe: VideoPipeline, models: str) -> Plan:
     """The memory plan fastsvd chooses for a 24 GB card serving all four endpoints
     (``pipeline/memory.py``), applied to ``pipe``; the tiny models' weights count as nothing,
     as a worker counts them."""
-    endpoints = {e.id: models_of({e.capability}) for e in ENDPOINTS}
+    endpoints = {e.id: models_of([e.capability]) for e in ENDPOINTS}
     plan = memory.choose(
         int(PLAN_GB * memory.GiB),
         endpoints,
@@ -474,8 +476,7 @@ def start_to_ready(ctx: Context) -> None:
     assert ctx.cache_dir is not None
     command = [
         sys.executable,
-        str(Path(__file__).with_name("gpu.py")),
-        "--ready-probe",
+        __file__,  # this module's ``ready_probe`` (gpu.py imports this one: not back)
         "--models",
         ctx.args.models,
         "--size",
@@ -497,16 +498,21 @@ def start_to_ready(ctx: Context) -> None:
     )
 
 
-def ready_probe(args: argparse.Namespace) -> None:
+def ready_probe(argv: list[str] | None = None) -> None:
     """The child process of ``start_to_ready``: build, compile, warm up; print the times."""
     started = time.perf_counter()
+    parser = argparse.ArgumentParser(description=ready_probe.__doc__)
+    parser.add_argument("--models", required=True)
+    parser.add_argument("--size", required=True, help="WIDTHxHEIGHT")
+    parser.add_argument("--cache-dir", required=True)
+    args = parser.parse_args(argv)
     compiling.use_cache_dir(Path(args.cache_dir))
-    placement = choose(args.device, args.dtype)
+    placement = choose(None, None)  # as gpu.py chooses by default
     pipe = build(args.models, placement)
     backend = "inductor" if placement.device.type == "cuda" else "eager"
     pipe.compile(compiling.CompileOptions(backend=backend))
     counters.clear()
-    width, height = args.size
+    width, height = (int(v) for v in args.size.split("x"))
     warm_up_s = pipe.warm_up((width, height))
     times = {
         "warm_up_s": round(warm_up_s, 2),
@@ -567,3 +573,7 @@ CALL_2 = (
     ),
 )
 CALLS = {1: CALL_1, 2: CALL_2}
+
+
+if __name__ == "__main__":
+    ready_probe()

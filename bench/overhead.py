@@ -28,14 +28,16 @@ from fastsvd.pipeline.quiet import quiet_libraries
 
 quiet_libraries()
 
-from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline  # noqa: E402
+from fastsvd.hooks import Hooks, StepEvent  # noqa: E402
+from fastsvd.pipeline.core import VideoPipeline  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
-from fastsvd.pipeline.hooks import Hooks, StepEvent  # noqa: E402
+from fastsvd.pipeline.loading import load_pipeline  # noqa: E402
 from fastsvd.pipeline.params import GenerationParams  # noqa: E402
-from fastsvd.pipeline.presets import TINY  # noqa: E402
-from fastsvd.pipeline.stock import Stock  # noqa: E402
+from fastsvd.pipeline.presets import STANDARD, TINY, Capability  # noqa: E402
 from fastsvd.runner import params_of  # noqa: E402
 from fastsvd.schema import TextToVideoInput  # noqa: E402
+from fastsvd.settings import Settings  # noqa: E402
+from stock import Stock  # noqa: E402 (bench/stock.py: this script's folder is on the path)
 
 
 def ours(pipeline: VideoPipeline, params: GenerationParams) -> np.ndarray:
@@ -52,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
-    base = Models(few_step_video=False, few_step_first_frame=False)
+    base = Capability(STANDARD, text=True).models  # the 20-step family's
     built = load_pipeline(TINY, choose("cpu", "fp32"), models=base)
     assert built.first_frame is not None
     folder = Path(tempfile.mkdtemp(prefix="fastsvd-overhead-"))
@@ -62,8 +64,9 @@ def main() -> None:
         TINY,
         choose("cpu", "fp32"),
         models=base,
-        video_model=str(folder / "video"),
-        first_frame_model=str(folder / "first-frame"),
+        settings=Settings(
+            video_model=str(folder / "video"), first_frame_model=str(folder / "first-frame")
+        ),
     )
     stock = Stock.load(TINY, folder / "video", folder / "first-frame", torch.float32)
 

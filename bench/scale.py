@@ -61,8 +61,8 @@ def worker_process(count: int) -> None:
     import numpy as np
 
     from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+    from fastsvd.hooks import Hooks, Stage, StepEvent
     from fastsvd.pipeline.encode import encode_mp4
-    from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
     from fastsvd.services import Services
     from fastsvd.settings import Settings
     from fastsvd.worker import Worker, worker_name

@@ -17,8 +17,9 @@ import pytest
 from tests.support.receivers import Receiver
 
 if TYPE_CHECKING:
+    from bench.stock import Stock
+
     from fastsvd.pipeline.core import VideoPipeline
-    from fastsvd.pipeline.stock import Stock
 
 # torch and diffusers are imported by the tests that run a model, not by every session.
 
@@ -33,8 +34,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def tiny_pipeline() -> VideoPipeline:
     """The tiny preset on the CPU in float32 (tests must not change its models)."""
-    from fastsvd.pipeline.core import load_pipeline
     from fastsvd.pipeline.device import choose
+    from fastsvd.pipeline.loading import load_pipeline
     from fastsvd.pipeline.presets import TINY
     from fastsvd.pipeline.quiet import quiet_libraries
 
@@ -59,9 +60,9 @@ def tiny_folders(
 def stock_fp32(tiny_folders: tuple[Path, Path]) -> Stock:
     """diffusers' own pipelines, from_pretrained from the tiny folders in fp32."""
     import torch
+    from bench.stock import Stock
 
     from fastsvd.pipeline.presets import TINY
-    from fastsvd.pipeline.stock import Stock
 
     return Stock.load(TINY, *tiny_folders, torch.float32)
 

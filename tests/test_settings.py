@@ -66,7 +66,12 @@ def test_cuda_is_used_only_where_there_is_one() -> None:
 
 def test_the_few_step_family_and_the_endpoints_a_worker_serves() -> None:
     from fastsvd import constants as c
-    from fastsvd.endpoints import ENDPOINTS, FEW_STEP, configured
+    from fastsvd.endpoints import (
+        ENDPOINTS,
+        FEW_STEP_IMAGE_TO_VIDEO,
+        FEW_STEP_TEXT_TO_VIDEO,
+        configured,
+    )
     from fastsvd.runner import ModelRunner, data_uri_only
 
     env = {
@@ -82,7 +87,8 @@ def test_the_few_step_family_and_the_endpoints_a_worker_serves() -> None:
     assert got.few_step_video_model == "me/lcm/file.safetensors"
     served = configured(got)
     assert served.ids() == [c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT, c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT]
-    assert ModelRunner(got, data_uri_only).capabilities == FEW_STEP  # loads the few-step only
+    runner = ModelRunner(got, data_uri_only, served.needs())
+    assert runner.capabilities == {FEW_STEP_TEXT_TO_VIDEO, FEW_STEP_IMAGE_TO_VIDEO}  # few-step only
     assert configured(Settings()) is ENDPOINTS  # default: all of them
 
 
@@ -126,3 +132,28 @@ def test_fps_conditioning_is_preset_or_request() -> None:
 def test_a_bad_number_setting_is_refused_naming_it(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=f"^{name} must be a number .*, not {value}$"):
         Settings.from_env({name: value})
+
+
+def test_each_model_of_each_family_is_overridden_by_its_own_variable() -> None:
+    from fastsvd.pipeline.presets import FAMILIES, MODEL_STAGES, env_var, model_key
+
+    for family in FAMILIES:
+        for stage in MODEL_STAGES:
+            got = Settings.from_env({env_var(family, stage): "/models/x"})
+            for other_family in FAMILIES:
+                for other_stage in MODEL_STAGES:
+                    same = (other_family, other_stage) == (family, stage)
+                    want = "/models/x" if same else None
+                    assert got.model_reference(model_key(other_family, other_stage)) == want
+
+
+def test_a_yes_no_setting_is_read_one_way() -> None:
+    from fastsvd.settings import flag
+
+    assert [flag(v) for v in ("1", " Yes", "TRUE", "on")] == [True] * 4
+    assert [flag(v) for v in ("0", "no", "False", "OFF")] == [False] * 4
+    assert flag(None) is None
+    assert flag(" ") is None
+    with pytest.raises(ValueError, match="FASTSVD_AUTH must be 1, true, yes or on"):
+        Settings.from_env({"FASTSVD_AUTH": "maybe"})
+    assert Settings.from_env({"FASTSVD_ALLOW_PRIVATE_URLS": "on"}).allow_private_urls

@@ -54,6 +54,24 @@ EXIT_GPU_FAULT = 5  # its GPU failed under a job (handed back): restarted, a fre
 
 DEFAULT_PRESET = "svd-xt-1.1"  # SDXL base first frame + SVD-XT 1.1, the model fal serves
 
+# --- durations (seconds) and multiples of the lease ------------------------------------------
+
+# a worker heard from within this many leases (FASTSVD_LEASE_S) counts as serving its endpoints
+# (/ready, the metrics, a queued request's "no worker serves this" note): one missed heartbeat
+# is not yet a lost worker
+SERVING_LEASES = 3
+DRAIN_GRACE_S = 60.0  # fastsvd serve's stop: how long workers get to hand back their jobs
+NVIDIA_SMI_TIMEOUT_S = 10.0  # one nvidia-smi call (platform checks)
+# object stores: a store that went away is noticed within seconds (then waited out,
+# ``fastsvd.retry``), while a slow but working one still gets through
+S3_CONNECT_TIMEOUT_S = 2.0  # a TCP connect (a reachable store answers in milliseconds)
+S3_READ_TIMEOUT_S = 10.0  # silence on an open connection (a large PUT's answer included)
+WEBHOOK_IDLE_POLL_S = 0.5  # the deliverer's look at its outbox when nothing is due
+CANCEL_POLL_S = 1.0  # with pushed cancels: how often a busy worker still reads its cancel flag
+# how often the wake-up listener looks up from its connection (and how long closing it can
+# wait): a wait on its socket, no query, so looking up often costs nothing
+LISTEN_POLL_S = 0.1
+
 # --- input pictures -----------------------------------------------------------------------
 
 DATA_URI_MAX_BYTES = 20 * 1024 * 1024  # a data: URI's decoded size

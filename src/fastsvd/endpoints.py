@@ -1,22 +1,25 @@
 """fal's endpoints as data: one ``Endpoint`` value each, in one ordered registry.
 
 What an endpoint is lives here and nowhere else: its fal id (and so its paths), its input and
-output models, its summary, and the capability a runner must have to run it. The HTTP edge makes
-its queue and sync routes and its OpenAPI entries from the registry, a worker claims the ids its
-runner can run, the runner dispatches on the capability, and the CLI, the playground and the
-history list read it. A new endpoint is one entry here plus, if it needs new model code, its
-capability in the runner (docs/architecture.md, "Add an endpoint").
+output models, its summary, and the capability a runner must have to run it: for the model, a
+``Capability`` (which family's models, with or without its first-frame model), data the runner
+reads without knowing the endpoint. The HTTP edge makes its queue and sync routes and its OpenAPI
+entries from the registry, a worker claims the ids its runner can run and hands the runner their
+capabilities, and the CLI, the playground and the history list read it. A new endpoint is one
+entry here plus, if it needs a new family, that family in ``pipeline/presets.py``
+(docs/architecture.md, "Add an endpoint").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
 from fastsvd import constants as c
 from fastsvd.errors import FastSVDError
+from fastsvd.pipeline.presets import FEW_STEP, STANDARD, Capability
 from fastsvd.schema import (
     FewStepImageToVideoInput,
     FewStepTextToVideoInput,
@@ -27,12 +30,11 @@ from fastsvd.schema import (
 from fastsvd.settings import Settings
 
 # Capabilities: what a runner can do. An endpoint names the one it needs.
-TEXT_TO_VIDEO = "text_to_video"  # prompt -> first frame (SDXL) -> video (SVD-XT)
-IMAGE_TO_VIDEO = "image_to_video"  # picture -> video (SVD-XT)
+TEXT_TO_VIDEO = Capability(STANDARD, text=True)  # prompt -> first frame (SDXL) -> SVD-XT
+IMAGE_TO_VIDEO = Capability(STANDARD, text=False)  # picture -> video (SVD-XT)
 # the few-step family: SDXL-Lightning first frame, AnimateLCM-distilled SVD-XT
-FEW_STEP_TEXT_TO_VIDEO = "few_step_text_to_video"
-FEW_STEP_IMAGE_TO_VIDEO = "few_step_image_to_video"
-FEW_STEP = frozenset({FEW_STEP_TEXT_TO_VIDEO, FEW_STEP_IMAGE_TO_VIDEO})
+FEW_STEP_TEXT_TO_VIDEO = Capability(FEW_STEP, text=True)
+FEW_STEP_IMAGE_TO_VIDEO = Capability(FEW_STEP, text=False)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class Endpoint:
 
     id: str  # fal's endpoint id, e.g. "fal-ai/fast-svd/text-to-video"
     input: type[BaseModel]
-    capability: str
+    # what runs it: a ``Capability`` for the model runner; any other token for a stand-in's own
+    capability: Hashable
     summary: str  # a few words, for OpenAPI ("Submit <summary>", "Run <summary>")
     title: str  # the playground's tab
     output: type[BaseModel] = VideoOutput
@@ -111,11 +114,15 @@ class Registry:
             )
         return Registry(e for e in self if e.id in wanted)
 
-    def capabilities(self) -> frozenset[str]:
+    def capabilities(self) -> frozenset[Hashable]:
         """What a runner needs to run every endpoint here."""
         return frozenset(e.capability for e in self)
 
-    def with_capabilities(self, capabilities: Iterable[str]) -> list[Endpoint]:
+    def needs(self) -> dict[str, Hashable]:
+        """Each endpoint's capability, by id: what a model runner is given to serve."""
+        return {e.id: e.capability for e in self}
+
+    def with_capabilities(self, capabilities: Iterable[Hashable]) -> list[Endpoint]:
         """The endpoints a runner with ``capabilities`` can run."""
         have = set(capabilities)
         return [e for e in self if e.capability in have]

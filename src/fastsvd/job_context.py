@@ -27,14 +27,14 @@ from fastsvd.errors import (
     StoreUnavailable,
     Unavailable,
 )
-from fastsvd.pipeline.hooks import Hooks, StageClock, StepEvent
+from fastsvd.hooks import Hooks, StageClock, StepEvent
 from fastsvd.progress import first_frame_line, step_line
 from fastsvd.retry import Outage, best_effort, until_written
 from fastsvd.schema import File, VideoOutput
 from fastsvd.services import Services
 from fastsvd.store.files import FileRecord, new_file_id, new_record
 from fastsvd.store.jobs import Completed, Job, LogEntry, NextClaim
-from fastsvd.wakeup import CANCEL_POLL_S, Listener
+from fastsvd.wakeup import Listener
 
 log = logging.getLogger("fastsvd.worker")
 
@@ -96,7 +96,7 @@ class JobContext:
         # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
         # read now and then, in case a notification was missed. Without them, as often as the
         # progress lines are written.
-        poll_s = CANCEL_POLL_S if self.listener.pushes_cancels else LOG_FLUSH_S
+        poll_s = c.CANCEL_POLL_S if self.listener.pushes_cancels else LOG_FLUSH_S
         object.__setattr__(self, "_cancel_poll", _Every(poll_s))
         hooks = Hooks(
             on_step=self.on_step, should_cancel=self.should_abort, on_first_frame=self.on_frame

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from fastsvd.pipeline.hooks import Stage, StepEvent
+from fastsvd.hooks import Stage, StepEvent
 
 FIRST_FRAME_PREFIX = "first_frame: image "  # + the picture's URL, once it exists
 _STEP = re.compile(r"^(\w+): step (\d+)/(\d+)$")

@@ -1,17 +1,19 @@
 """What a worker runs for a job: the model, or a stand-in named by ``FASTSVD_RUNNER``.
 
 A runner turns one validated fal input into MP4 bytes, calling the hooks on the way. It says
-which capabilities it has (``fastsvd.endpoints``: an endpoint names the one it needs), and a
-worker claims only the endpoints those cover. The model runner loads the pipeline once (``load``),
-resolves ``image_url`` into a picture and maps the fal input onto the pipeline's own
-``GenerationParams`` (``params_of``); the import of torch happens here, in the worker process only.
+which capabilities it has (an endpoint names the one it needs: for the model, a
+``presets.Capability``, a family's models as data), and a worker claims only the endpoints those
+cover. The runner knows no endpoint: the model runner is given the ones it may serve, by id.
+It loads the pipeline once (``load``), resolves ``image_url`` into a picture and maps the fal
+input onto the pipeline's own ``GenerationParams`` (``params_of``); the import of torch happens
+here, in the worker process only.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,17 +21,12 @@ from PIL import Image
 from pydantic import BaseModel
 
 from fastsvd import media
-from fastsvd.endpoints import (
-    FEW_STEP,
-    FEW_STEP_TEXT_TO_VIDEO,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_VIDEO,
-    configured,
-)
 from fastsvd.errors import DoesNotFit, FastSVDError, InvalidInput, OutOfMemory
-from fastsvd.pipeline.hooks import Hooks
+from fastsvd.hooks import Hooks
 from fastsvd.pipeline.params import GenerationParams
+from fastsvd.pipeline.presets import FEW_STEP, STANDARD, Capability, models_of
 from fastsvd.schema import (
+    DeepCache,
     FewStepRequest,
     ImageRequest,
     PromptRequest,
@@ -51,12 +48,12 @@ ImageLoader = Callable[[str], Image.Image]
 class Runner(Protocol):
     """Turns a request into an MP4."""
 
-    capabilities: frozenset[str]  # what it can run (fastsvd.endpoints)
+    capabilities: frozenset[Hashable]  # what it can run (an endpoint names what it needs)
 
     def load(self) -> None:
         """Get ready (load models); called once before the first job."""
 
-    def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
+    def run(self, capability: Hashable, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         """The MP4 for ``request``, an input of an endpoint that needs ``capability``."""
 
     def idle(self) -> bool:
@@ -64,20 +61,23 @@ class Runner(Protocol):
 
 
 class ModelRunner:
-    """The real pipeline: the models of the capabilities it is given, and no others.
+    """The real pipeline: the models of the endpoints it is given, and no others.
 
-    At construction it checks the platform and chooses the memory plan (``pipeline/memory.py``),
-    which may leave out endpoints that do not fit: ``capabilities`` are those it serves.
-    ``platform`` is the seam for tests (default: ``device.probe()``), as is ``warm_up_size``
-    (width, height; default: fal's default ``video_size``, the size a worker compiles).
+    ``endpoints`` (id -> the ``Capability`` it needs) are those it may serve. At construction it
+    checks the platform and chooses the memory plan (``pipeline/memory.py``), which may leave
+    out endpoints that do not fit, unless they were named (``explicit``; default: when
+    ``FASTSVD_ENDPOINTS`` names them): ``capabilities`` are those it serves. ``platform`` is the
+    seam for tests (default: ``device.probe()``), as is ``warm_up_size`` (width, height; default:
+    fal's default ``video_size``, the size a worker compiles).
     """
 
     def __init__(
         self,
         settings: Settings,
         load_image: ImageLoader,
-        capabilities: frozenset[str] | None = None,
+        endpoints: Mapping[str, Hashable],
         *,
+        explicit: bool | None = None,
         serving: bool = True,
         platform: Platform | None = None,
         warm_up_size: tuple[int, int] | None = None,
@@ -95,19 +95,17 @@ class ModelRunner:
         if settings.preset not in PRESETS:
             raise InvalidInput("preset", f"unknown preset; use one of {', '.join(PRESETS)}")
         self.preset = PRESETS[settings.preset]
-        real = self.preset.video_model is not None
+        real = self.preset.real
         if settings.device is None or settings.device.strip().lower() != "cpu":
             platform = platform or probe()
         self.platform = platform
         self.placement = choose(settings.device, settings.dtype, real=real, platform=platform)
-        # default: what the configured endpoints need (FASTSVD_ENDPOINTS)
-        registry = configured(settings)
-        wanted = registry.capabilities() if capabilities is None else capabilities
-        endpoints = {e.id: models_of({e.capability}) for e in registry if e.capability in wanted}
-        self.plan = self._plan(endpoints, explicit=bool(settings.endpoints) or bool(capabilities))
-        self.capabilities = frozenset(
-            e.capability for e in registry if e.id in self.plan.endpoints
-        ) or frozenset(wanted)
+        wanted = {i: need for i, need in endpoints.items() if isinstance(need, Capability)}
+        explicit = bool(settings.endpoints) if explicit is None else explicit
+        self.plan = self._plan({i: need.models for i, need in wanted.items()}, explicit=explicit)
+        self.capabilities: frozenset[Hashable] = frozenset(
+            wanted[i] for i in self.plan.endpoints
+        ) or frozenset(wanted.values())
         self.warm_up_size = warm_up_size
         self._pipeline: object | None = None
         self._warm_up: list[Callable[[], None]] = []  # the compile steps left, between jobs
@@ -125,32 +123,24 @@ class ModelRunner:
         import torch
 
         from fastsvd.pipeline import compile, optimize, weights
-        from fastsvd.pipeline.core import WARM_UP_SIZE, load_pipeline
-        from fastsvd.pipeline.memory import NO_MODELS
+        from fastsvd.pipeline.core import WARM_UP_SIZE
+        from fastsvd.pipeline.loading import load_pipeline
 
-        s = self.settings
+        settings = self.settings
         log.info(self.describe())
-        options = compile.parse(s.compile, self.placement.device, serving=self.serving)
+        options = compile.parse(settings.compile, self.placement.device, serving=self.serving)
         if options is not None:  # compiled kernels survive restarts in the data folder
-            compile.use_cache_dir(s.data_dir / "compile-cache")
-        report = weights.check(s, self.capabilities)
+            compile.use_cache_dir(settings.data_dir / "compile-cache")
+        report = weights.check(settings, self.capabilities)
         if not report.complete and weights.hub_offline():  # every missing model, at once
             raise report.error()
-        models = NO_MODELS
-        for capability in self.capabilities:
-            models = models.union(models_of({capability}))
         try:
             pipeline = load_pipeline(
                 self.preset,
                 self.placement,
-                models=models,
-                video_model=s.video_model,
-                first_frame_model=s.first_frame_model,
-                few_step_video_model=s.few_step_video_model,
-                few_step_first_frame_model=s.few_step_first_frame_model,
-                few_step_guidance=s.few_step_guidance,
-                fps_conditioning=s.fps_conditioning,
-                optimizations=optimize.parse(s.optimize),
+                models=models_of(self.capabilities),
+                settings=settings,
+                optimizations=optimize.parse(settings.optimize),
                 compile=options,
                 plan=self.plan,
             )
@@ -196,9 +186,8 @@ class ModelRunner:
 
         # the platform line names torch's version, the GPU and dtype; the plan, the models
         # and the warm-up's size, the shapes the graphs were compiled for
-        key = repr(
-            (self.describe(), self.settings.compile, sorted(self.capabilities), self.warm_up_size)
-        )
+        capabilities = sorted(str(c) for c in self.capabilities)
+        key = repr((self.describe(), self.settings.compile, capabilities, self.warm_up_size))
         name = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.settings.data_dir / "compile-cache" / f"warmed-{name}"
 
@@ -215,7 +204,7 @@ class ModelRunner:
             f"{(self.plan.total_bytes or 0) / 1024**3:.0f} to plan for less"
         )
 
-    def run(self, capability: str, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
+    def run(self, capability: Hashable, request: BaseModel, seed: int, hooks: Hooks) -> bytes:
         from fastsvd.pipeline.core import VideoPipeline, free_memory
 
         pipeline = self._pipeline
@@ -257,7 +246,7 @@ def memory_plan(
         return memory.cpu_plan(endpoints, preset.decode_chunk_size)
     import torch
 
-    real = preset.video_model is not None
+    real = preset.real
     mode = settings.memory_mode
     return memory.choose(
         total_bytes,
@@ -268,18 +257,6 @@ def memory_plan(
         explicit=explicit,
         weights=None if real else dict.fromkeys(memory.PARTS, 0),  # tiny: a few MB, nothing
         fp16=placement.dtype == torch.float16,  # its VAEs decode in fp32
-    )
-
-
-def models_of(capabilities: set[str] | frozenset[str]) -> Models:
-    """The models the capabilities need loaded."""
-    from fastsvd.pipeline.memory import Models
-
-    return Models(
-        video=bool(capabilities & {TEXT_TO_VIDEO, IMAGE_TO_VIDEO}),
-        first_frame=TEXT_TO_VIDEO in capabilities,
-        few_step_video=bool(capabilities & FEW_STEP),
-        few_step_first_frame=FEW_STEP_TEXT_TO_VIDEO in capabilities,
     )
 
 
@@ -306,22 +283,25 @@ def params_of(
         noise_aug_strength=request.cond_aug,
         seed=seed,
         # the few-step family has no DeepCache (nor a negative prompt)
-        deep_cache="none" if isinstance(request, FewStepRequest) else str(request.deep_cache),
-        few_step=isinstance(request, FewStepRequest),
+        deep_cache=DeepCache.none if isinstance(request, FewStepRequest) else request.deep_cache,
+        family=FEW_STEP if isinstance(request, FewStepRequest) else STANDARD,
         prompt=prompt,
         negative_prompt=negative_prompt,
         image=image if prompt is None else None,
     )
 
 
-def make_runner(settings: Settings, load_image: ImageLoader) -> Runner:
-    """The runner ``settings`` ask for: ``FASTSVD_RUNNER`` (``module:factory``) or the model."""
+def make_runner(
+    settings: Settings, load_image: ImageLoader, endpoints: Mapping[str, Hashable]
+) -> Runner:
+    """The runner ``settings`` ask for: ``FASTSVD_RUNNER`` (``module:factory``, called with the
+    settings and the image loader) or the model, for ``endpoints`` (id -> capability)."""
     if settings.runner:
         module_name, _, attribute = settings.runner.partition(":")
         factory = getattr(importlib.import_module(module_name), attribute or "Runner")
         runner: Runner = factory(settings, load_image)
         return runner
-    return ModelRunner(settings, load_image)
+    return ModelRunner(settings, load_image, endpoints)
 
 
 def data_uri_only(url: str) -> Image.Image:

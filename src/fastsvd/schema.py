@@ -320,7 +320,7 @@ class File(BaseModel):
 
 
 class VideoOutput(BaseModel):
-    """The output of every endpoint: the video and the seed that made it."""
+    """The output of every video endpoint: the video and the seed that made it."""
 
     video: File = Field(..., description="The generated video file.")
     seed: int = Field(

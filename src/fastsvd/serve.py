@@ -38,7 +38,6 @@ FATAL_EXITS = {
     c.EXIT_MODEL_NOT_AVAILABLE: "a worker could not load its models (see above)",
     c.EXIT_CANNOT_RUN_HERE: "a worker cannot run on this machine as set up (see above)",
 }
-DRAIN_GRACE_S = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -60,7 +59,11 @@ def visible_gpus() -> int:
         return 0
     try:
         out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+            ["nvidia-smi", "-L"],
+            capture_output=True,
+            text=True,
+            timeout=c.NVIDIA_SMI_TIMEOUT_S,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return 0
@@ -143,7 +146,7 @@ class Supervisor:
         for worker in self.workers:
             if worker.process is not None and worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + DRAIN_GRACE_S
+        deadline = time.monotonic() + c.DRAIN_GRACE_S
         for worker in self.workers:
             if worker.process is None:
                 continue
@@ -225,7 +228,7 @@ def check_weights(settings: Settings) -> None:
         return
     from fastsvd.pipeline import weights
 
-    report = weights.check(settings)
+    report = weights.check(settings, configured(settings).capabilities())
     if report.complete:
         return
     if weights.hub_offline():

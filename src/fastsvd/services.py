@@ -14,7 +14,7 @@ from fastsvd.store.jobs import JobStore
 from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
 from fastsvd.store.signing import SigningKeyStore
-from fastsvd.store.workers import WorkerRegistry
+from fastsvd.store.workers import WorkerRoster
 from fastsvd.wakeup import Listener, NotifyWaker, PostgresListener, Waker, WakeupListener
 
 
@@ -28,7 +28,7 @@ class Services:
     keys: KeyStore
     files: FileStore
     storage: Storage
-    registry: WorkerRegistry
+    roster: WorkerRoster
     waker: Waker | NotifyWaker
     signing_keys: SigningKeyStore  # the Ed25519 keys of fal-style webhooks
 
@@ -70,7 +70,7 @@ class Services:
             keys=KeyStore(db),
             files=FileStore(db),
             storage=storage,
-            registry=WorkerRegistry(db),
+            roster=WorkerRoster(db),
             waker=NotifyWaker() if db.is_postgres else Waker(settings.data_dir / "wake"),
             signing_keys=SigningKeyStore(db),
         )

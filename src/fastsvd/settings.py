@@ -8,9 +8,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fastsvd.constants import DEFAULT_PRESET, MEMORY_MODES
+from fastsvd.constants import DEFAULT_PRESET, MEMORY_MODES, SERVING_LEASES
 
 ENV_PREFIX = "FASTSVD_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def flag(value: str | None) -> bool | None:
+    """The one reading of a yes/no setting or header: True for 1, true, yes or on; False for 0,
+    false, no or off (any case); None when unset or empty. Anything else is a ValueError."""
+    word = (value or "").strip().lower()
+    if not word:
+        return None
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"must be 1, true, yes or on (or 0, false, no or off), not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,26 @@ class Settings:
     webhook_window_s: float = 7200.0  # FASTSVD_WEBHOOK_WINDOW_S: spread over about 2 hours
     webhook_timeout_s: float = 10.0  # FASTSVD_WEBHOOK_TIMEOUT_S: one delivery's time limit
 
+    def model_reference(self, key: str) -> str | None:
+        """Where model ``key`` is (``presets.model_key``: "video", "few_step_first_frame"...),
+        if ``FASTSVD_<KEY>_MODEL`` says; None: the preset's."""
+        return {
+            "video": self.video_model,
+            "first_frame": self.first_frame_model,
+            "few_step_video": self.few_step_video_model,
+            "few_step_first_frame": self.few_step_first_frame_model,
+        }.get(key)
+
+    def guidance(self, family: str) -> float | None:
+        """Where a family's video guidance ramp ends, if set (``FASTSVD_FEW_STEP_GUIDANCE``);
+        None: the preset's."""
+        return self.few_step_guidance if family == "few_step" else None
+
+    @property
+    def serving_window_s(self) -> float:
+        """A worker heard from within this long counts as serving (``SERVING_LEASES``)."""
+        return SERVING_LEASES * self.lease_s
+
     @property
     def db_url(self) -> str:
         """The database URL, SQLite under ``data_dir`` unless one is set."""
@@ -119,7 +154,6 @@ class Settings:
 
         workers = get("workers")
         tls_cert, tls_key = get("tls_cert"), get("tls_key")
-        auth = get("auth")
         return cls(
             preset=get("preset") or DEFAULT_PRESET,
             device=get("device"),
@@ -146,7 +180,7 @@ class Settings:
             port=int(number("port", defaults.port)),
             tls_cert=Path(tls_cert) if tls_cert is not None else None,
             tls_key=Path(tls_key) if tls_key is not None else None,
-            auth=auth is None or auth.lower() not in ("0", "false", "no", "off"),
+            auth=_flag("auth", get("auth"), default=True),
             workers=int(workers) if workers is not None else None,
             lease_s=number("lease_s", defaults.lease_s),
             outage_wait_s=number("outage_wait_s", defaults.outage_wait_s),
@@ -164,7 +198,9 @@ class Settings:
             idle_poll_s=number("idle_poll_s", defaults.idle_poll_s),
             drain_s=_optional_number("drain_s", get("drain_s"), 0.0, math.inf),
             metrics_port=_port("FASTSVD_METRICS_PORT", get("metrics_port")),
-            allow_private_urls=(get("allow_private_urls") or "0").lower() in ("1", "true", "yes"),
+            allow_private_urls=_flag(
+                "allow_private_urls", get("allow_private_urls"), default=False
+            ),
             webhook_attempts=int(number("webhook_attempts", defaults.webhook_attempts)),
             webhook_window_s=number("webhook_window_s", defaults.webhook_window_s),
             webhook_timeout_s=number("webhook_timeout_s", defaults.webhook_timeout_s),
@@ -173,6 +209,14 @@ class Settings:
     def with_overrides(self, **values: object) -> Settings:
         """A copy with every given value that is not None replaced (command-line flags)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+
+
+def _flag(name: str, value: str | None, *, default: bool) -> bool:
+    try:
+        parsed = flag(value)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} {exc}") from None
+    return default if parsed is None else parsed
 
 
 def _positive(name: str, value: float) -> float:

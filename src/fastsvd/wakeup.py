@@ -10,7 +10,7 @@ on a connection of its process (shared by the workers of a process), in a thread
 reconnects with backoff when the server goes away.
 
 Either way a missed signal costs time, never a job: an idle worker still polls the queue every
-``idle_poll_s``, and a busy one still reads its cancel flag every ``CANCEL_POLL_S``.
+``idle_poll_s``, and a busy one still reads its cancel flag every ``constants.CANCEL_POLL_S``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ import threading
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+from fastsvd import constants as c
 from fastsvd.retry import Backoff, Outage
 from fastsvd.store.db import CANCEL_CHANNEL, POSTGRES_LINK, WAKE_CHANNEL
 
 log = logging.getLogger("fastsvd.wakeup")
-
-CANCEL_POLL_S = 1.0  # with pushed cancels: how often the flag is still read, as a safety net
-LISTEN_POLL_S = 0.1  # how often the listening thread looks up from its connection (and how
-# long closing it can wait): a wait on its socket, no query, so looking up often costs nothing
 
 
 class Listener(Protocol):
@@ -223,7 +220,7 @@ class _Hub:
                 return
             self._hubs.pop(self.conninfo, None)
             self.stop.set()
-        self.thread.join(LISTEN_POLL_S * 4)
+        self.thread.join(c.LISTEN_POLL_S * 4)
 
     def _each(self) -> list[PostgresListener]:
         with self._hubs_lock:
@@ -265,7 +262,7 @@ class _Hub:
                         listener.wake()  # whatever was sent while away: look at the queue
                     self.connected.set()
                     while not self.stop.is_set():
-                        for note in conn.notifies(timeout=LISTEN_POLL_S):
+                        for note in conn.notifies(timeout=c.LISTEN_POLL_S):
                             self._dispatch(note.channel, note.payload)
             except psycopg.Error as exc:
                 self.connected.clear()

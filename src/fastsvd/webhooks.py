@@ -28,6 +28,7 @@ import time
 import httpx
 
 from fastsvd import __version__
+from fastsvd import constants as c
 from fastsvd.errors import InvalidInput
 from fastsvd.net.guard import Resolver, check_url, system_resolver
 from fastsvd.retry import until_available
@@ -38,8 +39,6 @@ from fastsvd.store.signing import SigningKey, SigningKeyStore
 from fastsvd.store.webhooks import PendingWebhook, WebhookOutbox
 
 log = logging.getLogger("fastsvd.webhooks")
-
-IDLE_POLL_S = 0.5
 
 
 def body_of(job: Job) -> WebhookBody:
@@ -127,7 +126,7 @@ class Deliverer:
         while not stop.is_set():
             delivered = until_available(one_round, wait=stop.wait, give_up=stop.is_set)
             if not delivered:
-                stop.wait(IDLE_POLL_S)
+                stop.wait(c.WEBHOOK_IDLE_POLL_S)
 
     def deliver(self, pending: PendingWebhook) -> bool:
         """One try; records the outcome. True when the receiver took it."""

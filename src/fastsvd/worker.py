@@ -106,13 +106,13 @@ class Worker:
         ``CannotRunHere`` when the platform cannot run them."""
         if services is None:
             services = Services.from_settings(settings, wait=True)
+        if endpoints is None:
+            endpoints = configured(settings)
         if runner is None:
             load_image = image_loader(
                 services.files, services.storage, allow_private=settings.allow_private_urls
             )
-            runner = make_runner(settings, load_image)
-        if endpoints is None:
-            endpoints = configured(settings)
+            runner = make_runner(settings, load_image, endpoints.needs())
         return cls(services, runner, name=name, endpoints=endpoints, metrics=metrics)
 
     def drain(self, within_s: float | None = None) -> None:
@@ -132,9 +132,9 @@ class Worker:
         # again now, not when their lease expires; before registering, so that a dead worker
         # whose pid this process reuses (and so its name) is judged by its own start time.
         self.services.jobs.requeue_abandoned()
-        self.services.registry.register(self.name, endpoints=self.endpoints.ids())
+        self.services.roster.register(self.name, endpoints=self.endpoints.ids())
         self.runner.load()
-        self.services.registry.beat(self.name, ready=True)
+        self.services.roster.beat(self.name, ready=True)
         self.metrics.serving(self.endpoints.ids())
         self.listener = self.services.open_listener(self.name)
         log.info("worker %s ready", self.name)
@@ -151,7 +151,7 @@ class Worker:
                 self.services.jobs.requeue_abandoned()
                 last_reap = time.monotonic()
             if time.monotonic() - last_beat > lease_s / 3:
-                self.services.registry.beat(self.name, ready=True)
+                self.services.roster.beat(self.name, ready=True)
                 last_beat = time.monotonic()
 
         def next_claim() -> Claim | None:
@@ -197,7 +197,7 @@ class Worker:
             self._stop_heartbeats()
             self.listener.close()
             until_written(
-                lambda: self.services.registry.leave(self.name), outage=self.outage, deadline_s=5.0
+                lambda: self.services.roster.leave(self.name), outage=self.outage, deadline_s=5.0
             )
         return ran
 

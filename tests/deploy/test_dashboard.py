@@ -43,8 +43,8 @@ def exposed(tmp_path: Path) -> dict[str, set[str]]:
     outcomes = {j.error_type for j in services.jobs.recent(None, 10)}
     assert outcomes == {None, "generation_failed"}
     assert all(j.state == JobState.completed for j in services.jobs.recent(None, 10))
-    services.registry.register("ready-one", endpoints=ENDPOINTS.ids())
-    services.registry.beat("ready-one", ready=True)
+    services.roster.register("ready-one", endpoints=ENDPOINTS.ids())
+    services.roster.beat("ready-one", ready=True)
 
     names: dict[str, set[str]] = {}
     for text in (render(services, ENDPOINTS).decode(), generate_latest(metrics.registry).decode()):

@@ -21,7 +21,7 @@ from PIL import Image
 from fastsvd.constants import TEXT_TO_VIDEO_ENDPOINT as T2V
 from fastsvd.services import Services
 from fastsvd.settings import Settings
-from fastsvd.store.db import Database, sqlite_url
+from fastsvd.store.db import Database
 from fastsvd.store.jobs import Job, JobState, JobStore, NextClaim
 from fastsvd.store.migrations import migrate
 from fastsvd.worker import Worker
@@ -74,7 +74,7 @@ def job(store: JobStore, job_id: str) -> Job:
 
 
 def test_sigterm_finishes_the_running_job_and_leaves_the_queue(tmp_path: Path) -> None:
-    db = Database(sqlite_url(tmp_path / "fastsvd.db"))
+    db = Database(Settings(data_dir=tmp_path).db_url)
     migrate(db)
     store = JobStore(db)
     submit = {"key_id": "k", "endpoint": "fal-ai/fast-svd/text-to-video"}
@@ -96,7 +96,7 @@ def test_sigterm_finishes_the_running_job_and_leaves_the_queue(tmp_path: Path) -
 
 
 def test_past_the_drain_time_the_job_is_handed_back_and_runs_again(tmp_path: Path) -> None:
-    db = Database(sqlite_url(tmp_path / "fastsvd.db"))
+    db = Database(Settings(data_dir=tmp_path).db_url)
     migrate(db)
     store = JobStore(db)
     long_job, _ = store.submit(

@@ -28,8 +28,8 @@ from pydantic import BaseModel
 
 from fastsvd.endpoints import ENDPOINTS
 from fastsvd.errors import GenerationFailed, GpuFault
+from fastsvd.hooks import Hooks, Stage, StepEvent
 from fastsvd.pipeline.encode import encode_mp4
-from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 from fastsvd.runner import ImageLoader
 from fastsvd.schema import PromptRequest, VideoRequest
 from fastsvd.settings import Settings

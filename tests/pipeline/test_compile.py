@@ -22,8 +22,9 @@ from torch._dynamo.utils import counters
 from fastsvd.errors import FastSVDError
 from fastsvd.pipeline import compile as compiling
 from fastsvd.pipeline.compile import CompileOptions, GraphState
-from fastsvd.pipeline.core import VideoPipeline, load_pipeline
+from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import choose
+from fastsvd.pipeline.loading import load_pipeline
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import TINY
 

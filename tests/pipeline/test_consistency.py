@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastsvd.hooks import Stage
 from fastsvd.pipeline.consistency import (
     SIGMA_MAX,
     ConsistencySampler,
@@ -19,6 +20,7 @@ from fastsvd.pipeline.consistency import (
 )
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.params import GenerationParams
+from fastsvd.pipeline.presets import FEW_STEP
 from fastsvd.runner import params_of
 from fastsvd.schema import FewStepImageToVideoInput, FewStepTextToVideoInput
 from tests.pipeline.test_core import recorded_calls
@@ -121,12 +123,12 @@ def test_same_seed_same_video_and_another_seed_another(tiny_pipeline: VideoPipel
 def test_few_step_runs_its_own_unets_with_the_authors_guidance(
     tiny_pipeline: VideoPipeline,
 ) -> None:
-    assert tiny_pipeline.few_step_video is not None
-    assert tiny_pipeline.few_step_first_frame is not None
+    assert tiny_pipeline.model(FEW_STEP, Stage.video) is not None
+    assert tiny_pipeline.model(FEW_STEP, Stage.first_frame) is not None
     with (
-        recorded_calls(tiny_pipeline.few_step_video.unet) as video_calls,
+        recorded_calls(tiny_pipeline.model(FEW_STEP, Stage.video).unet) as video_calls,
         recorded_calls(tiny_pipeline.video.unet) as teacher_calls,
-        recorded_calls(tiny_pipeline.few_step_first_frame.unet) as frame_calls,
+        recorded_calls(tiny_pipeline.model(FEW_STEP, Stage.first_frame).unet) as frame_calls,
     ):
         tiny_pipeline.generate(few_step(steps=4))
     assert len(video_calls) == 4
@@ -138,14 +140,14 @@ def test_few_step_runs_its_own_unets_with_the_authors_guidance(
 
 
 def test_guidance_off_is_one_batch(tiny_pipeline: VideoPipeline) -> None:
-    saved = tiny_pipeline.few_step_guidance
-    tiny_pipeline.few_step_guidance = 1.0
+    saved = tiny_pipeline.families[FEW_STEP]
+    tiny_pipeline.families[FEW_STEP] = replace(saved, max_guidance_scale=1.0)
     try:
-        assert tiny_pipeline.few_step_video is not None
-        with recorded_calls(tiny_pipeline.few_step_video.unet) as calls:
+        assert tiny_pipeline.model(FEW_STEP, Stage.video) is not None
+        with recorded_calls(tiny_pipeline.model(FEW_STEP, Stage.video).unet) as calls:
             tiny_pipeline.generate(few_step(steps=2))
     finally:
-        tiny_pipeline.few_step_guidance = saved
+        tiny_pipeline.families[FEW_STEP] = saved
     assert [batch(call) for call in calls] == [1, 1]
 
 
@@ -157,17 +159,17 @@ def test_few_step_image_to_video_draws_no_first_frame(tiny_pipeline: VideoPipeli
     )
     picture = Image.new("RGB", (96, 64), (200, 30, 30))
     params = params_of(request, 5, picture)
-    assert params.few_step
+    assert params.family == FEW_STEP
     assert params.prompt is None
-    assert tiny_pipeline.few_step_first_frame is not None
-    with recorded_calls(tiny_pipeline.few_step_first_frame.unet) as frame_calls:
+    assert tiny_pipeline.model(FEW_STEP, Stage.first_frame) is not None
+    with recorded_calls(tiny_pipeline.model(FEW_STEP, Stage.first_frame).unet) as frame_calls:
         video = tiny_pipeline.generate(params)
     assert not frame_calls
     assert video.frames.shape[0] == 25
 
 
 def test_lightning_samples_trailing_euler_timesteps(tiny_pipeline: VideoPipeline) -> None:
-    lightning = tiny_pipeline.few_step_first_frame
+    lightning = tiny_pipeline.model(FEW_STEP, Stage.first_frame)
     assert lightning is not None
     scheduler = lightning.scheduler
     scheduler.set_timesteps(4)
@@ -181,18 +183,18 @@ def test_lightning_samples_trailing_euler_timesteps(tiny_pipeline: VideoPipeline
 def test_bf16_consistency_steps_run_in_fp32() -> None:
     from PIL import Image
 
-    from fastsvd.pipeline.core import Models, load_pipeline
     from fastsvd.pipeline.device import choose
+    from fastsvd.pipeline.loading import load_pipeline
     from fastsvd.pipeline.presets import TINY
 
     few = load_pipeline(
         replace(TINY, num_frames=4),  # bf16 kernels are slow on a CPU: a short clip
         choose("cpu", "bf16"),
-        models=Models(video=False, first_frame=False, few_step_first_frame=False),
+        models=frozenset({(FEW_STEP, Stage.video)}),
     )
-    assert few.few_step_video is not None
-    assert few.few_step_video.unet.dtype == torch.bfloat16
-    sampler = few.few_step_video.scheduler
+    assert few.model(FEW_STEP, Stage.video) is not None
+    assert few.model(FEW_STEP, Stage.video).unet.dtype == torch.bfloat16
+    sampler = few.model(FEW_STEP, Stage.video).scheduler
     assert isinstance(sampler, ConsistencySampler)
     seen: list[tuple[torch.dtype, torch.dtype, torch.dtype]] = []
     step = sampler.step

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,13 +13,13 @@ from PIL import Image
 from torch import nn
 
 from fastsvd.errors import GenerationCancelled
+from fastsvd.hooks import Hooks, Stage, StepEvent
 from fastsvd.pipeline.core import (
     FPS_FROM_PRESET,
     FPS_FROM_REQUEST,
     WARM_UP_SIZE,
     VideoPipeline,
 )
-from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.runner import params_of
 from fastsvd.schema import ImageToVideoInput, TextToVideoInput
@@ -126,7 +125,7 @@ def test_progress_hook_sees_every_step_of_every_stage(tiny_pipeline: VideoPipeli
     hooks = Hooks(on_step=events.append)
     video = tiny_pipeline.generate(params_of(request(steps=3), seed=1), hooks=hooks)
     tiny_pipeline.to_mp4(video, hooks)
-    first = tiny_pipeline.preset.first_frame_steps
+    first = tiny_pipeline.preset.base.first_frame_steps
     expected = (
         [(Stage.first_frame, i, first) for i in range(1, first + 1)]
         + [(Stage.video, i, 3) for i in range(1, 4)]
@@ -211,11 +210,6 @@ def test_params_take_a_prompt_or_an_image_exactly_one() -> None:
         GenerationParams(**fields)
     with pytest.raises(ValueError, match="exactly one"):
         GenerationParams(**fields, prompt="a rocket", image=Image.new("RGB", (64, 64)))
-
-
-def test_unknown_deep_cache_level_is_refused(tiny_pipeline: VideoPipeline) -> None:
-    with pytest.raises(ValueError, match="'fastest'"):
-        tiny_pipeline.generate(replace(params_of(request(), seed=1), deep_cache="fastest"))
 
 
 def test_warm_up_compiles_at_fals_default_size() -> None:

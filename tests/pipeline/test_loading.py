@@ -13,18 +13,31 @@ from diffusers import UNetSpatioTemporalConditionModel
 from safetensors.torch import load_file, save_file
 
 from fastsvd.errors import FastSVDError, ModelNotAvailable
+from fastsvd.hooks import Stage
 from fastsvd.pipeline import tiny
-from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline
+from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import choose
-from fastsvd.pipeline.loading import load_pretrained, load_single_file
-from fastsvd.pipeline.presets import ANIMATE_LCM, SVD_XT_1_1, TINY
+from fastsvd.pipeline.loading import load_pipeline, load_pretrained, load_single_file
+from fastsvd.pipeline.presets import (
+    ANIMATE_LCM,
+    FEW_STEP,
+    STANDARD,
+    SVD_XT_1_1,
+    TINY,
+    Capability,
+)
 from fastsvd.runner import params_of
 from fastsvd.schema import FewStepTextToVideoInput, TextToVideoInput
+from fastsvd.settings import Settings
 from tests.support.commands import run_cli
 
 REQUEST = TextToVideoInput(prompt="a rocket", video_size={"width": 64, "height": 64}, steps=2)
-FEW_STEP = FewStepTextToVideoInput(prompt="a rocket", video_size={"width": 64, "height": 64})
+FEW_STEP_REQUEST = FewStepTextToVideoInput(
+    prompt="a rocket", video_size={"width": 64, "height": 64}
+)
 CPU = choose("cpu", "fp32")
+STANDARD_MODELS = Capability(STANDARD, text=True).models  # the 20-step family's
+FEW_STEP_MODELS = Capability(FEW_STEP, text=True).models
 LCM_FILE = "AnimateLCM-SVD-xt-1.1.safetensors"
 LIGHTNING_FILE = "sdxl_lightning_4step_unet.safetensors"
 
@@ -36,13 +49,14 @@ def saved_models(tiny_pipeline: VideoPipeline, tmp_path_factory: pytest.TempPath
     tiny_pipeline.video.save_pretrained(root / "video")
     tiny_pipeline.first_frame.save_pretrained(root / "first-frame")
     # the distilled U-Nets as their authors publish them: one safetensors file each
-    assert tiny_pipeline.few_step_video is not None
-    assert tiny_pipeline.few_step_first_frame
+    assert tiny_pipeline.model(FEW_STEP, Stage.video) is not None
+    assert tiny_pipeline.model(FEW_STEP, Stage.first_frame)
     (root / "lcm").mkdir()
-    save_file(tiny_pipeline.few_step_video.unet.state_dict(), root / "lcm" / LCM_FILE)
+    save_file(tiny_pipeline.model(FEW_STEP, Stage.video).unet.state_dict(), root / "lcm" / LCM_FILE)
     (root / "lightning").mkdir()
     save_file(
-        tiny_pipeline.few_step_first_frame.unet.state_dict(), root / "lightning" / LIGHTNING_FILE
+        tiny_pipeline.model(FEW_STEP, Stage.first_frame).unet.state_dict(),
+        root / "lightning" / LIGHTNING_FILE,
     )
     return root
 
@@ -52,8 +66,7 @@ def saved_fp16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny models as ``hf download <repo> --include "*.fp16.safetensors" "*.json"`` leaves
     a folder: configs and fp16 variant weights only."""
     root = tmp_path_factory.mktemp("fp16")
-    only_base = Models(few_step_video=False, few_step_first_frame=False)
-    half = load_pipeline(TINY, choose("cpu", "fp16"), models=only_base)
+    half = load_pipeline(TINY, choose("cpu", "fp16"), models=STANDARD_MODELS)
     assert half.first_frame is not None
     half.first_frame.save_pretrained(root / "first-frame", variant="fp16")
     half.video.save_pretrained(root / "video", variant="fp16")
@@ -67,9 +80,10 @@ def test_fp16_variant_folder_loads_straight_into_the_target_dtype(saved_fp16: Pa
     loaded = load_pipeline(
         SVD_XT_1_1,
         choose("cpu", "bf16"),
-        models=Models(few_step_video=False, few_step_first_frame=False),
-        video_model=str(saved_fp16 / "video"),
-        first_frame_model=str(saved_fp16 / "first-frame"),
+        models=STANDARD_MODELS,
+        settings=Settings(
+            video_model=str(saved_fp16 / "video"), first_frame_model=str(saved_fp16 / "first-frame")
+        ),
     )
     for pipe, folder in ((loaded.video, "video"), (loaded.first_frame, "first-frame")):
         assert pipe is not None
@@ -90,16 +104,21 @@ def test_real_preset_loads_from_local_folders(
     loaded = load_pipeline(
         SVD_XT_1_1,
         placement,
-        video_model=str(saved_models / "video"),
-        first_frame_model=str(saved_models / "first-frame"),
-        few_step_video_model=str(saved_models / "lcm"),  # a folder holding the default file
-        few_step_first_frame_model=str(saved_models / "lightning" / LIGHTNING_FILE),  # a file
+        settings=Settings(
+            video_model=str(saved_models / "video"),
+            first_frame_model=str(saved_models / "first-frame"),
+            few_step_video_model=str(saved_models / "lcm"),  # a folder holding the default file
+            few_step_first_frame_model=str(saved_models / "lightning" / LIGHTNING_FILE),  # a file
+        ),
     )
     for ours, theirs in (
         (loaded.video, tiny_pipeline.video),
         (loaded.first_frame, tiny_pipeline.first_frame),
-        (loaded.few_step_video, tiny_pipeline.few_step_video),
-        (loaded.few_step_first_frame, tiny_pipeline.few_step_first_frame),
+        (loaded.model(FEW_STEP, Stage.video), tiny_pipeline.model(FEW_STEP, Stage.video)),
+        (
+            loaded.model(FEW_STEP, Stage.first_frame),
+            tiny_pipeline.model(FEW_STEP, Stage.first_frame),
+        ),
     ):
         assert ours is not None
         assert theirs is not None
@@ -108,19 +127,15 @@ def test_real_preset_loads_from_local_folders(
                 got_state = ours.components[name].state_dict()
                 assert all(torch.equal(got_state[k], v) for k, v in module.state_dict().items())
     # the distilled U-Nets run on the 20-step family's components: one VAE, one image encoder
-    assert loaded.few_step_video is not None
-    assert loaded.few_step_first_frame is not None
-    assert loaded.few_step_video.vae is loaded.video.vae
-    assert loaded.few_step_first_frame.text_encoder_2 is loaded.first_frame.text_encoder_2
-    same_weights = VideoPipeline(
-        SVD_XT_1_1,
-        placement,
-        tiny_pipeline.video,
-        tiny_pipeline.first_frame,
-        few_step_video=tiny_pipeline.few_step_video,
-        few_step_first_frame=tiny_pipeline.few_step_first_frame,
+    assert loaded.model(FEW_STEP, Stage.video) is not None
+    assert loaded.model(FEW_STEP, Stage.first_frame) is not None
+    assert loaded.model(FEW_STEP, Stage.video).vae is loaded.video.vae
+    assert (
+        loaded.model(FEW_STEP, Stage.first_frame).text_encoder_2
+        is loaded.first_frame.text_encoder_2
     )
-    for request in (REQUEST, FEW_STEP):
+    same_weights = VideoPipeline(SVD_XT_1_1, placement, dict(tiny_pipeline.models))
+    for request in (REQUEST, FEW_STEP_REQUEST):
         got = loaded.generate(params_of(request, seed=3))
         want = same_weights.generate(params_of(request, seed=3))
         assert np.array_equal(np.asarray(got.first_frame), np.asarray(want.first_frame))
@@ -133,17 +148,19 @@ def test_few_step_family_alone_loads_no_20_step_unet(saved_models: Path) -> None
     loaded = load_pipeline(
         SVD_XT_1_1,
         choose("cpu", "fp32"),
-        models=Models(video=False, first_frame=False),
-        video_model=str(saved_models / "video"),
-        first_frame_model=str(saved_models / "first-frame"),
-        few_step_video_model=str(saved_models / "lcm" / LCM_FILE),
-        few_step_first_frame_model=str(saved_models / "lightning"),
+        models=FEW_STEP_MODELS,
+        settings=Settings(
+            video_model=str(saved_models / "video"),
+            first_frame_model=str(saved_models / "first-frame"),
+            few_step_video_model=str(saved_models / "lcm" / LCM_FILE),
+            few_step_first_frame_model=str(saved_models / "lightning"),
+        ),
     )
-    assert loaded._video is None
+    assert loaded.model(STANDARD, Stage.video) is None
     assert loaded.first_frame is None
-    assert loaded.few_step_video is not None
-    assert loaded.few_step_first_frame is not None
-    video = loaded.generate(params_of(FEW_STEP, seed=1))
+    assert loaded.model(FEW_STEP, Stage.video) is not None
+    assert loaded.model(FEW_STEP, Stage.first_frame) is not None
+    video = loaded.generate(params_of(FEW_STEP_REQUEST, seed=1))
     assert video.frames.shape == (25, 64, 64, 3)
     with pytest.raises(FastSVDError, match="loaded without the 20-step video model"):
         loaded.generate(params_of(REQUEST, seed=1))
@@ -293,7 +310,7 @@ def gated(status: int) -> Exception:
     import httpx
     from huggingface_hub.errors import GatedRepoError
 
-    repo = SVD_XT_1_1.video_model
+    repo = SVD_XT_1_1.base.video_model
     url = f"https://huggingface.co/api/models/{repo}/revision/main"
     response = httpx.Response(
         status, request=httpx.Request("GET", url), headers={"x-request-id": "Root=1-abc"}
@@ -334,8 +351,8 @@ def test_gated_repo_says_where_to_accept_the_licence(
     else:
         monkeypatch.setenv("HF_TOKEN", token)
     with pytest.raises(ModelNotAvailable) as caught:
-        load_pipeline(SVD_XT_1_1, CPU, models=Models(True, False, False, False))
-    repo = SVD_XT_1_1.video_model
+        load_pipeline(SVD_XT_1_1, CPU, models=frozenset({(STANDARD, Stage.video)}))
+    repo = SVD_XT_1_1.base.video_model
     message = caught.value.message
     assert says.format(repo=repo, page=f"https://huggingface.co/{repo}") in message
     # the hub's explanation is kept whole, not its "401 Client Error (Request ID...)" prefix

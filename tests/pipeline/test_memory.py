@@ -12,22 +12,25 @@ import torch
 from PIL import Image
 
 from fastsvd import constants as c
+from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO
 from fastsvd.errors import DoesNotFit, InvalidInput, NoUsableGpu, OutOfMemory
-from fastsvd.pipeline import core, memory
+from fastsvd.hooks import NO_HOOKS, Stage
+from fastsvd.pipeline import core, loading, memory
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import Platform, choose
-from fastsvd.pipeline.hooks import NO_HOOKS
-from fastsvd.pipeline.memory import Models
-from fastsvd.runner import ModelRunner, data_uri_only, models_of
+from fastsvd.pipeline.presets import FAMILIES, FEW_STEP, STANDARD
+from fastsvd.runner import ModelRunner, data_uri_only
 from fastsvd.schema import ImageToVideoInput
 from fastsvd.settings import Settings
 
 GiB = 1024**3
 ALL = {
-    c.TEXT_TO_VIDEO_ENDPOINT: Models(True, True, False, False),
-    c.IMAGE_TO_VIDEO_ENDPOINT: Models(True, False, False, False),
-    c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT: Models(False, False, True, True),
-    c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT: Models(False, False, True, False),
+    c.TEXT_TO_VIDEO_ENDPOINT: frozenset({(STANDARD, Stage.first_frame), (STANDARD, Stage.video)}),
+    c.IMAGE_TO_VIDEO_ENDPOINT: frozenset({(STANDARD, Stage.video)}),
+    c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT: frozenset(
+        {(FEW_STEP, Stage.first_frame), (FEW_STEP, Stage.video)}
+    ),
+    c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT: frozenset({(FEW_STEP, Stage.video)}),
 }
 
 
@@ -130,8 +133,8 @@ def test_an_fp16_card_counts_its_vaes_decoding_in_fp32(tmp_path: Path) -> None:
     assert plan(16, fp16=True).decode_chunk < plan(16).decode_chunk
     # a worker plans so below compute capability 8.0 (fp16)
     settings = Settings(data_dir=tmp_path, gpu_memory_gb=24)
-    turing = ModelRunner(settings, data_uri_only, platform=gpu(24, (7, 5)))
-    ampere = ModelRunner(settings, data_uri_only, platform=gpu(24, (8, 6)))
+    turing = ModelRunner(settings, data_uri_only, ENDPOINTS.needs(), platform=gpu(24, (7, 5)))
+    ampere = ModelRunner(settings, data_uri_only, ENDPOINTS.needs(), platform=gpu(24, (8, 6)))
     assert turing.plan == plan(24, fp16=True)
     assert ampere.plan == plan(24)
 
@@ -165,7 +168,7 @@ def test_a_real_preset_without_usable_cuda_refuses_naming_the_cause() -> None:
 
 def test_the_start_line_names_the_platform_dtype_and_plan(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, preset="tiny", gpu_memory_gb=24)
-    runner = ModelRunner(settings, data_uri_only, platform=gpu(80, (7, 5)))
+    runner = ModelRunner(settings, data_uri_only, ENDPOINTS.needs(), platform=gpu(80, (7, 5)))
     line = runner.describe()
     for words in ("NVIDIA Test GPU", "80.0 GiB", "compute 7.5", "float16", "torch 2.7.1",
                   "CUDA 12.8", "driver 570.86", "memory plan", "of 24.0 GiB"):  # fmt: skip
@@ -177,12 +180,12 @@ def test_out_of_memory_at_load_names_settings_that_would_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(data_dir=tmp_path, preset="tiny", gpu_memory_gb=24, compile="0")
-    runner = ModelRunner(settings, data_uri_only, platform=gpu(24))
+    runner = ModelRunner(settings, data_uri_only, ENDPOINTS.needs(), platform=gpu(24))
 
     def out_of_memory(*_args: object, **_kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(core, "load_pipeline", out_of_memory)
+    monkeypatch.setattr(loading, "load_pipeline", out_of_memory)
     with pytest.raises(DoesNotFit, match=r"while loading the models.*FASTSVD_MEMORY_MODE=.*"
                        "FASTSVD_ENDPOINTS"):  # fmt: skip
         runner.load()
@@ -195,13 +198,14 @@ def test_out_of_memory_in_a_request_fails_it_alone_and_lets_its_tensors_go(
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
     monkeypatch.setattr(core, "animate", out_of_memory)
-    runner = ModelRunner(Settings(data_dir=tmp_path, preset="tiny", device="cpu"), picture)
+    settings = Settings(data_dir=tmp_path, preset="tiny", device="cpu")
+    runner = ModelRunner(settings, picture, ENDPOINTS.needs())
     runner._pipeline = tiny_pipeline  # loaded once for the session
     request = ImageToVideoInput.model_validate(
         {"image_url": "data:,", "video_size": {"width": 64, "height": 64}, "steps": 1}
     )
     with pytest.raises(OutOfMemory, match="out of GPU memory: CUDA out of memory") as exc:
-        runner.run("image_to_video", request, 1, NO_HOOKS)
+        runner.run(IMAGE_TO_VIDEO, request, 1, NO_HOOKS)
     # nothing holds the failed request's frames: its exception ended before this one began
     assert exc.value.__context__ is None
     assert exc.value.__cause__ is None
@@ -212,8 +216,10 @@ def picture(_url: str) -> Image.Image:
 
 
 def test_endpoints_map_onto_the_models_they_load() -> None:
-    assert models_of({"image_to_video"}) == ALL[c.IMAGE_TO_VIDEO_ENDPOINT]
-    assert models_of({"few_step_text_to_video"}) == ALL[c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT]
+    assert {e.id: e.capability.models for e in ENDPOINTS} == ALL  # type: ignore[attr-defined]
+    # their names, in the warm-up marker's key (a compile cache survives the upgrade)
+    names = ["text_to_video", "image_to_video", "few_step_text_to_video", "few_step_image_to_video"]
+    assert [str(e.capability) for e in ENDPOINTS] == names
 
 
 def test_the_memory_settings_are_checked_by_name() -> None:
@@ -247,24 +253,25 @@ def test_the_pipeline_refuses_a_size_beyond_its_plan_before_computing(
     ("mode", "on_cpu"),
     [
         ("resident", set()),
-        ("offload-first-frame", {"unet", "few_step_unet", "text_encoder", "text_encoder_2", "vae"}),
-        ("offload-unets", {"unet", "few_step_unet", "text_encoder", "text_encoder_2", "vae"}),
+        ("offload-first-frame", {"unet", "text_encoder", "text_encoder_2", "vae"}),
+        ("offload-unets", {"unet", "text_encoder", "text_encoder_2", "vae"}),
     ],
 )
+@pytest.mark.parametrize("family", FAMILIES)
 def test_each_component_loads_straight_to_where_the_plan_keeps_it(
-    mode: str, on_cpu: set[str]
+    mode: str, on_cpu: set[str], family: str
 ) -> None:
     cuda = choose("cuda", "bf16", platform=gpu())  # a device object: no GPU is touched
     chosen = plan(24, mode=mode)
-    first = core._placements(chosen, cuda, core.FIRST_FRAME_STAGE)
-    video = core._placements(chosen, cuda, core.VIDEO_STAGE)
+    first = loading._placements(chosen, cuda, family, Stage.first_frame)
+    video = loading._placements(chosen, cuda, family, Stage.video)
     assert isinstance(first, dict)
     assert isinstance(video, dict)
     cpu_first = {name for name, where in first.items() if where.device.type == "cpu"}
     assert cpu_first == on_cpu
     cpu_video = {name for name, where in video.items() if where.device.type == "cpu"}
     # the video stage's U-Nets wait on the CPU only in offload-unets; its encoder and VAE never
-    assert cpu_video == ({"unet", "few_step_unet"} if mode == "offload-unets" else set())
+    assert cpu_video == ({"unet"} if mode == "offload-unets" else set())
     assert first[""] == video[""] == cuda
     assert all(where.dtype == torch.bfloat16 for where in (*first.values(), *video.values()))
 
@@ -275,8 +282,8 @@ def test_every_loaded_model_is_named_as_the_plan_names_its_part(
     named = {id(module): name for name, module in tiny_pipeline._parts().values()}
     assert set(named.values()) == set(memory.PARTS)  # all four endpoints' models: every part
     assert named[id(tiny_pipeline.video.unet)] == "video_unet"
-    assert tiny_pipeline.few_step_video is not None
-    assert named[id(tiny_pipeline.few_step_video.unet)] == "few_step_video_unet"
+    assert tiny_pipeline.model(FEW_STEP, Stage.video) is not None
+    assert named[id(tiny_pipeline.model(FEW_STEP, Stage.video).unet)] == "few_step_video_unet"
     # a component the few-step pipeline shares with the base one is counted once
-    assert tiny_pipeline.few_step_video.vae is tiny_pipeline.video.vae
+    assert tiny_pipeline.model(FEW_STEP, Stage.video).vae is tiny_pipeline.video.vae
     assert named[id(tiny_pipeline.video.vae)] == "video_vae"

@@ -6,13 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bench.stock import Stock
 
 from fastsvd.errors import FastSVDError
+from fastsvd.hooks import Stage
 from fastsvd.pipeline import optimize
-from fastsvd.pipeline.core import VideoPipeline, load_pipeline
+from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import choose
-from fastsvd.pipeline.presets import TINY
-from fastsvd.pipeline.stock import Stock
+from fastsvd.pipeline.loading import load_pipeline
+from fastsvd.pipeline.presets import FEW_STEP, TINY
 from fastsvd.runner import params_of
 from fastsvd.schema import TextToVideoInput
 
@@ -50,7 +52,9 @@ def test_unknown_optimizations_are_refused_by_name() -> None:
 
 def test_fp8_is_for_the_video_unets_only(tiny_pipeline: VideoPipeline) -> None:
     # SDXL pipelines carry an image_encoder attribute too (None): they are left alone
-    optimize.apply([tiny_pipeline.first_frame, tiny_pipeline.few_step_first_frame], ("fp8",))
-    for video in (tiny_pipeline.video, tiny_pipeline.few_step_video):
+    optimize.apply(
+        [tiny_pipeline.first_frame, tiny_pipeline.model(FEW_STEP, Stage.first_frame)], ("fp8",)
+    )
+    for video in (tiny_pipeline.video, tiny_pipeline.model(FEW_STEP, Stage.video)):
         with pytest.raises(FastSVDError, match="fp8 needs a CUDA GPU"):
             optimize.apply([video], ("fp8",))

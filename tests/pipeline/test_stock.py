@@ -1,7 +1,7 @@
 """fastsvd against diffusers' own pipelines, both loaded from the same saved folders.
 
 The stock side is ``StableDiffusionXLPipeline`` / ``StableVideoDiffusionPipeline.from_pretrained``
-as a diffusers user loads them (``pipeline/stock.py``); fastsvd's side goes through its own
+as a diffusers user loads them (``bench/stock.py``); fastsvd's side goes through its own
 loader. In fp32 the frames are identical. In bf16 they differ by design: fastsvd keeps the
 latents and the sampler's arithmetic in fp32 where stock diffusers rounds them to bf16 after
 every step, so the bf16 check bounds the difference (tolerances measured, see below) and
@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench.stock import Stock
 
-from fastsvd.pipeline.core import Models, VideoPipeline, load_pipeline
+from fastsvd.hooks import NO_HOOKS
+from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import choose
-from fastsvd.pipeline.hooks import NO_HOOKS
-from fastsvd.pipeline.presets import TINY
-from fastsvd.pipeline.stock import Stock
+from fastsvd.pipeline.loading import load_pipeline
+from fastsvd.pipeline.presets import STANDARD, TINY, Capability
 from fastsvd.pipeline.video import decode, vae_upcast
 from fastsvd.runner import params_of
 from fastsvd.schema import TextToVideoInput
+from fastsvd.settings import Settings
 
 REQUEST = TextToVideoInput(
     prompt="a rocket",
@@ -33,7 +35,7 @@ REQUEST = TextToVideoInput(
     motion_bucket_id=90,
     cond_aug=0.1,
 )
-BASE = Models(few_step_video=False, few_step_first_frame=False)
+BASE = Capability(STANDARD, text=True).models  # the 20-step family's
 # bf16, fastsvd against stock, in 8-bit levels per pixel. Measured for this request and seed
 # on this CPU: max 22, mean 1.24 (99th percentile 6). The bounds leave about half as much
 # again. Why they differ at all: stock rounds the latents to bf16 (8 significant bits, a
@@ -51,8 +53,7 @@ def load_ours(folders: tuple[Path, Path], dtype: str) -> VideoPipeline:
         TINY,
         choose("cpu", dtype),
         models=BASE,
-        video_model=str(video),
-        first_frame_model=str(first_frame),
+        settings=Settings(video_model=str(video), first_frame_model=str(first_frame)),
     )
 
 

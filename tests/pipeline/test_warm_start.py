@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fastsvd.endpoints import IMAGE_TO_VIDEO
+from fastsvd import constants as c
+from fastsvd.endpoints import ENDPOINTS, IMAGE_TO_VIDEO
 from fastsvd.errors import DoesNotFit, OutOfMemory
 from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.runner import ModelRunner
@@ -32,7 +33,10 @@ def test_a_restart_with_the_warmed_cache_is_ready_compiled(
     monkeypatch.setattr(VideoPipeline, "warm_up", warm_up)
     settings = Settings(data_dir=tmp_path, preset="tiny", device="cpu", compile="1")
     runner = ModelRunner(
-        settings, lambda _url: Image.new("RGB", (64, 64)), frozenset({IMAGE_TO_VIDEO})
+        settings,
+        lambda _url: Image.new("RGB", (64, 64)),
+        {c.IMAGE_TO_VIDEO_ENDPOINT: IMAGE_TO_VIDEO},
+        explicit=True,
     )
     marker = runner._warmed_marker()
     if warmed:
@@ -57,7 +61,7 @@ def test_out_of_memory_in_the_warm_up_between_jobs_is_fatal_naming_settings_that
     tmp_path: Path, tiny_pipeline: VideoPipeline
 ) -> None:
     settings = Settings(data_dir=tmp_path, preset="tiny", device="cpu", compile="1")
-    runner = ModelRunner(settings, lambda _url: Image.new("RGB", (64, 64)))
+    runner = ModelRunner(settings, lambda _url: Image.new("RGB", (64, 64)), ENDPOINTS.needs())
     runner._pipeline = tiny_pipeline  # loaded once for the session
 
     def warm_up_step() -> None:  # what a warm-up request raises when the GPU runs out

@@ -33,7 +33,7 @@ def fp16_folder(root: Path, model: weights.ModelWeights) -> Path:
 
 
 def test_download_command_asks_for_configs_and_fp16_files_only() -> None:
-    video = weights.manifest(PRESETS["svd-xt-1.1"])[weights.VIDEO]
+    video = weights.manifest(PRESETS["svd-xt-1.1"])["video"]
     assert video.gated
     assert video.page == f"https://huggingface.co/{SVD_1_1}"
     command = weights.download_command(video, local_dir="/models/svd")
@@ -46,7 +46,7 @@ def test_download_command_asks_for_configs_and_fp16_files_only() -> None:
     assert ".safetensors " not in command.replace(".fp16.safetensors", "")
     # about 4.5 GB: the three fp16 components (parameter counts x 2 bytes)
     assert 4.4e9 < video.bytes() < 4.6e9
-    lcm = weights.manifest(PRESETS["svd-xt-1.1"])[weights.FEW_STEP_VIDEO]
+    lcm = weights.manifest(PRESETS["svd-xt-1.1"])["few_step_video"]
     single = "hf download wangfuyun/AnimateLCM-SVD-xt AnimateLCM-SVD-xt-1.1.safetensors"
     assert weights.download_command(lcm) == single
     assert weights.manifest(PRESETS["tiny"]) == {}
@@ -55,28 +55,28 @@ def test_download_command_asks_for_configs_and_fp16_files_only() -> None:
 def test_few_step_alone_needs_no_teacher_unet() -> None:
     settings = Settings()
     needed = {r.model.key: r for r in weights.requirements(settings, {FEW_STEP_IMAGE_TO_VIDEO})}
-    assert set(needed) == {weights.VIDEO, weights.FEW_STEP_VIDEO}
-    assert "unet" not in needed[weights.VIDEO].components
+    assert set(needed) == {"video", "few_step_video"}
+    assert "unet" not in needed["video"].components
     both = weights.requirements(settings, {IMAGE_TO_VIDEO, FEW_STEP_IMAGE_TO_VIDEO})
-    assert "unet" in next(r for r in both if r.model.key == weights.VIDEO).components
+    assert "unet" in next(r for r in both if r.model.key == "video").components
 
 
 def test_check_finds_folders_and_the_cache_and_lists_what_is_missing(
     tmp_path: Path, empty_cache: Path
 ) -> None:
     models = weights.manifest(PRESETS["svd-xt-1.1"])
-    folder = fp16_folder(tmp_path / "svd", models[weights.VIDEO])
+    folder = fp16_folder(tmp_path / "svd", models["video"])
     settings = Settings(video_model=str(folder))
     report = weights.check(settings, {TEXT_TO_VIDEO})
     assert [p.location for p in report.present] == [folder]
     (missing,) = report.missing
-    assert missing.requirement.model.key == weights.FIRST_FRAME
+    assert missing.requirement.model.key == "first_frame"
     line = report.message()
     assert line.startswith("first-frame (SDXL) 'stabilityai/stable-diffusion-xl-base-1.0'")
     assert "hf download stabilityai/stable-diffusion-xl-base-1.0 --include" in line
     # the same files in the hub cache, under the released id
     snapshot = empty_cache / "models--stabilityai--stable-diffusion-xl-base-1.0" / "snapshots"
-    fp16_folder(snapshot / ("0" * 40), models[weights.FIRST_FRAME])
+    fp16_folder(snapshot / ("0" * 40), models["first_frame"])
     (snapshot.parent / "refs").mkdir()
     (snapshot.parent / "refs" / "main").write_text("0" * 40)
     assert weights.check(settings, {TEXT_TO_VIDEO}).complete

@@ -29,12 +29,13 @@ import pytest
 import torch
 
 from fastsvd import constants as c
+from fastsvd.endpoints import configured
+from fastsvd.hooks import NO_HOOKS, Hooks
 from fastsvd.inputs import image_loader
 from fastsvd.pipeline import compile as compiling
 from fastsvd.pipeline import presets
 from fastsvd.pipeline.compile import CompileOptions, GraphState, Guarded
 from fastsvd.pipeline.core import Video, VideoPipeline
-from fastsvd.pipeline.hooks import NO_HOOKS, Hooks
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -166,6 +167,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         runner = ModelRunner(
             settings,
             image_loader(services.files, services.storage),
+            configured(settings).needs(),
             warm_up_size=WARM_UP_SIZE,
         )
         marker = runner._warmed_marker()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import ENDPOINTS, Endpoint
-from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
+from fastsvd.hooks import Hooks, Stage, StepEvent
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.worker import Worker

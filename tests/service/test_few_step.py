@@ -17,6 +17,9 @@ from fastapi.testclient import TestClient
 from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import ENDPOINTS
+from fastsvd.hooks import Stage
+from fastsvd.pipeline.core import VideoPipeline
+from fastsvd.pipeline.presets import FEW_STEP, STANDARD
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -89,10 +92,11 @@ def test_one_worker_runs_a_mixed_queue_of_all_four_in_order(
     worker, runner = model_worker(services, settings)
     assert worker.serve(burst=True) == len(order)  # one worker, every endpoint
     pipeline = runner._pipeline
-    from fastsvd.pipeline.core import VideoPipeline  # torch: only where the model runs
 
     assert isinstance(pipeline, VideoPipeline)
-    assert all(p is not None for p in (pipeline.first_frame, pipeline.few_step_first_frame))
+    assert all(
+        p is not None for p in (pipeline.first_frame, pipeline.model(FEW_STEP, Stage.first_frame))
+    )
     started = []
     for endpoint, answer in zip(order, submitted, strict=True):
         job = services.jobs.get(answer["request_id"])
@@ -129,9 +133,9 @@ def test_a_few_step_worker_never_claims_a_20_step_job(
         from fastsvd.pipeline.core import VideoPipeline  # torch: only where the model runs
 
         assert isinstance(pipeline, VideoPipeline)
-        assert pipeline._video is None  # no 20-step U-Nets in memory
+        assert pipeline.model(STANDARD, Stage.video) is None  # no 20-step U-Nets in memory
         assert pipeline.first_frame is None
-        assert pipeline.few_step_guidance == 1.0
+        assert pipeline.families[FEW_STEP].max_guidance_scale == 1.0
         ready = client.get("/ready").json()
         assert ready["endpoints"] == {
             c.TEXT_TO_VIDEO_ENDPOINT: 0,

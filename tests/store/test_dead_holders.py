@@ -14,7 +14,7 @@ from fastsvd.processes import ProcessIdentity, identity_of, this_process
 from fastsvd.store.db import Database
 from fastsvd.store.jobs import JobState, JobStore
 from fastsvd.store.tables import workers
-from fastsvd.store.workers import WorkerRegistry
+from fastsvd.store.workers import WorkerRoster
 from tests.support.bodies import T2V
 
 LONG_LEASE_S = 600.0  # never expires during a test: only a judged death frees the job
@@ -32,7 +32,7 @@ def reaped_process() -> ProcessIdentity:
     return identity
 
 
-def held_by(store: JobStore, registry: WorkerRegistry, name: str, who: ProcessIdentity) -> str:
+def held_by(store: JobStore, registry: WorkerRoster, name: str, who: ProcessIdentity) -> str:
     """A job claimed by worker ``name``, registered as process ``who``."""
     registry.register(name, who)
     job, _new = store.submit(key_id="k", endpoint=T2V, input={"prompt": "x"})
@@ -48,7 +48,7 @@ def registered(db: Database) -> set[str]:
 
 
 def test_a_job_of_a_dead_process_on_this_host_is_requeued_at_once(db: Database) -> None:
-    store, registry = JobStore(db, max_attempts=3), WorkerRegistry(db)
+    store, registry = JobStore(db, max_attempts=3), WorkerRoster(db)
     job_id = held_by(store, registry, "dead", reaped_process())
     first_token = store.get(job_id).lease_token  # type: ignore[union-attr]
     registry.register("alive")  # this process
@@ -65,7 +65,7 @@ def test_a_job_of_a_dead_process_on_this_host_is_requeued_at_once(db: Database) 
 
 
 def test_a_live_pid_with_another_start_time_is_not_the_holder(db: Database) -> None:
-    store, registry = JobStore(db), WorkerRegistry(db)
+    store, registry = JobStore(db), WorkerRoster(db)
     me = this_process()
     assert me.start_ticks is not None
     earlier = dataclasses.replace(me, start_ticks=me.start_ticks - 1)  # this pid, reused
@@ -75,7 +75,7 @@ def test_a_live_pid_with_another_start_time_is_not_the_holder(db: Database) -> N
 
 
 def test_a_live_holder_keeps_its_job(db: Database) -> None:
-    store, registry = JobStore(db), WorkerRegistry(db)
+    store, registry = JobStore(db), WorkerRoster(db)
     job_id = held_by(store, registry, "alive", this_process())
     assert store.requeue_dead_holders() == 0
     assert store.get(job_id).state == JobState.running  # type: ignore[union-attr]
@@ -83,7 +83,7 @@ def test_a_live_holder_keeps_its_job(db: Database) -> None:
 
 
 def test_a_holder_on_another_host_is_never_judged(db: Database) -> None:
-    store, registry = JobStore(db), WorkerRegistry(db)
+    store, registry = JobStore(db), WorkerRoster(db)
     elsewhere = dataclasses.replace(reaped_process(), host_id="another-boot/another-pidns")
     job_id = held_by(store, registry, "elsewhere", elsewhere)
     assert store.requeue_dead_holders() == 0
@@ -92,7 +92,7 @@ def test_a_holder_on_another_host_is_never_judged(db: Database) -> None:
 
 
 def test_a_holder_of_unknown_identity_is_never_judged(db: Database) -> None:
-    store, registry = JobStore(db), WorkerRegistry(db)
+    store, registry = JobStore(db), WorkerRoster(db)
     unknown = dataclasses.replace(reaped_process(), start_ticks=None)  # e.g. no /proc
     job_id = held_by(store, registry, "unknown", unknown)
     assert store.requeue_dead_holders() == 0
@@ -100,7 +100,7 @@ def test_a_holder_of_unknown_identity_is_never_judged(db: Database) -> None:
 
 
 def test_the_attempt_cap_holds_for_jobs_of_dead_holders(db: Database) -> None:
-    store, registry = JobStore(db, max_attempts=2), WorkerRegistry(db)
+    store, registry = JobStore(db, max_attempts=2), WorkerRoster(db)
     job_id = held_by(store, registry, "dead", reaped_process())
     assert store.requeue_dead_holders() == 1  # attempt 1 of 2: back to the queue
     registry.register("dead again", reaped_process())
@@ -116,7 +116,7 @@ def test_the_attempt_cap_holds_for_jobs_of_dead_holders(db: Database) -> None:
 
 
 def test_workers_starting_together_requeue_a_job_once(db: Database) -> None:
-    store, registry = JobStore(db), WorkerRegistry(db)
+    store, registry = JobStore(db), WorkerRoster(db)
     job_id = held_by(store, registry, "dead", reaped_process())
     start = threading.Barrier(4)
     counts: list[int] = []

@@ -14,6 +14,7 @@ from fastsvd import constants as c
 from fastsvd.api.auth import admin_key, current_key
 from fastsvd.errors import InvalidInput
 from fastsvd.services import Services
+from fastsvd.settings import flag
 from fastsvd.store.keys import KeyInfo
 
 
@@ -40,7 +41,11 @@ BaseURL = Annotated[str, Depends(base_url)]
 
 
 def truthy(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in ("1", "true", "yes")
+    """A yes/no query value (``settings.flag``); anything else is no."""
+    try:
+        return flag(value) is True
+    except ValueError:
+        return False
 
 
 def priority(request: Request) -> int:
@@ -83,13 +88,10 @@ def start_deadline(request: Request) -> float | None:
 
 def no_retry(request: Request) -> bool:
     """``x-fal-no-retry``: 1, true or yes: the request is not run again if its worker dies."""
-    raw = request.headers.get("x-fal-no-retry")
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value not in ("1", "true", "yes", "0", "false", "no"):
-        raise InvalidInput("x-fal-no-retry", "must be 1, true or yes (or 0, false or no)")
-    return value in ("1", "true", "yes")
+    try:
+        return flag(request.headers.get("x-fal-no-retry")) is True
+    except ValueError as exc:
+        raise InvalidInput("x-fal-no-retry", str(exc)) from None
 
 
 def output_lifetime(request: Request, max_s: float) -> float | None:

@@ -59,7 +59,7 @@ class StoreCollector(Collector):
             finished.add_metric([endpoint, outcome], n)
         yield finished
         ready = GaugeMetricFamily("fastsvd_workers_ready", "Workers with their model loaded.")
-        count, serving, serve_all = s.registry.ready_endpoints(3 * s.settings.lease_s)
+        count, serving, serve_all = s.roster.ready_endpoints(s.settings.serving_window_s)
         ready.add_metric([], count)
         yield ready
         per_endpoint = GaugeMetricFamily(

@@ -55,7 +55,7 @@ def router(endpoints: Registry) -> APIRouter:
     )
     async def ready(s: ServicesDep) -> JSONResponse:
         count, serving, serve_all = await run_in_threadpool(
-            s.registry.ready_endpoints, 3 * s.settings.lease_s
+            s.roster.ready_endpoints, s.settings.serving_window_s
         )
         body = {
             "status": "ready" if count else "starting",

@@ -209,7 +209,7 @@ async def _status_of(
         job, position, logs = view
         waiting = None
         queued = job.state == JobState.queued and logs is not None
-        if queued and not s.registry.serves(job.endpoint, 3 * s.settings.lease_s):
+        if queued and not s.roster.serves(job.endpoint, s.settings.serving_window_s):
             waiting = no_worker_line(job.endpoint)  # say why, when no one can run it
         return job, status_of(job, base, queue_position=position, logs=logs, waiting=waiting)
 

@@ -19,15 +19,9 @@ from pydantic import ValidationError
 
 from fastsvd import __version__
 from fastsvd import constants as c
-from fastsvd.endpoints import (
-    ENDPOINTS,
-    FEW_STEP_IMAGE_TO_VIDEO,
-    FEW_STEP_TEXT_TO_VIDEO,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_VIDEO,
-    Endpoint,
-)
+from fastsvd.endpoints import ENDPOINTS, Endpoint
 from fastsvd.errors import FastSVDError
+from fastsvd.pipeline.presets import FEW_STEP, STANDARD, Capability
 from fastsvd.schema import VIDEO_SIZE_PRESETS, DeepCache, field_errors
 from fastsvd.settings import Settings
 
@@ -73,12 +67,7 @@ def main() -> None:
 
 def endpoint_of(*, image: bool, few_step: bool) -> Endpoint:
     """The endpoint the CLI's inputs ask for: a prompt or ``--image``, with ``--few-step``."""
-    capability = {
-        (False, False): TEXT_TO_VIDEO,
-        (True, False): IMAGE_TO_VIDEO,
-        (False, True): FEW_STEP_TEXT_TO_VIDEO,
-        (True, True): FEW_STEP_IMAGE_TO_VIDEO,
-    }[(image, few_step)]
+    capability = Capability(FEW_STEP if few_step else STANDARD, text=not image)
     return next(e for e in ENDPOINTS if e.capability == capability)
 
 
@@ -86,7 +75,8 @@ def endpoints_help() -> str:
     """Each endpoint's fields and defaults, from the registry (``--help``'s epilog)."""
     lines = ["\b", "Endpoints (the options each takes; defaults after '='):"]
     for endpoint in ENDPOINTS:
-        chosen = "--few-step " if "few_step" in endpoint.capability else ""
+        few_step = getattr(endpoint.capability, "family", None) == FEW_STEP
+        chosen = "--few-step " if few_step else ""
         chosen += "--image" if endpoint.image_field else "PROMPT"
         fields = []
         for name, field in endpoint.input.model_fields.items():

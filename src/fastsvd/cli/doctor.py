@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -26,8 +25,8 @@ def doctor(preset: str | None, online: bool) -> None:
     quiet_libraries()
     from fastsvd.pipeline import weights
     from fastsvd.pipeline.device import Placement, choose, probe
-    from fastsvd.pipeline.presets import PRESETS
-    from fastsvd.runner import memory_plan, models_of
+    from fastsvd.pipeline.presets import PRESETS, models_of
+    from fastsvd.runner import memory_plan
 
     try:
         settings = Settings.from_env().with_overrides(preset=preset)
@@ -37,7 +36,7 @@ def doctor(preset: str | None, online: bool) -> None:
     if settings.preset not in PRESETS:
         raise click.ClickException(f"preset: unknown preset; use one of {', '.join(PRESETS)}")
     ok = True
-    real = PRESETS[settings.preset].video_model is not None
+    real = PRESETS[settings.preset].real
 
     # 1. the platform
     platform = probe()
@@ -52,7 +51,7 @@ def doctor(preset: str | None, online: bool) -> None:
         placement, ok = None, False
 
     # 2. the weights, per endpoint
-    report = weights.check(settings)
+    report = weights.check(settings, registry.capabilities())
     click.echo(f"weights (preset {settings.preset}):")
     for endpoint in registry:
         needed = weights.check(settings, [endpoint.capability])
@@ -75,7 +74,7 @@ def doctor(preset: str | None, online: bool) -> None:
     # 3. the memory plan, for this GPU (or FASTSVD_GPU_MEMORY_GB's)
     import torch
 
-    endpoints = {e.id: models_of({e.capability}) for e in registry}
+    endpoints = {e.id: models_of([e.capability]) for e in registry}
     if placement is None and settings.gpu_memory_gb is not None:
         placement = Placement(torch.device("cuda"), torch.bfloat16)  # the plan of such a card
     if placement is not None:
@@ -111,7 +110,9 @@ def _ask_hub(repo: str) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    from fastsvd.pipeline import weights
+
+    if weights.hub_offline():
         return f"{repo}: not asked (HF_HUB_OFFLINE is on)"
     try:
         HfApi().auth_check(repo)

@@ -160,7 +160,7 @@ def _run_local(
     quiet_libraries()  # before the model libraries load, which is when they talk most
 
     from fastsvd.cli.progress import StageProgress
-    from fastsvd.pipeline.hooks import Hooks
+    from fastsvd.hooks import Hooks
     from fastsvd.runner import ModelRunner, data_uri_only
 
     seed = resolve_seed(getattr(request, "seed", None))
@@ -168,7 +168,7 @@ def _run_local(
     # the worker's runner, for this one request: the same models, optimizations and encoding
     # (compiled only with FASTSVD_COMPILE=1, on the request itself: no separate warm-up)
     runner = ModelRunner(
-        settings, data_uri_only, capabilities=frozenset({capability}), serving=False
+        settings, data_uri_only, {endpoint.id: capability}, explicit=True, serving=False
     )
     with StageProgress(enabled=not quiet) as progress, _cancel_on_interrupt() as cancelled:
         progress.note(f"loading {settings.preset} on {runner.placement}")

@@ -14,7 +14,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fastsvd.pipeline.hooks import StepEvent
+from fastsvd.hooks import StepEvent
 
 _LABELS = {
     "first_frame": "first frame",

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from fastsvd.errors import FastSVDError
+from fastsvd.settings import flag
 
 log = logging.getLogger("fastsvd.compile")
 
@@ -173,13 +174,13 @@ def parse(
     value = (value or "").strip().lower()
     if value in ("", "auto"):
         return CompileOptions() if device.type == "cuda" and serving else None
-    if value in ("0", "off", "false", "no"):
-        return None
-    if value in ("1", "on", "true", "yes"):
-        return CompileOptions()
     if value == "regional":
         return CompileOptions(regional=True)
-    raise FastSVDError(f"FASTSVD_COMPILE must be 0, 1 or regional, got {value!r}")
+    try:
+        on = flag(value)
+    except ValueError:
+        raise FastSVDError(f"FASTSVD_COMPILE must be 0, 1 or regional, got {value!r}") from None
+    return CompileOptions() if on else None
 
 
 def use_cache_dir(folder: Path) -> Path:

@@ -16,20 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (
-    EulerDiscreteScheduler,
-    StableDiffusionXLPipeline,
-    StableVideoDiffusionPipeline,
-    UNet2DConditionModel,
-    UNetSpatioTemporalConditionModel,
-)
+from diffusers import StableDiffusionXLPipeline, StableVideoDiffusionPipeline
 from PIL import Image
 
 from fastsvd import constants as c
 from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationFailed, GpuFault, OutOfMemory
-from fastsvd.pipeline import deepcache, optimize, tiny, weights
-from fastsvd.pipeline import model_configs as configs
+from fastsvd.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
+from fastsvd.pipeline import deepcache
 from fastsvd.pipeline.compile import (
     CompileOptions,
     GraphState,
@@ -37,24 +31,19 @@ from fastsvd.pipeline.compile import (
     configure,
     set_state,
 )
-from fastsvd.pipeline.consistency import ConsistencySampler
 from fastsvd.pipeline.device import Placement, is_gpu_fault
 from fastsvd.pipeline.encode import encode_mp4
 from fastsvd.pipeline.first_frame import draw_first_frame
-from fastsvd.pipeline.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
-from fastsvd.pipeline.loading import Placements, load_pretrained, load_single_file, placement_of
-from fastsvd.pipeline.memory import ALL_MODELS, Models, Plan, cpu_plan
+from fastsvd.pipeline.memory import Plan, component_parts, cpu_plan
 from fastsvd.pipeline.params import GenerationParams
-from fastsvd.pipeline.presets import ANIMATE_LCM, SDXL_LIGHTNING_4STEP, ModelPreset
+from fastsvd.pipeline.presets import Family, ModelKey, ModelPreset
 from fastsvd.pipeline.video import VideoSettings, animate
+from fastsvd.schema import DeepCache
 
 # FASTSVD_FPS_CONDITIONING: the video model is conditioned on the preset's fps id (what it was
 # fine-tuned at), or on the request's fps - 1 (what diffusers' pipeline does)
 FPS_FROM_PRESET = "preset"
 FPS_FROM_REQUEST = "request"
-
-# the distilled U-Net of a stage's few-step family, in a stage's ``parts``
-FEW_STEP_UNET = "few_step_unet"
 
 # fal's default video_size (landscape_16_9), where ``warm_up`` compiles
 WARM_UP_SIZE = (1024, 576)
@@ -71,89 +60,92 @@ class Video:
     timings_s: dict[Stage, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Family:
-    """What one family runs a request with: its models (None: not loaded) and settings."""
-
-    name: str  # for messages: "20-step " or "few-step "
-    video: StableVideoDiffusionPipeline | None
-    graphs: deepcache.UNetGraphs | None  # the DeepCache forwards; None: the family has none
-    first_frame: StableDiffusionXLPipeline | None
-    first_frame_steps: int
-    first_frame_guidance: float
-    min_guidance: float  # the video's per-frame guidance ramp
-    max_guidance: float
-
-
 class VideoPipeline:
     """The loaded models of one preset, ready to generate one request at a time.
 
-    Two families: the 20-step one (``video``, ``first_frame``) and the few-step one
-    (``few_step_video``, ``few_step_first_frame``), each loaded or not. A family's distilled
-    U-Net runs on the other's components where both are loaded: one VAE, image encoder, text
-    encoder pair, in memory once.
+    ``models`` holds a pipeline per (family, stage) loaded (``presets``: each family a first-frame
+    and a video model). A distilled family's U-Net runs on the base family's components where
+    both are loaded: one VAE, image encoder, text encoder pair, in memory once. ``families``
+    holds how each family runs (its guidance, steps), as the settings left it.
     """
 
     def __init__(
         self,
         preset: ModelPreset,
         placement: Placement,
-        video: StableVideoDiffusionPipeline | None,
-        first_frame: StableDiffusionXLPipeline | None,
+        models: dict[ModelKey, Any],
         *,
-        few_step_video: StableVideoDiffusionPipeline | None = None,
-        few_step_first_frame: StableDiffusionXLPipeline | None = None,
-        few_step_guidance: float | None = None,
+        families: dict[str, Family] | None = None,
         plan: Plan | None = None,
     ) -> None:
-        if video is None and few_step_video is None:
+        if not any(stage is Stage.video for _family, stage in models):
             raise ValueError("a VideoPipeline needs a video model")
         self.preset = preset
         self.placement = placement
-        self._video = video
-        self.first_frame = first_frame
-        self.few_step_video = few_step_video
-        self.few_step_first_frame = few_step_first_frame
-        # the few-step video's guidance ramp ends here (1.0: no guidance, one U-Net batch)
-        self.few_step_guidance = (
-            preset.few_step.max_guidance_scale if few_step_guidance is None else few_step_guidance
-        )
+        self.models = models
+        self.families = families or {f.key: f for f in preset.families}
         # where each model waits between stages (pipeline/memory.py); no GPU: where it is
         self.plan = plan or cpu_plan({}, preset.decode_chunk_size)
         for pipe in self.pipes():
             pipe.set_progress_bar_config(disable=True)
         self._place()
-        # the video U-Net's forwards, eager until ``compile``; one full graph keeps every cut
+        # the base video U-Net's forwards, eager until ``compile``; one full graph keeps every
+        # cut (DeepCache: the base family's only)
+        base_video = self.model(preset.base.key, Stage.video)
         self.graphs = (
-            deepcache.UNetGraphs(video.unet, deepcache.BRANCHES) if video is not None else None
+            deepcache.UNetGraphs(base_video.unet, deepcache.BRANCHES)
+            if base_video is not None
+            else None
         )
         self.compiled: CompileOptions | None = None
         # where the video's fps conditioning comes from: FPS_FROM_PRESET or FPS_FROM_REQUEST
         self.fps_conditioning = FPS_FROM_PRESET
 
+    def model(self, family: str, stage: Stage) -> Any:
+        """The loaded pipeline of ``family``'s model of ``stage``; None: not loaded."""
+        return self.models.get((family, stage))
+
     @property
     def video(self) -> StableVideoDiffusionPipeline:
-        """The 20-step video model (SVD-XT)."""
-        if self._video is None:
-            raise FastSVDError(f"preset {self.preset.name} was loaded without the 20-step model")
-        return self._video
+        """The base family's video model (SVD-XT)."""
+        return self._loaded(self.preset.base.key, Stage.video)
+
+    @property
+    def first_frame(self) -> StableDiffusionXLPipeline | None:
+        """The base family's first-frame model (SDXL base); None: not loaded."""
+        pipe: StableDiffusionXLPipeline | None = self.model(self.preset.base.key, Stage.first_frame)
+        return pipe
+
+    def _loaded(self, family: str, stage: Stage) -> Any:
+        pipe = self.model(family, stage)
+        if pipe is None:
+            name = self.families[family].name if family in self.families else family
+            raise FastSVDError(
+                f"preset {self.preset.name} was loaded without the {name} "
+                f"{'video' if stage is Stage.video else 'first-frame'} model"
+            )
+        return pipe
 
     def pipes(self) -> list[StableVideoDiffusionPipeline | StableDiffusionXLPipeline]:
         """The loaded diffusers pipelines (they may share components)."""
-        pipes = (self._video, self.first_frame, self.few_step_video, self.few_step_first_frame)
-        return [pipe for pipe in pipes if pipe is not None]
+        return list(self.models.values())
 
     def compile(self, options: CompileOptions) -> None:
         """Compile the models as ``options`` say (``pipeline/compile.py``); lazily: the graphs
         are built on the first call, which ``warm_up`` makes."""
         configure()
         options = replace(options, guards=[])  # this pipeline's own graphs
-        firsts = (self.first_frame, self.few_step_first_frame) if options.first_frame else ()
-        # whole forwards: the first frames' U-Nets, the few-step video's (no DeepCache)
-        whole = [p.unet for p in (*firsts, self.few_step_video) if p is not None]
+        base = self.preset.base.key
+        # whole forwards: the first frames' U-Nets, the distilled videos' (no DeepCache)
+        whole = [
+            pipe.unet
+            for (family, stage), pipe in self.models.items()
+            if (stage is Stage.first_frame and options.first_frame)
+            or (stage is Stage.video and family != base)
+        ]
         if options.regional:
-            teacher = [self._video.unet] if self._video is not None else []
-            for unet in [*whole, *teacher]:
+            teacher = self.model(base, Stage.video)
+            for unet in [*whole, *([teacher.unet] if teacher is not None else [])]:
                 compile_regions(unet, options)
         else:
             if self.graphs is not None:
@@ -211,17 +203,20 @@ class VideoPipeline:
             return step
 
         steps = []
-        if self._video is not None:
+        base = self.preset.base.key
+        if self.model(base, Stage.video) is not None:
             if self.first_frame is not None:
                 steps.append(warming(params, keep_frame=True))
             else:
                 steps.append(warming(replace(params, prompt=None, image=grey)))
             # minimum's schedule covers cut 1 (medium's too), high's cut 0: full, then shallow
-            for level in ("minimum", "high"):
+            for level in (DeepCache.minimum, DeepCache.high):
                 steps.append(warming(replace(params, prompt=None, image=grey, deep_cache=level)))
-        if self.few_step_video is not None:
-            few = replace(params, few_step=True, negative_prompt="")
-            if self.few_step_first_frame is None:
+        for family in self.families:  # the distilled ones: no DeepCache, no negative prompt
+            if family == base or self.model(family, Stage.video) is None:
+                continue
+            few = replace(params, family=family, negative_prompt="")
+            if self.model(family, Stage.first_frame) is None:
                 few = replace(few, prompt=None, image=grey)
             steps.append(warming(few))
         return steps
@@ -242,15 +237,11 @@ class VideoPipeline:
 
         The video's ``timings_s`` holds the seconds of each stage that ran.
         """
-        if params.deep_cache not in deepcache.LEVELS:
-            raise ValueError(f"no deep_cache level {params.deep_cache!r}")
-        family = self._family(params.few_step)
-        if family.video is None:
-            raise FastSVDError(
-                f"preset {self.preset.name} was loaded without the {family.name}video model"
-            )
-        if family.graphs is None and params.deep_cache != "none":
-            raise ValueError("the few-step video model runs without DeepCache")
+        family = self.families[params.family]
+        video = self._loaded(family.key, Stage.video)
+        graphs = self.graphs if family.key == self.preset.base.key else None
+        if graphs is None and params.deep_cache is not DeepCache.none:
+            raise ValueError(f"the {family.name} video model runs without DeepCache")
         self.plan.check_size(params.width, params.height)
         clock = StageClock(hooks)
         if params.prompt is not None:
@@ -271,13 +262,13 @@ class VideoPipeline:
             motion_bucket_id=params.motion_bucket_id,
             noise_aug_strength=params.noise_aug_strength,
             seed=params.seed,
-            min_guidance_scale=family.min_guidance,
-            max_guidance_scale=family.max_guidance,
+            min_guidance_scale=family.min_guidance_scale,
+            max_guidance_scale=family.max_guidance_scale,
             decode_chunk_size=self.plan.decode_chunk,
             cache=deepcache.LEVELS[params.deep_cache],
         )
-        with _translated_errors(), torch.inference_mode(), self._on_device(family.video):
-            frames = animate(family.video, image, settings, clock.hooks, family.graphs)
+        with _translated_errors(), torch.inference_mode(), self._on_device(video):
+            frames = animate(video, image, settings, clock.hooks, graphs)
         # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
         pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
         return Video(
@@ -293,41 +284,11 @@ class VideoPipeline:
         fine-tuned at), or with ``fps_conditioning == "request"`` diffusers' ``fps - 1``."""
         return fps - 1 if self.fps_conditioning == FPS_FROM_REQUEST else self.preset.fps_id
 
-    def _family(self, few_step: bool) -> _Family:
-        """One family's loaded models and settings (the few-step guidance as set now)."""
-        if few_step:
-            few = self.preset.few_step
-            return _Family(
-                "few-step ",
-                self.few_step_video,
-                None,
-                self.few_step_first_frame,
-                few.first_frame_steps,
-                few.first_frame_guidance,
-                few.min_guidance_scale,
-                self.few_step_guidance,
-            )
-        p = self.preset
-        return _Family(
-            "20-step ",
-            self._video,
-            self.graphs,
-            self.first_frame,
-            p.first_frame_steps,
-            p.first_frame_guidance,
-            p.min_guidance_scale,
-            p.max_guidance_scale,
-        )
-
     def _draw_first_frame(
-        self, family: _Family, prompt: str, params: GenerationParams, hooks: Hooks
+        self, family: Family, prompt: str, params: GenerationParams, hooks: Hooks
     ) -> Image.Image:
         """Stage 1: ``prompt`` rendered at the video's size, by the family's first-frame model."""
-        pipe = family.first_frame
-        if pipe is None:
-            raise FastSVDError(
-                f"preset {self.preset.name} was loaded without the {family.name}first-frame model"
-            )
+        pipe = self._loaded(family.key, Stage.first_frame)
         with _translated_errors(), torch.inference_mode(), self._on_device(pipe):
             return draw_first_frame(
                 pipe,
@@ -342,24 +303,14 @@ class VideoPipeline:
             )
 
     def _parts(self) -> dict[int, tuple[str, torch.nn.Module]]:
-        """The loaded models by id: each one's part name (``memory.py``, from its stage's
-        ``parts``) and module; a component two pipelines share is named after the base one."""
+        """The loaded models by id: each one's part name (``memory.component_parts``) and
+        module; a component two pipelines share has one part whatever the family."""
         parts: dict[int, tuple[str, torch.nn.Module]] = {}
-        stages = (
-            (VIDEO_STAGE, self._video, self.few_step_video),
-            (FIRST_FRAME_STAGE, self.first_frame, self.few_step_first_frame),
-        )
-        for stage, base, few in stages:
-            for pipe, unet in ((base, "unet"), (few, FEW_STEP_UNET)):
-                if pipe is None:
-                    continue
-                for component, part in stage.parts.items():
-                    if component == FEW_STEP_UNET:
-                        continue
-                    module = pipe.components.get(component)
-                    if isinstance(module, torch.nn.Module):
-                        name = stage.parts[unet] if component == "unet" else part
-                        parts.setdefault(id(module), (name, module))
+        for key, pipe in self.models.items():
+            for component, part in component_parts(key).items():
+                module = pipe.components.get(component)
+                if isinstance(module, torch.nn.Module):
+                    parts.setdefault(id(module), (part, module))
         return parts
 
     def _place(self) -> None:
@@ -438,239 +389,3 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def load_pipeline(
-    preset: ModelPreset,
-    placement: Placement,
-    *,
-    models: Models = ALL_MODELS,
-    video_model: str | None = None,
-    first_frame_model: str | None = None,
-    few_step_video_model: str | None = None,
-    few_step_first_frame_model: str | None = None,
-    few_step_guidance: float | None = None,
-    fps_conditioning: str = FPS_FROM_PRESET,
-    optimizations: tuple[str, ...] = (),
-    compile: CompileOptions | None = None,
-    warm_up: bool = False,
-    plan: Plan | None = None,
-) -> VideoPipeline:
-    """Load ``models`` of ``preset`` onto ``placement``; ``*_model`` override where their weights
-    are (a Hugging Face id or folder; for the few-step U-Nets, a single file or its repo).
-
-    ``plan`` (``pipeline/memory.py``) says which models wait on the CPU between stages, and
-    the decode chunk; by default everything stays on ``placement``'s device. With ``compile``
-    the models are compiled (eager until warmed up and swapped in: ``compile.py``), and with
-    ``warm_up`` one short request per ``deep_cache`` level runs at the default size first.
-    """
-    few = preset.few_step
-    released = weights.manifest(preset)
-    video, few_video = _load_stage(
-        VIDEO_STAGE,
-        video_model or preset.video_model,
-        _placements(plan, placement, VIDEO_STAGE),
-        released,
-        base=models.video,
-        few_step=models.few_step_video,
-        reference=few_step_video_model or few.video_unet,
-        default_file=_file_name(few.video_unet or ANIMATE_LCM),
-    )
-    first_frame, few_first = _load_stage(
-        FIRST_FRAME_STAGE,
-        first_frame_model or preset.first_frame_model,
-        _placements(plan, placement, FIRST_FRAME_STAGE),
-        released,
-        base=models.first_frame,
-        few_step=models.few_step_first_frame,
-        reference=few_step_first_frame_model or few.first_frame_unet,
-        default_file=_file_name(few.first_frame_unet or SDXL_LIGHTNING_4STEP),
-    )
-    few_step_video = few_step_first_frame = None
-    if few_video is not None:
-        parts, unet = few_video
-        few_step_video = StableVideoDiffusionPipeline(
-            **{**parts.components, "unet": unet, "scheduler": ConsistencySampler()}
-        )
-    if few_first is not None:
-        parts, unet = few_first
-        few_step_first_frame = lightning_pipeline(parts, unet)
-    pipeline = VideoPipeline(
-        preset,
-        placement,
-        video,
-        first_frame,
-        few_step_video=few_step_video,
-        few_step_first_frame=few_step_first_frame,
-        few_step_guidance=few_step_guidance,
-        plan=plan,
-    )
-    pipeline.fps_conditioning = fps_conditioning
-    optimize.apply(pipeline.pipes(), optimizations)
-    if compile is not None:
-        pipeline.compile(compile)
-    if warm_up:
-        pipeline.warm_up()
-    return pipeline
-
-
-@dataclass(frozen=True)
-class _Stage:
-    """How one stage's models load: its pipeline and U-Net classes, its messages' names, and
-    its tiny equivalents."""
-
-    pipeline: type[StableVideoDiffusionPipeline] | type[StableDiffusionXLPipeline]
-    unet: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel]
-    key: str  # the model's key in the weights manifest (its few-step U-Net's: "few_step_" + key)
-    parts: dict[str, str]  # component -> its part in the memory plan (``memory.py``)
-    role: str
-    env_var: str
-    few_step_role: str
-    few_step_env_var: str
-    bundled_config: str  # the released model's config kept in pipeline/configs
-    build_tiny: Callable[[], Any]
-    tiny_unet_config: Callable[[], dict[str, Any]]
-    build_tiny_few_step_unet: Callable[[], torch.nn.Module]
-
-
-VIDEO_STAGE = _Stage(
-    StableVideoDiffusionPipeline,
-    UNetSpatioTemporalConditionModel,
-    weights.VIDEO,
-    {
-        "unet": "video_unet",
-        FEW_STEP_UNET: "few_step_video_unet",
-        "image_encoder": "image_encoder",
-        "vae": "video_vae",
-    },
-    "video (SVD-XT)",
-    "FASTSVD_VIDEO_MODEL",
-    "few-step video (AnimateLCM-SVD-xt)",
-    "FASTSVD_FEW_STEP_VIDEO_MODEL",
-    configs.SVD_XT,
-    tiny.build_video,
-    tiny.video_unet_config,
-    tiny.build_few_step_video_unet,
-)
-FIRST_FRAME_STAGE = _Stage(
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-    weights.FIRST_FRAME,
-    {
-        "unet": "first_frame_unet",
-        FEW_STEP_UNET: "few_step_first_frame_unet",
-        "text_encoder": "text_encoders",
-        "text_encoder_2": "text_encoders",
-        "vae": "first_frame_vae",
-    },
-    "first-frame (SDXL)",
-    "FASTSVD_FIRST_FRAME_MODEL",
-    "few-step first-frame (SDXL-Lightning)",
-    "FASTSVD_FEW_STEP_FIRST_FRAME_MODEL",
-    configs.SDXL_BASE,
-    tiny.build_first_frame,
-    tiny.first_frame_unet_config,
-    tiny.build_few_step_first_frame_unet,
-)
-
-
-def _placements(plan: Plan | None, placement: Placement, stage: _Stage) -> Placements:
-    """Where each of ``stage``'s components loads: straight to the CPU when ``plan`` keeps its
-    part there between stages, else to ``placement``; so no model passes through the GPU (or
-    through host memory whole) on its way to where it waits."""
-    offloaded = plan.offloaded if plan is not None else frozenset()
-    cpu = Placement(torch.device("cpu"), placement.dtype)
-    return {"": placement} | {
-        component: cpu for component, part in stage.parts.items() if part in offloaded
-    }
-
-
-def _load_stage(
-    stage: _Stage,
-    model: str | None,
-    placements: Placements,
-    released: dict[str, weights.ModelWeights],
-    *,
-    base: bool,
-    few_step: bool,
-    reference: str | None,
-    default_file: str,
-) -> tuple[Any, tuple[Any, torch.nn.Module] | None]:
-    """One stage's models: with ``base``, its pipeline from ``model`` (None: tiny); with
-    ``few_step``, the distilled U-Net from ``reference`` (None: tiny) and the pipeline whose
-    other components it runs on (the base one when loaded, else one loaded without its own
-    U-Net)."""
-
-    def pretrained(**components: Any) -> Any:
-        assert model is not None
-        return load_pretrained(
-            stage.pipeline,
-            model,
-            placements,
-            role=stage.role,
-            env_var=stage.env_var,
-            weights=released.get(stage.key),
-            components=components,
-        )
-
-    pipe = (pretrained() if model else stage.build_tiny()) if base else None
-    if not few_step:
-        return pipe, None
-    if reference is None:
-        unet = stage.build_tiny_few_step_unet()
-    else:
-        config = (
-            _unet_config(stage.unet, pipe, model, stage.bundled_config)
-            if model
-            else stage.tiny_unet_config()
-        )
-        unet = load_single_file(
-            stage.unet,
-            config,
-            reference,
-            placement_of(placements, FEW_STEP_UNET),
-            default_file=default_file,
-            role=stage.few_step_role,
-            env_var=stage.few_step_env_var,
-            weights=released.get(f"few_step_{stage.key}"),
-        )
-    if pipe is not None:
-        return pipe, (pipe, unet)
-    # the other components, without the teacher's U-Net
-    return None, (pretrained(unet=unet) if model else stage.build_tiny(), unet)
-
-
-def lightning_pipeline(
-    base: StableDiffusionXLPipeline, unet: UNet2DConditionModel
-) -> StableDiffusionXLPipeline:
-    """SDXL-Lightning: ``base``'s text encoders, tokenizers and VAE with the distilled ``unet``,
-    sampled by Euler with trailing timestep spacing (the Lightning authors' setting)."""
-    scheduler = EulerDiscreteScheduler.from_config(
-        base.scheduler.config, timestep_spacing="trailing"
-    )
-    return StableDiffusionXLPipeline(
-        **{**base.components, "unet": unet, "scheduler": scheduler},
-        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
-        add_watermarker=False,  # a first frame is an input of the video model, not an output
-    )
-
-
-def _unet_config(
-    cls: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel],
-    loaded: StableVideoDiffusionPipeline | StableDiffusionXLPipeline | None,
-    model: str,
-    bundled: str,
-) -> dict[str, Any]:
-    """The architecture a distilled U-Net file is loaded into: that of the U-Net of ``model``
-    (the loaded one's, else its config file), else the released model's config kept here."""
-    if loaded is not None:
-        return dict(loaded.unet.config)
-    try:
-        config: dict[str, Any] = cls.load_config(model, subfolder="unet")
-        return config
-    except (OSError, ValueError):  # loading the components next says what is missing
-        return configs.load(bundled, "unet")
-
-
-def _file_name(reference: str) -> str:
-    return reference.rsplit("/", 1)[-1]

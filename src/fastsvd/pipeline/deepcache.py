@@ -26,6 +26,8 @@ import torch
 from diffusers import UNetSpatioTemporalConditionModel
 from torch import nn
 
+from fastsvd.schema import DeepCache
+
 
 @dataclass(frozen=True)
 class CacheSchedule:
@@ -39,14 +41,14 @@ class CacheSchedule:
         return step % self.interval == 0
 
 
-# The levels. Branch 1 at interval 3 is the setting the DeepCache authors published for
-# SVD-XT; FLOP ratios are for the U-Net alone at 1024x576 (docs/deepcache.md). The names are
-# the values of fal's ``deep_cache`` input.
-LEVELS: dict[str, CacheSchedule | None] = {
-    "none": None,
-    "minimum": CacheSchedule(interval=2, branch=1),  # ~1.6x fewer U-Net FLOPs
-    "medium": CacheSchedule(interval=3, branch=1),  # ~2.0x
-    "high": CacheSchedule(interval=3, branch=0),  # ~2.6x
+# The schedule of each level of fal's ``deep_cache`` input (``schema.DeepCache``, the one list
+# of levels). Branch 1 at interval 3 is the setting the DeepCache authors published for SVD-XT;
+# FLOP ratios are for the U-Net alone at 1024x576 (docs/deepcache.md).
+LEVELS: dict[DeepCache, CacheSchedule | None] = {
+    DeepCache.none: None,
+    DeepCache.minimum: CacheSchedule(interval=2, branch=1),  # ~1.6x fewer U-Net FLOPs
+    DeepCache.medium: CacheSchedule(interval=3, branch=1),  # ~2.0x
+    DeepCache.high: CacheSchedule(interval=3, branch=0),  # ~2.6x
 }
 # The cuts the levels use: a pipeline's one full graph keeps the deep feature of each
 BRANCHES: tuple[int, ...] = tuple(sorted({s.branch for s in LEVELS.values() if s is not None}))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fastsvd.constants import NVIDIA_SMI_TIMEOUT_S
 from fastsvd.errors import FastSVDError, NoUsableGpu
 
 _DTYPES = {
@@ -202,7 +203,12 @@ def _nvidia_smi() -> tuple[str | None, str | None]:
         return None, None
     try:
         out = subprocess.run(
-            ["nvidia-smi"], capture_output=True, text=True, timeout=10, check=False, env=os.environ
+            ["nvidia-smi"],
+            capture_output=True,
+            text=True,
+            timeout=NVIDIA_SMI_TIMEOUT_S,
+            check=False,
+            env=os.environ,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None

@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
-from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
+from fastsvd.hooks import Hooks, Stage, StepEvent
 
 
 def draw_first_frame(

@@ -1,4 +1,5 @@
-"""Full-size models with random weights, for benchmarks: the real configs, no download.
+"""Full-size models with random weights: the real configs, no download. The memory plan counts
+their parameters on the meta device (``memory.part_parameters``); benchmarks run them.
 
 Every component is built from the preset's real config (``pipeline/configs``) at its real size,
 so it does the same work (FLOPs, memory traffic) as the released weights; only the weights are
@@ -62,30 +63,6 @@ def build_first_frame(device: torch.device, dtype: torch.dtype) -> StableDiffusi
         add_watermarker=False,
     )
     return pipe.to(device=device, dtype=dtype)
-
-
-def build_few_step(
-    video: StableVideoDiffusionPipeline, first_frame: StableDiffusionXLPipeline
-) -> tuple[StableVideoDiffusionPipeline, StableDiffusionXLPipeline]:
-    """The few-step family on the same components: AnimateLCM-SVD-xt's and SDXL-Lightning's
-    U-Nets (each its teacher's architecture) at full size, random weights."""
-    from fastsvd.pipeline.consistency import ConsistencySampler
-    from fastsvd.pipeline.core import lightning_pipeline
-
-    device, dtype = video.device, video.dtype
-    with torch.device(device):
-        video_unet = UNetSpatioTemporalConditionModel.from_config(
-            configs.load(configs.SVD_XT, "unet")
-        )
-        frame_unet = UNet2DConditionModel.from_config(configs.load(configs.SDXL_BASE, "unet"))
-    few_step_video = StableVideoDiffusionPipeline(
-        **{
-            **video.components,
-            "unet": video_unet.to(dtype=dtype),
-            "scheduler": ConsistencySampler(),
-        }
-    )
-    return few_step_video, lightning_pipeline(first_frame, frame_unet.to(dtype=dtype))
 
 
 def build_video(device: torch.device, dtype: torch.dtype) -> StableVideoDiffusionPipeline:

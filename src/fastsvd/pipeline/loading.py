@@ -1,4 +1,5 @@
-"""Loading the real models: a Hugging Face id, a local folder, or the Hugging Face cache.
+"""Loading the models: ``load_pipeline`` loops over a preset's families and stages and reads
+each model from a Hugging Face id, a local folder, or the Hugging Face cache (tiny: built in code).
 
 A hub id is first resolved to a folder: ``huggingface_hub`` finds its snapshot in the cache
 (``HF_HOME`` / ``HF_HUB_CACHE``) or downloads it, unless ``HF_HUB_OFFLINE=1``, fetching only the
@@ -7,7 +8,8 @@ without fp16 files gives its plain ones). Then every component is loaded on its 
 to the device and dtype it runs in: the fp16 variant files wherever they are there (folders
 too), with ``low_cpu_mem_usage`` (weights go into an empty model, tensor by tensor), so the host
 holds one component at a time, not the whole pipeline. A single-file U-Net (AnimateLCM,
-SDXL-Lightning) is read tensor by tensor into its target dtype and device.
+SDXL-Lightning) is read tensor by tensor into its target dtype and device
+(``pipeline/single_file.py``).
 
 Every way this can fail becomes one ``ModelNotAvailable`` naming the model and saying what to
 do: a gated repo says where to accept its licence, a missing one gives the minimal
@@ -18,18 +20,45 @@ from __future__ import annotations
 
 import importlib
 import json
-import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from diffusers import DiffusionPipeline, ModelMixin
+from diffusers import (
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    ModelMixin,
+    StableDiffusionXLPipeline,
+    StableVideoDiffusionPipeline,
+    UNet2DConditionModel,
+    UNetSpatioTemporalConditionModel,
+)
 from diffusers.configuration_utils import ConfigMixin
 
 from fastsvd.errors import ModelNotAvailable
+from fastsvd.hooks import Stage
+from fastsvd.pipeline import model_configs as configs
+from fastsvd.pipeline import optimize, tiny, weights
+from fastsvd.pipeline.compile import CompileOptions
+from fastsvd.pipeline.consistency import ConsistencySampler
+from fastsvd.pipeline.core import VideoPipeline
 from fastsvd.pipeline.device import Placement
+from fastsvd.pipeline.memory import ALL_MODELS, Models, Plan, component_parts
+from fastsvd.pipeline.presets import (
+    MODEL_STAGES,
+    SVD_XT_1_1,
+    Family,
+    ModelKey,
+    ModelPreset,
+    Sampler,
+    env_var,
+    model_key,
+)
+from fastsvd.pipeline.single_file import read_tensors, weights_file
 from fastsvd.pipeline.weights import FP16, ModelWeights, download_command, hub_offline, token_set
+from fastsvd.settings import Settings
 
 P = TypeVar("P", bound=DiffusionPipeline)
 M = TypeVar("M", bound=torch.nn.Module)
@@ -140,27 +169,6 @@ def load_component(cls: type[Any], folder: Path, name: str, placement: Placement
     return module
 
 
-def weights_file(reference: str, default_file: str) -> Path:
-    """The local path of a single-file weights ``reference``: a ``.safetensors`` file, a folder
-    holding ``default_file``, or ``owner/name[/file]`` on the Hugging Face hub (the cache first;
-    downloaded unless ``HF_HUB_OFFLINE=1``). Raises OSError or ValueError when it is not there."""
-    local = Path(reference).expanduser()
-    if local.is_file():
-        return local
-    if local.is_dir():
-        path = local / default_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
-        return path
-    parts = reference.split("/")
-    if len(parts) < 2 or not all(parts) or local.is_absolute():
-        raise FileNotFoundError(f"no file or folder {reference} (nor is it owner/name[/file])")
-    from huggingface_hub import hf_hub_download
-
-    repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or default_file
-    return Path(hf_hub_download(repo, filename))
-
-
 def load_single_file(
     cls: type[M],
     config: dict[str, Any],
@@ -196,51 +204,6 @@ def load_single_file(
         raise ModelNotAvailable(f"{role} weights {path} leave {left[0]} unset")
     loaded: M = module.to(device=placement.device)
     return loaded
-
-
-# safetensors' dtype names
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def read_tensors(path: Path, placement: Placement) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors of a safetensors file, one at a time, each read with plain reads (not
-    mapped: a mapped file's pages would count in the host's memory until it is closed) and
-    cast and moved to ``placement`` before the next is read. The format: a little-endian u64
-    header size, a JSON header of names, dtypes, shapes and byte offsets, then the data."""
-    with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        if size > 100_000_000:
-            raise ValueError(f"{path} is not a safetensors file (header of {size} bytes)")
-        header = json.loads(f.read(size))
-        start = 8 + size
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] not in _DTYPES:
-                raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-            begin, end = info["data_offsets"]
-            buffer = bytearray(end - begin)
-            f.seek(start + begin)
-            if f.readinto(buffer) != len(buffer):
-                raise ValueError(f"{path} is truncated (tensor {name})")
-            dtype = _DTYPES[info["dtype"]]
-            tensor = (
-                torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
-            )
-            # (the tensor keeps its buffer alive when the cast is no copy)
-            target = placement.dtype if tensor.is_floating_point() else dtype
-            yield name, tensor.reshape(info["shape"]).to(device=placement.device, dtype=target)
 
 
 def not_available(
@@ -317,3 +280,231 @@ def hub_reason(exc: BaseException) -> str:
 def _shorten(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# --- the loader: a preset's models, family by family and stage by stage ---------------------
+
+
+@dataclass(frozen=True)
+class _StageClasses:
+    """How a stage's models load: its pipeline and U-Net classes, its name in messages, its
+    released config, and its tiny equivalents."""
+
+    pipeline: type[StableVideoDiffusionPipeline] | type[StableDiffusionXLPipeline]
+    unet: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel]
+    label: str  # "video", "first-frame"
+    bundled_config: str  # the released model's config kept in pipeline/configs
+    build_tiny: Callable[[], Any]
+    tiny_unet_config: Callable[[], dict[str, Any]]
+    build_tiny_unet: Callable[[], torch.nn.Module]  # a family's own U-Net, distinct weights
+
+
+_STAGES = {
+    Stage.video: _StageClasses(
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+        "video",
+        configs.SVD_XT,
+        tiny.build_video,
+        tiny.video_unet_config,
+        tiny.build_few_step_video_unet,
+    ),
+    Stage.first_frame: _StageClasses(
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+        "first-frame",
+        configs.SDXL_BASE,
+        tiny.build_first_frame,
+        tiny.first_frame_unet_config,
+        tiny.build_few_step_first_frame_unet,
+    ),
+}
+
+
+def load_pipeline(
+    preset: ModelPreset,
+    placement: Placement,
+    *,
+    models: Models = ALL_MODELS,
+    settings: Settings | None = None,
+    optimizations: tuple[str, ...] = (),
+    compile: CompileOptions | None = None,
+    warm_up: bool = False,
+    plan: Plan | None = None,
+) -> VideoPipeline:
+    """Load ``models`` (family, stage) of ``preset`` onto ``placement``. ``settings`` override
+    where a model's weights are (``FASTSVD_<KEY>_MODEL``: a Hugging Face id or folder; for a
+    distilled U-Net, a single file or its repo), a family's guidance, and the fps conditioning.
+
+    ``plan`` (``pipeline/memory.py``) says which models wait on the CPU between stages, and
+    the decode chunk; by default everything stays on ``placement``'s device. With ``compile``
+    the models are compiled (eager until warmed up and swapped in: ``compile.py``), and with
+    ``warm_up`` one short request per ``deep_cache`` level runs at the default size first.
+    """
+    settings = settings or Settings()
+    released = weights.manifest(preset)
+    loaded: dict[ModelKey, Any] = {}
+    for stage in MODEL_STAGES:
+        wanted = [f for f in preset.families if (f.key, stage) in models]
+        if not wanted:
+            continue
+        base = preset.base
+        base_model = settings.model_reference(model_key(base.key, stage)) or base.model(stage)
+        # the base family's pipeline; loaded without its U-Net when only others need it
+        components = None
+        if base in wanted:
+            components = loaded[(base.key, stage)] = _load_whole(
+                stage, base, base_model, released, _placements(plan, placement, base.key, stage)
+            )
+        for family in wanted:
+            if family is base:
+                continue
+            unet = _load_unet(
+                stage, family, base_model, components, settings, released,
+                _placements(plan, placement, family.key, stage),
+            )  # fmt: skip
+            if components is None:
+                components = _load_whole(
+                    stage, base, base_model, released,
+                    _placements(plan, placement, family.key, stage), unet=unet,
+                )  # fmt: skip
+            loaded[(family.key, stage)] = assemble(stage, components, unet, family.sampler)
+    families = {f.key: _guided(f, settings.guidance(f.key)) for f in preset.families}
+    pipeline = VideoPipeline(preset, placement, loaded, families=families, plan=plan)
+    pipeline.fps_conditioning = settings.fps_conditioning
+    optimize.apply(pipeline.pipes(), optimizations)
+    if compile is not None:
+        pipeline.compile(compile)
+    if warm_up:
+        pipeline.warm_up()
+    return pipeline
+
+
+def _guided(family: Family, max_guidance: float | None) -> Family:
+    """``family`` with its video's guidance ramp ending at ``max_guidance``, when set."""
+    return family if max_guidance is None else replace(family, max_guidance_scale=max_guidance)
+
+
+def _role(stage: Stage, family: Family, released: dict[str, ModelWeights]) -> str:
+    """A model's name in messages: the manifest's ("video (SVD-XT 1.1)"), else its family's."""
+    model = released.get(model_key(family.key, stage))
+    return model.role if model is not None else f"{family.name} {_STAGES[stage].label}"
+
+
+def _load_whole(
+    stage: Stage,
+    family: Family,
+    model: str | None,
+    released: dict[str, ModelWeights],
+    placements: Placements,
+    unet: torch.nn.Module | None = None,
+) -> Any:
+    """The whole pipeline of ``stage`` from ``model`` (None: tiny); with ``unet``, that U-Net in
+    place of the repo's own (whose weights are then not read)."""
+    classes = _STAGES[stage]
+    if model is None:
+        return classes.build_tiny()
+    return load_pretrained(
+        classes.pipeline,
+        model,
+        placements,
+        role=_role(stage, family, released),
+        env_var=env_var(family.key, stage),
+        weights=released.get(model_key(family.key, stage)),
+        components={} if unet is None else {"unet": unet},
+    )
+
+
+def _load_unet(
+    stage: Stage,
+    family: Family,
+    base_model: str | None,
+    base: Any,
+    settings: Settings,
+    released: dict[str, ModelWeights],
+    placements: Placements,
+) -> torch.nn.Module:
+    """A distilled family's U-Net of ``stage``: a single file (None: tiny), loaded into the
+    architecture of the base family's U-Net."""
+    classes = _STAGES[stage]
+    key = model_key(family.key, stage)
+    reference = settings.model_reference(key) or family.model(stage)
+    if reference is None:
+        return classes.build_tiny_unet()
+    config = (
+        _unet_config(classes.unet, base, base_model, classes.bundled_config)
+        if base_model
+        else classes.tiny_unet_config()
+    )
+    # a folder holds the file the released preset names
+    default = family.model(stage) or SVD_XT_1_1.family(family.key).model(stage) or reference
+    return load_single_file(
+        classes.unet,
+        config,
+        reference,
+        placement_of(placements, "unet"),
+        default_file=default.rsplit("/", 1)[-1],
+        role=_role(stage, family, released),
+        env_var=env_var(family.key, stage),
+        weights=released.get(key),
+    )
+
+
+def assemble(stage: Stage, base: Any, unet: torch.nn.Module, sampler: Sampler) -> Any:
+    """A pipeline of ``unet`` on the other components of ``base``, sampled by ``sampler``."""
+    if stage is Stage.video:
+        scheduler = ConsistencySampler() if sampler is Sampler.few_step else base.scheduler
+        return StableVideoDiffusionPipeline(
+            **{**base.components, "unet": unet, "scheduler": scheduler}
+        )
+    if sampler is Sampler.few_step:
+        return lightning_pipeline(base, unet)
+    return StableDiffusionXLPipeline(
+        **{**base.components, "unet": unet},
+        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
+        add_watermarker=False,
+    )
+
+
+def _placements(plan: Plan | None, placement: Placement, family: str, stage: Stage) -> Placements:
+    """Where each component of a model loads: straight to the CPU when ``plan`` keeps its part
+    there between stages, else to ``placement``; so no model passes through the GPU (or
+    through host memory whole) on its way to where it waits."""
+    offloaded = plan.offloaded if plan is not None else frozenset()
+    cpu = Placement(torch.device("cpu"), placement.dtype)
+    table = component_parts((family, stage))
+    return {"": placement} | {
+        component: cpu for component, part in table.items() if part in offloaded
+    }
+
+
+def lightning_pipeline(
+    base: StableDiffusionXLPipeline, unet: UNet2DConditionModel
+) -> StableDiffusionXLPipeline:
+    """SDXL-Lightning: ``base``'s text encoders, tokenizers and VAE with the distilled ``unet``,
+    sampled by Euler with trailing timestep spacing (the Lightning authors' setting)."""
+    scheduler = EulerDiscreteScheduler.from_config(
+        base.scheduler.config, timestep_spacing="trailing"
+    )
+    return StableDiffusionXLPipeline(
+        **{**base.components, "unet": unet, "scheduler": scheduler},
+        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
+        add_watermarker=False,  # a first frame is an input of the video model, not an output
+    )
+
+
+def _unet_config(
+    cls: type[UNetSpatioTemporalConditionModel] | type[UNet2DConditionModel],
+    loaded: StableVideoDiffusionPipeline | StableDiffusionXLPipeline | None,
+    model: str,
+    bundled: str,
+) -> dict[str, Any]:
+    """The architecture a distilled U-Net file is loaded into: that of the U-Net of ``model``
+    (the loaded one's, else its config file), else the released model's config kept here."""
+    if loaded is not None:
+        return dict(loaded.unet.config)
+    try:
+        config: dict[str, Any] = cls.load_config(model, subfolder="unet")
+        return config
+    except (OSError, ValueError):  # loading the components next says what is missing
+        return configs.load(bundled, "unet")

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 
 from fastsvd.constants import MEMORY_MODES
 from fastsvd.errors import DoesNotFit, FastSVDError, InvalidInput
+from fastsvd.hooks import Stage
 from fastsvd.pipeline import model_configs
+from fastsvd.pipeline.presets import FAMILIES, MODEL_STAGES, ModelKey, model_key
 
 GiB = 1024**3
 
@@ -54,15 +56,35 @@ DECODE_CHUNKS = (8, 4, 2, 1)  # frames per temporal-VAE call; a plan picks one o
 DEFAULT_SIZE = (1024, 576)  # fal's default video_size (landscape_16_9): every plan fits it
 PIXELS_MAX = 1024 * 1024  # the largest size a request can ask for (constants.PIXELS_MAX)
 
-# The parts a plan places, by the stage that runs them.
+# The parts a plan places: each model's own U-Net, and by component the parts the models of a
+# stage share (one VAE, image encoder, text encoder pair whatever the family).
+_SHARED_COMPONENTS = {
+    Stage.first_frame: {
+        "text_encoder": "text_encoders",  # SDXL's two CLIP text encoders: one part
+        "text_encoder_2": "text_encoders",
+        "vae": "first_frame_vae",
+    },
+    Stage.video: {"image_encoder": "image_encoder", "vae": "video_vae"},
+}
+SHARED_PARTS = {stage: tuple(dict.fromkeys(t.values())) for stage, t in _SHARED_COMPONENTS.items()}
+
+
+def unet_part(model: ModelKey) -> str:
+    """The part of a model's own U-Net: ``video_unet``, ``few_step_first_frame_unet``..."""
+    return f"{model_key(*model)}_unet"
+
+
+def component_parts(model: ModelKey) -> dict[str, str]:
+    """The components of a model's pipeline that a plan places, and the part each one is."""
+    return {"unet": unet_part(model), **_SHARED_COMPONENTS[model[1]]}
+
+
 FIRST_FRAME_PARTS = (
-    "first_frame_unet",  # SDXL base
-    "few_step_first_frame_unet",  # SDXL-Lightning
-    "text_encoders",  # SDXL's two CLIP text encoders, shared by both first-frame models
-    "first_frame_vae",
+    *(unet_part((family, Stage.first_frame)) for family in FAMILIES),  # SDXL, SDXL-Lightning
+    *SHARED_PARTS[Stage.first_frame],
 )
-VIDEO_UNETS = ("video_unet", "few_step_video_unet")  # SVD-XT, AnimateLCM-SVD-xt
-VIDEO_PARTS = (*VIDEO_UNETS, "image_encoder", "video_vae")
+VIDEO_UNETS = tuple(unet_part((f, Stage.video)) for f in FAMILIES)  # SVD-XT, AnimateLCM-SVD-xt
+VIDEO_PARTS = (*VIDEO_UNETS, *SHARED_PARTS[Stage.video])
 PARTS = (*FIRST_FRAME_PARTS, *VIDEO_PARTS)
 # Each VAE part's bundled config (model_configs): its force_upcast says whether fp16 decodes fp32.
 VAE_CONFIGS = {"video_vae": model_configs.SVD_XT, "first_frame_vae": model_configs.SDXL_BASE}
@@ -82,41 +104,25 @@ MODES: dict[str, frozenset[str]] = dict(
 )
 
 
-@dataclass(frozen=True)
-class Models:
-    """Which of a preset's models to load: each family's video model and first-frame model."""
-
-    video: bool = True  # SVD-XT, 20 steps (fal-ai/fast-svd)
-    first_frame: bool = True  # SDXL base (fal-ai/fast-svd/text-to-video)
-    few_step_video: bool = True  # AnimateLCM-SVD-xt (fal-ai/fast-svd-lcm)
-    few_step_first_frame: bool = True  # SDXL-Lightning 4-step (.../text-to-video)
-
-    def union(self, other: Models) -> Models:
-        return Models(
-            self.video or other.video,
-            self.first_frame or other.first_frame,
-            self.few_step_video or other.few_step_video,
-            self.few_step_first_frame or other.few_step_first_frame,
-        )
-
-    def pipes(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Each loaded pipeline's stage and parts: what must be on the GPU while it runs."""
-        first = ("text_encoders", "first_frame_vae")
-        video = ("image_encoder", "video_vae")
-        pipes = [
-            (self.first_frame, "first_frame", ("first_frame_unet", *first)),
-            (self.few_step_first_frame, "first_frame", ("few_step_first_frame_unet", *first)),
-            (self.video, "video", ("video_unet", *video)),
-            (self.few_step_video, "video", ("few_step_video_unet", *video)),
-        ]
-        return [(stage, parts) for loaded, stage, parts in pipes if loaded]
-
-    def parts(self) -> frozenset[str]:
-        return frozenset(part for _stage, parts in self.pipes() for part in parts)
+# Which models to load or plan for: (family, stage) pairs (``presets.Capability.models``).
+Models = frozenset[ModelKey]
+ALL_MODELS: Models = frozenset((f, stage) for f in FAMILIES for stage in MODEL_STAGES)
+NO_MODELS: Models = frozenset()
 
 
-ALL_MODELS = Models()
-NO_MODELS = Models(False, False, False, False)
+def pipes(models: Models) -> list[tuple[Stage, tuple[str, ...]]]:
+    """Each model's stage and parts: what must be on the GPU while it runs."""
+    return [
+        (stage, (unet_part((family, stage)), *SHARED_PARTS[stage]))
+        for stage in MODEL_STAGES
+        for family in FAMILIES
+        if (family, stage) in models
+    ]
+
+
+def parts(models: Models) -> frozenset[str]:
+    """The parts of ``models``."""
+    return frozenset(part for _stage, stage_parts in pipes(models) for part in stage_parts)
 
 
 @functools.cache
@@ -134,13 +140,13 @@ def part_parameters() -> dict[str, int]:
         tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
         return sum(t.numel() for t in tensors if t.is_floating_point())
 
+    # every family's U-Net keeps its stage's architecture (AnimateLCM SVD-XT's,
+    # SDXL-Lightning SDXL's)
     return {
-        "video_unet": count(video.unet),
-        "few_step_video_unet": count(video.unet),  # AnimateLCM keeps SVD-XT's architecture
+        **{part: count(video.unet) for part in VIDEO_UNETS},
         "image_encoder": count(video.image_encoder),
         "video_vae": count(video.vae),
-        "first_frame_unet": count(first.unet),
-        "few_step_first_frame_unet": count(first.unet),  # so does SDXL-Lightning SDXL's
+        **{unet_part((f, Stage.first_frame)): count(first.unet) for f in FAMILIES},
         "text_encoders": count(first.text_encoder, first.text_encoder_2),
         "first_frame_vae": count(first.vae),
     }
@@ -256,9 +262,7 @@ def _first_fit(
     weights: Mapping[str, int],
     fp16: bool,
 ) -> Plan | None:
-    models = NO_MODELS
-    for endpoint in served:
-        models = models.union(endpoints[endpoint])
+    models = NO_MODELS.union(*(endpoints[endpoint] for endpoint in served))
     chunks = [c for c in DECODE_CHUNKS if c <= preset_chunk] or [1]
     modes = list(MODES) if mode is None else [mode]
     budget = total_bytes - RESERVE_BYTES
@@ -272,7 +276,7 @@ def _first_fit(
             )
             if max_pixels < default_pixels:
                 continue
-            resident = sum(weights[p] for p in models.parts() - offloaded)
+            resident = sum(weights[p] for p in parts(models) - offloaded)
             peak = max(fixed + per_pixel * default_pixels for fixed, per_pixel in stages)
             left_out = tuple(e for e in endpoints if e not in served)
             return Plan(total_bytes, name, chunk, served, left_out, max_pixels, resident, peak)
@@ -289,7 +293,7 @@ def _stages(
 ) -> list[tuple[int, int]]:
     """Each stage's memory as (bytes regardless of size, bytes per pixel): the first frame, the
     video U-Net, the decode (the video U-Net stays in while the decoder runs)."""
-    resident = sum(weights[p] for p in models.parts() - offloaded)
+    resident = sum(weights[p] for p in parts(models) - offloaded)
 
     def decoding(vae: str) -> tuple[int, int]:
         """The VAE's bytes per number while it decodes, and its weights' extra bytes then."""
@@ -298,9 +302,9 @@ def _stages(
         return FP32_BYTES, weights[vae] * (FP32_BYTES - dtype_bytes) // dtype_bytes
 
     stages = []
-    for stage, parts in models.pipes():
-        fixed = resident + sum(weights[p] for p in parts if p in offloaded)
-        if stage == "first_frame":
+    for stage, stage_parts in pipes(models):
+        fixed = resident + sum(weights[p] for p in stage_parts if p in offloaded)
+        if stage is Stage.first_frame:
             decode_bytes, upcast = decoding("first_frame_vae")
             stages.append((fixed + upcast, FIRST_FRAME_BYTES_PER_PIXEL_BYTE * decode_bytes))
         else:

@@ -24,7 +24,6 @@ import torch
 from fastsvd.errors import FastSVDError
 
 KNOWN = ("channels_last", "fuse_qkv", "fp8")
-LOSSY = ("fp8",)
 
 
 def parse(value: str | None) -> tuple[str, ...]:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from fastsvd.pipeline.presets import STANDARD
+from fastsvd.schema import DeepCache
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -26,8 +29,8 @@ class GenerationParams:
     motion_bucket_id: int
     noise_aug_strength: float  # noise added to the conditioning frame (fal's cond_aug)
     seed: int
-    deep_cache: str = "none"  # a level of ``deepcache.LEVELS``
-    few_step: bool = False  # the few-step family's models (fal-ai/fast-svd-lcm)
+    deep_cache: DeepCache = DeepCache.none  # the standard family's only
+    family: str = STANDARD  # whose models run it (``presets``; few_step: fal-ai/fast-svd-lcm)
     prompt: str | None = None  # the first frame's prompt, for text-to-video
     negative_prompt: str = ""
     image: Image.Image | None = None  # the first frame, for image-to-video

@@ -25,9 +25,9 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from fastsvd.hooks import Hooks, Stage, StepEvent
 from fastsvd.pipeline.consistency import ConsistencySampler
 from fastsvd.pipeline.deepcache import CachedUNet, CacheSchedule, UNetGraphs
-from fastsvd.pipeline.hooks import Hooks, Stage, StepEvent
 
 
 @dataclass(frozen=True)
@@ -61,31 +61,32 @@ def animate(
 
     Returns the frames as float32 [F, H, W, 3] in [0, 1].
     """
-    s = settings
     device = pipe._execution_device
-    do_cfg = s.max_guidance_scale > 1.0
+    do_cfg = settings.max_guidance_scale > 1.0
     # One CPU generator, consumed in the stock order: conditioning noise, then initial latents.
-    generator = torch.Generator("cpu").manual_seed(s.seed)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
 
     # 1. CLIP image embedding: [cfg * 1, 1, dim], zeros for the unconditional half
     image_embeddings = pipe._encode_image(image, device, 1, do_cfg)
 
     # 2. VAE latents of the noise-augmented conditioning frame, repeated over the frames
-    pixels = pipe.video_processor.preprocess(image, height=s.height, width=s.width).to(device)
+    pixels = pipe.video_processor.preprocess(
+        image, height=settings.height, width=settings.width
+    ).to(device)
     noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
-    pixels = pixels + s.noise_aug_strength * noise
+    pixels = pixels + settings.noise_aug_strength * noise
     with vae_upcast(pipe):
         image_latents = pipe._encode_vae_image(
             pixels, device=device, num_videos_per_prompt=1, do_classifier_free_guidance=do_cfg
         ).to(image_embeddings.dtype)
     # [cfg, C, h, w] -> [cfg, F, C, h, w]
-    image_latents = image_latents.unsqueeze(1).repeat(1, s.num_frames, 1, 1, 1)
+    image_latents = image_latents.unsqueeze(1).repeat(1, settings.num_frames, 1, 1, 1)
 
     # 3. added time ids: (fps id, motion bucket, noise augmentation)
     added_time_ids = pipe._get_add_time_ids(
-        s.fps_id,
-        s.motion_bucket_id,
-        s.noise_aug_strength,
+        settings.fps_id,
+        settings.motion_bucket_id,
+        settings.noise_aug_strength,
         image_embeddings.dtype,
         1,
         1,
@@ -94,13 +95,13 @@ def animate(
 
     # 4. timesteps and initial latents [1, F, 4, h, w], in fp32 whatever the U-Net runs in: the
     # sampler's updates at the last Karras levels fall below bf16's resolution
-    timesteps, _ = retrieve_timesteps(pipe.scheduler, s.steps, device, None, None)
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, settings.steps, device, None, None)
     latents = pipe.prepare_latents(
         1,
-        s.num_frames,
+        settings.num_frames,
         pipe.unet.config.in_channels,
-        s.height,
-        s.width,
+        settings.height,
+        settings.width,
         torch.float32,
         device,
         generator,
@@ -115,11 +116,13 @@ def animate(
         sampler.begin(latents, generator)
 
     # 5. per-frame guidance ramp: [1, F, 1, 1, 1]
-    guidance = torch.linspace(s.min_guidance_scale, s.max_guidance_scale, s.num_frames)
+    guidance = torch.linspace(
+        settings.min_guidance_scale, settings.max_guidance_scale, settings.num_frames
+    )
     guidance = _append_dims(guidance.unsqueeze(0).to(device, latents.dtype), latents.ndim)
 
     # 6. denoising loop; the timestep stays a device tensor, so nothing here syncs with the host
-    unet = CachedUNet(pipe.unet, s.cache, graphs)
+    unet = CachedUNet(pipe.unet, settings.cache, graphs)
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         hooks.check_cancel(Stage.video, i + 1)
@@ -127,7 +130,7 @@ def animate(
         model_input = pipe.scheduler.scale_model_input(model_input, t).to(unet_dtype)
         # [cfg, F, 4 + 4, h, w]: noisy latents beside the conditioning latents
         model_input = torch.cat([model_input, image_latents], dim=2)
-        if s.cache is None and not (graphs is not None and graphs.compiled):
+        if settings.cache is None and not (graphs is not None and graphs.compiled):
             # eager without DeepCache: the U-Net's own forward, as the stock pipeline calls it
             noise_pred = pipe.unet(
                 model_input,
@@ -149,7 +152,7 @@ def animate(
         hooks.on_step(StepEvent(Stage.video, i + 1, total))
 
     # 7. decode, a chunk of frames at a time
-    frames = decode(pipe, latents, s.num_frames, s.decode_chunk_size, hooks)
+    frames = decode(pipe, latents, settings.num_frames, settings.decode_chunk_size, hooks)
     video = pipe.video_processor.postprocess_video(video=frames, output_type="np")
     out: np.ndarray = video[0]
     return out

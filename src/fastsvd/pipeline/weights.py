@@ -21,22 +21,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastsvd.endpoints import (
-    FEW_STEP_IMAGE_TO_VIDEO,
-    FEW_STEP_TEXT_TO_VIDEO,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_VIDEO,
-    configured,
-)
 from fastsvd.errors import ModelNotAvailable
-from fastsvd.pipeline.presets import PRESETS, ModelPreset
-from fastsvd.settings import Settings
-
-# the models of a preset, by key (also the keys of ``Models`` in pipeline/core.py)
-VIDEO = "video"
-FIRST_FRAME = "first_frame"
-FEW_STEP_VIDEO = "few_step_video"
-FEW_STEP_FIRST_FRAME = "few_step_first_frame"
+from fastsvd.hooks import Stage
+from fastsvd.pipeline.presets import (
+    MODEL_STAGES,
+    PRESETS,
+    Family,
+    ModelPreset,
+    env_var,
+    model_key,
+    models_of,
+)
+from fastsvd.settings import Settings, flag
 
 FP16 = "fp16"  # the variant name diffusers and the repos use
 
@@ -69,7 +65,7 @@ class Component:
 class ModelWeights:
     """One model a preset loads: where it is released and which of its files fastsvd reads."""
 
-    key: str  # VIDEO, FIRST_FRAME, FEW_STEP_VIDEO or FEW_STEP_FIRST_FRAME
+    key: str  # ``presets.model_key``: "video", "few_step_first_frame"...
     role: str  # for messages: "video (SVD-XT 1.1)"
     env_var: str  # the setting that points it elsewhere
     repo: str  # "owner/name" on the Hugging Face hub
@@ -135,64 +131,64 @@ def _model(
     return ModelWeights(key, role, env_var, repo, repo in GATED_REPOS, configs, files)
 
 
-def _pipeline_model(key: str, role: str, env_var: str, repo: str) -> ModelWeights:
-    if key == VIDEO:
-        return _model(key, role, env_var, repo, _SVD_CONFIGS, *_SVD_FILES)
-    return _model(key, role, env_var, repo, _SDXL_CONFIGS, *_SDXL_FILES)
+# the released models' names, by repo, for messages
+_NAMES = {
+    "stabilityai/stable-video-diffusion-img2vid-xt-1-1": "SVD-XT 1.1",
+    "stabilityai/stable-video-diffusion-img2vid-xt": "SVD-XT",
+    "stabilityai/stable-diffusion-xl-base-1.0": "SDXL",
+    "wangfuyun/AnimateLCM-SVD-xt": "AnimateLCM-SVD-xt",
+    "ByteDance/SDXL-Lightning": "SDXL-Lightning",
+}
+# a base family's whole pipelines, by stage: configs and files
+_PIPELINE_FILES = {
+    Stage.video: (_SVD_CONFIGS, _SVD_FILES),
+    Stage.first_frame: (_SDXL_CONFIGS, _SDXL_FILES),
+}
+# a distilled family's single files, by stage: the size of the released file
+_FILE_BYTES = {Stage.video: _ANIMATE_LCM_BYTES, Stage.first_frame: _LIGHTNING_BYTES}
 
 
-def _file_model(key: str, role: str, env_var: str, reference: str, size: int) -> ModelWeights:
-    repo, _, file = _split_file_reference(reference)
-    return _model(key, role, env_var, repo, (), Component("", file, size))
+def _role(family: Family, stage: Stage, repo: str, base: bool) -> str:
+    """A model's name in messages: "video (SVD-XT 1.1)", "few-step first-frame (SDXL-Lightning)"."""
+    label = "video" if stage is Stage.video else "first-frame"
+    prefix = "" if base else f"{family.name} "
+    return f"{prefix}{label} ({_NAMES.get(repo, repo)})"
 
 
 def manifest(preset: ModelPreset) -> dict[str, ModelWeights]:
-    """The released weights of ``preset``'s models, by key (none for the tiny preset)."""
+    """The released weights of ``preset``'s models, by key (none for the tiny preset): the base
+    family's whole pipelines, the other families' single files."""
     models: dict[str, ModelWeights] = {}
-    name = "SVD-XT 1.1" if preset.video_model and preset.video_model.endswith("1-1") else "SVD-XT"
-    if preset.video_model:
-        models[VIDEO] = _pipeline_model(
-            VIDEO, f"video ({name})", "FASTSVD_VIDEO_MODEL", preset.video_model
-        )
-    if preset.first_frame_model:
-        models[FIRST_FRAME] = _pipeline_model(
-            FIRST_FRAME, "first-frame (SDXL)", "FASTSVD_FIRST_FRAME_MODEL", preset.first_frame_model
-        )
-    few = preset.few_step
-    if few.video_unet:
-        models[FEW_STEP_VIDEO] = _file_model(
-            FEW_STEP_VIDEO,
-            "few-step video (AnimateLCM-SVD-xt)",
-            "FASTSVD_FEW_STEP_VIDEO_MODEL",
-            few.video_unet,
-            _ANIMATE_LCM_BYTES,
-        )
-    if few.first_frame_unet:
-        models[FEW_STEP_FIRST_FRAME] = _file_model(
-            FEW_STEP_FIRST_FRAME,
-            "few-step first-frame (SDXL-Lightning)",
-            "FASTSVD_FEW_STEP_FIRST_FRAME_MODEL",
-            few.first_frame_unet,
-            _LIGHTNING_BYTES,
-        )
+    for family in preset.families:
+        base = family is preset.base
+        for stage in MODEL_STAGES:
+            reference = family.model(stage)
+            if reference is None:  # the tiny preset: built in code
+                continue
+            key = model_key(family.key, stage)
+            repo = reference if base else _split_file_reference(reference)[0]
+            role, setting = _role(family, stage, repo, base), env_var(family.key, stage)
+            if base:
+                configs, files = _PIPELINE_FILES[stage]
+                models[key] = _model(key, role, setting, repo, configs, *files)
+            else:
+                file = _split_file_reference(reference)[2]
+                component = Component("", file, _FILE_BYTES[stage])
+                models[key] = _model(key, role, setting, repo, (), component)
     return models
 
 
-def models_for(capabilities: Iterable[str]) -> dict[str, bool]:
+def models_for(preset: ModelPreset, capabilities: Iterable[object]) -> dict[str, bool]:
     """The models a runner with ``capabilities`` loads: key -> whether it needs the model's own
-    U-Net (False: only the components a few-step U-Net runs on)."""
-    have = set(capabilities)
+    U-Net (False: only the components a distilled family's U-Net runs on)."""
+    wanted = models_of(capabilities)
     needed: dict[str, bool] = {}
-    if have & {TEXT_TO_VIDEO, IMAGE_TO_VIDEO}:
-        needed[VIDEO] = True
-    if TEXT_TO_VIDEO in have:
-        needed[FIRST_FRAME] = True
-    if have & {FEW_STEP_TEXT_TO_VIDEO, FEW_STEP_IMAGE_TO_VIDEO}:
-        needed.setdefault(VIDEO, False)
-        needed[FEW_STEP_VIDEO] = True
-    if FEW_STEP_TEXT_TO_VIDEO in have:
-        needed.setdefault(FIRST_FRAME, False)
-        needed[FEW_STEP_FIRST_FRAME] = True
+    for family in preset.families:
+        for stage in (Stage.video, Stage.first_frame):
+            if (family.key, stage) not in wanted:
+                continue
+            needed.setdefault(model_key(preset.base.key, stage), False)
+            needed[model_key(family.key, stage)] = True
     return needed
 
 
@@ -209,25 +205,17 @@ class Requirement:
         return self.model.bytes(self.components)
 
 
-def requirements(
-    settings: Settings, capabilities: Iterable[str] | None = None
-) -> list[Requirement]:
-    """The models ``settings``' preset needs for ``capabilities`` (default: those of the
-    configured endpoints, FASTSVD_ENDPOINTS), each with the reference the settings give it."""
-    have = configured(settings).capabilities() if capabilities is None else capabilities
-    models = manifest(PRESETS[settings.preset])
-    overrides = {
-        VIDEO: settings.video_model,
-        FIRST_FRAME: settings.first_frame_model,
-        FEW_STEP_VIDEO: settings.few_step_video_model,
-        FEW_STEP_FIRST_FRAME: settings.few_step_first_frame_model,
-    }
+def requirements(settings: Settings, capabilities: Iterable[object]) -> list[Requirement]:
+    """The models ``settings``' preset needs for ``capabilities`` (the endpoints'), each with
+    the reference the settings give it."""
+    preset = PRESETS[settings.preset]
+    models = manifest(preset)
     needed: list[Requirement] = []
-    for key, own_unet in models_for(have).items():
+    for key, own_unet in models_for(preset, capabilities).items():
         model = models.get(key)
         if model is None:  # the tiny preset: built in code
             continue
-        reference = overrides[key] or (
+        reference = settings.model_reference(key) or (
             model.repo if not model.single_file else f"{model.repo}/{model.components[0].stem}"
         )
         parts = tuple(
@@ -319,8 +307,8 @@ class WeightsReport:
         )
 
 
-def check(settings: Settings, capabilities: Iterable[str] | None = None) -> WeightsReport:
-    """Which models the settings' endpoints (or ``capabilities``) need are present, as local
+def check(settings: Settings, capabilities: Iterable[object]) -> WeightsReport:
+    """Which models ``capabilities`` (the endpoints') need are present, as local
     folders or files or in the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``), and which
     are missing. Nothing is downloaded and the hub is not asked."""
     present: list[Presence] = []
@@ -418,7 +406,10 @@ def _default_reference(model: ModelWeights) -> str:
 
 def hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` forbids downloads."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+    try:
+        return flag(os.environ.get("HF_HUB_OFFLINE")) is True
+    except ValueError:  # huggingface_hub reads any other value as off too
+        return False
 
 
 def token_set() -> bool:

@@ -16,30 +16,13 @@ A new backend is a class with the methods of ``Storage`` and an entry in ``SCHEM
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from fastsvd.errors import FastSVDError
-
-CHUNK_BYTES = 256 * 1024
-
-
-def check_id(file_id: str) -> str:
-    """``file_id``, which must be alphanumeric (it becomes a path or an object key)."""
-    if not file_id.isalnum():
-        raise ValueError("file ids are alphanumeric")
-    return file_id
-
-
-@dataclass(frozen=True)
-class Download:
-    """Some or all of an object's bytes, as an HTTP answer needs them."""
-
-    status: int  # 200, or 206 for a satisfiable Range
-    chunks: Iterator[bytes]
-    headers: dict[str, str]  # content-length, content-range, accept-ranges, etag
+from fastsvd.storage.objects import Download
 
 
 class Storage(Protocol):

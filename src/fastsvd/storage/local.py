@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastsvd.errors import StorageUnavailable
-from fastsvd.storage import CHUNK_BYTES, Download, check_id
+from fastsvd.storage.objects import CHUNK_BYTES, Download, check_id
 
 # Errors of the disk rather than of the call: waited out like an object store that is away.
 UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}

@@ -10,15 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fastsvd import constants as c
 from fastsvd.errors import FastSVDError, RangeNotSatisfiable, StorageUnavailable
-from fastsvd.storage import CHUNK_BYTES, Download, check_id
+from fastsvd.storage.objects import CHUNK_BYTES, Download, check_id
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
-# Bounded waits, chosen so that a store that went away is noticed within seconds (and then
-# waited out by the caller, ``fastsvd.retry``), while a slow but working one still gets through:
-CONNECT_TIMEOUT_S = 2  # a TCP connect (a reachable store answers in milliseconds)
-READ_TIMEOUT_S = 10  # silence on an open connection (a large PUT's answer included)
 TOTAL_ATTEMPTS = 3  # botocore's own quick retries of one call (throttling, a reset connection)
 
 
@@ -45,8 +42,8 @@ class S3Storage:
         self.url = f"s3://{self.bucket}/{self.prefix}"
         config = Config(
             retries={"total_max_attempts": TOTAL_ATTEMPTS, "mode": "standard"},
-            connect_timeout=CONNECT_TIMEOUT_S,
-            read_timeout=READ_TIMEOUT_S,
+            connect_timeout=c.S3_CONNECT_TIMEOUT_S,
+            read_timeout=c.S3_READ_TIMEOUT_S,
             tcp_keepalive=True,  # a dropped link under a pooled connection is noticed
             max_pool_connections=32,
         )

@@ -25,7 +25,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -197,11 +196,6 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 _IDLE_SINCE = "fastsvd_idle_since"
-
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of the SQLite file at ``path``."""
-    return f"sqlite:///{path}"
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -1,4 +1,4 @@
-"""Worker registry: who is alive, and whether any has its models loaded (``/ready``).
+"""The worker roster: who is alive, and whether any has its models loaded (``/ready``).
 
 Each row names its process (host id, pid, start time; see ``fastsvd.processes``), so that a
 worker on the same host can tell that a holder of jobs is gone (``JobStore.requeue_dead_holders``).
@@ -19,7 +19,7 @@ from fastsvd.store.db import Database
 from fastsvd.store.tables import workers
 
 
-class WorkerRegistry:
+class WorkerRoster:
     """Heartbeats of worker processes."""
 
     def __init__(self, db: Database) -> None:

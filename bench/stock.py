@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +22,6 @@ from PIL import Image
 from fastsvd import media
 from fastsvd.pipeline.params import GenerationParams
 from fastsvd.pipeline.presets import ModelPreset
-
-if TYPE_CHECKING:
-    from fastsvd.pipeline.core import VideoPipeline
 
 
 @dataclass(frozen=True)
@@ -69,8 +66,8 @@ class Stock:
             negative_prompt=params.negative_prompt,
             width=params.width,
             height=params.height,
-            num_inference_steps=self.preset.first_frame_steps,
-            guidance_scale=self.preset.first_frame_guidance,
+            num_inference_steps=self.preset.base.first_frame_steps,
+            guidance_scale=self.preset.base.first_frame_guidance,
             generator=torch.Generator("cpu").manual_seed(params.seed),
         ).images[0]
         return image
@@ -87,8 +84,8 @@ class Stock:
             "fps": fps_id + 1,
             "motion_bucket_id": params.motion_bucket_id,
             "noise_aug_strength": params.noise_aug_strength,
-            "min_guidance_scale": preset.min_guidance_scale,
-            "max_guidance_scale": preset.max_guidance_scale,
+            "min_guidance_scale": preset.base.min_guidance_scale,
+            "max_guidance_scale": preset.base.max_guidance_scale,
             "decode_chunk_size": preset.decode_chunk_size,
             "generator": torch.Generator("cpu").manual_seed(params.seed),
             "output_type": "np",
@@ -99,23 +96,6 @@ class Stock:
         image = self.draw_first_frame(params)
         frames = self.video(image, **self.video_arguments(params, fps_id)).frames[0]
         return image, to_pixels(frames)
-
-
-def of(pipe: VideoPipeline) -> Stock:
-    """The stock calls on the pipelines ``pipe`` already holds: for timing full-size random
-    weights, which are never saved (``bench/gpu.py``); comparisons load with ``Stock.load``."""
-    assert pipe.first_frame is not None, "loaded without the first-frame model"
-    return Stock(pipe.preset, pipe.video, pipe.first_frame)
-
-
-def first_frame(pipe: VideoPipeline, params: GenerationParams) -> Image.Image:
-    """Stage 1 of ``of(pipe)``."""
-    return of(pipe).draw_first_frame(params)
-
-
-def video_arguments(pipe: VideoPipeline, params: GenerationParams) -> dict[str, Any]:
-    """Stage 2's arguments for ``pipe.video``, conditioned as ``pipe`` conditions."""
-    return of(pipe).video_arguments(params, pipe.fps_id(params.fps))
 
 
 def to_pixels(frames: np.ndarray) -> np.ndarray:
