@@ -109,3 +109,17 @@ def test_num_frames_out_of_range_is_a_422_naming_the_field(
     with pytest.raises(fal_client.FalClientHTTPError) as refused:
         fal.submit(endpoint, {"prompt": "x", "image_url": "data:,", "color_match": "yes"})
     assert refused.value.response.json()["detail"][0]["loc"] == ["body", "color_match"]
+
+
+def test_openapi_documents_both_fields_on_every_endpoint(server: Server) -> None:
+    schemas = httpx.get(f"{server.url}/openapi.json").json()["components"]["schemas"]
+    for name in (
+        "TextToVideoInput",
+        "ImageToVideoInput",
+        "FewStepTextToVideoInput",
+        "FewStepImageToVideoInput",
+    ):
+        num_frames = schemas[name]["properties"]["num_frames"]
+        assert (num_frames["default"], num_frames["minimum"], num_frames["maximum"]) == (25, 1, 241)
+        assert "fastsvd's extension" in num_frames["description"]
+        assert schemas[name]["properties"]["color_match"]["default"] is True
