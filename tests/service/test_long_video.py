@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import av
 import fal_client
 import httpx
+import numpy as np
 import pytest
 
 from fastsvd import constants as c
@@ -41,9 +42,10 @@ def mp4_of(result: dict[str, object]) -> bytes:
     return httpx.get(video["url"]).content
 
 
-def frame_count(data: bytes) -> int:
+def frames_of(data: bytes) -> np.ndarray:
     with av.open(io.BytesIO(data)) as container:
-        return sum(1 for _ in container.decode(video=0))
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return np.asarray(frames, dtype=np.int16)
 
 
 def test_49_frames_twice_with_one_seed_and_60_few_step_frames(
@@ -54,22 +56,27 @@ def test_49_frames_twice_with_one_seed_and_60_few_step_frames(
     first = fal.subscribe(
         c.TEXT_TO_VIDEO_ENDPOINT, body, with_logs=True, on_queue_update=updates.append
     )
-    video = mp4_of(first)
-    assert frame_count(video) == 49
+    video = frames_of(mp4_of(first))
+    assert len(video) == 49
     final = updates[-1]
     assert isinstance(final, fal_client.Completed)
     steps = [parse_step_line(line["message"]) for line in final.logs or []]
     video_steps = [(s.segment, s.segments) for s in steps if s is not None and s.stage == "video"]
     assert video_steps == [(1, 2), (2, 2)]
     assert "video: segment 2/2, step 1/1" in [line["message"] for line in final.logs or []]
-    again = fal.subscribe(c.TEXT_TO_VIDEO_ENDPOINT, body)
-    assert mp4_of(again) == video  # the same frames, encoded the same way
+    again = frames_of(mp4_of(fal.subscribe(c.TEXT_TO_VIDEO_ENDPOINT, body)))
+    # the same frames (bit for bit: tests/pipeline); their MP4 not always, as multi-threaded
+    # x264 encodes the same frames one of two ways, decoded 1.6 levels apart on average
+    assert again.shape == video.shape
+    assert np.abs(again - video).mean() < 4
     # the few-step family chains too, from a picture: 3 segments, the last one cut to 60
     longer = fal.subscribe(
         c.FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT,
         {"image_url": picture_uri(), "seed": 5, "num_frames": 60, **SMALL},
     )
-    assert frame_count(mp4_of(longer)) == 60
+    other = frames_of(mp4_of(longer))
+    assert len(other) == 60
+    assert np.abs(other[:49] - video).mean() > 12  # another video is far from the first
 
 
 def test_a_cancel_in_the_second_segment_ends_the_request(
