@@ -87,7 +87,11 @@ class VideoStream:
     first_frame: Image.Image
     seed: int
     fps: int
-    timings_s: dict[Stage, float] = field(default_factory=dict)  # filled as segments are made
+    clock: StageClock  # the stages' seconds, counted as segments are made and encoded
+
+    @property
+    def timings_s(self) -> dict[Stage, float]:
+        return self.clock.timings_s
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame, [height, width, 3], as the segments are made."""
@@ -342,7 +346,7 @@ class VideoPipeline:
             first_frame=image,
             seed=params.seed,
             fps=params.fps,
-            timings_s=clock.timings_s,
+            clock=clock,
         )
 
     def fps_id(self, fps: int) -> int:
@@ -454,9 +458,10 @@ class VideoPipeline:
     def to_mp4(self, video: Video | VideoStream, hooks: Hooks = NO_HOOKS) -> bytes:
         """Encode ``video`` as H.264 MP4 at its fps, one ``export`` step per frame; a stream's
         frames as they are made (its segments are made here, the frames encoded as each one
-        arrives)."""
+        arrives; its steps, export's included, go to the hooks it was made with)."""
         total = video.num_frames
-        clock = StageClock(hooks)
+        # a stream's clock: its encode steps fall between its segments' steps
+        clock = video.clock if isinstance(video, VideoStream) else StageClock(hooks)
         data = encode_mp4(
             video.frames() if isinstance(video, VideoStream) else video.frames,
             video.fps,
