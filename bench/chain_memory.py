@@ -3,7 +3,10 @@ segment is made (what the worker does), against every frame held first (``genera
 ``to_mp4``: what the worker did before videos were chained).
 
 Each case runs in a fresh process, which reports its peak resident set (``ru_maxrss``) after
-loading the models and after the request; the difference is what the request itself took.
+loading the models and after the request; the difference is what the request itself took. The
+processes run with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``): by default glibc
+raises it as large blocks are freed, the model's activations then stay in the heap, and the
+peak of one and the same case varies by about 100 MiB from run to run, more than the frames.
 
     .venv/bin/python bench/chain_memory.py [--size 256x128] [--frames 25 241]
 """
@@ -20,6 +23,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODES = ("stream", "held")
+MMAP_THRESHOLD = 64 * 1024  # bytes: blocks this large or larger are mapped, unmapped when freed
 
 
 def peak_mib() -> float:
@@ -82,8 +86,9 @@ def main() -> None:
     for frames in args.frames:
         for mode in MODES:
             command = [sys.executable, __file__, "--size", args.size, "--one", str(frames), mode]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+            out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
             how = "streamed as made" if mode == "stream" else "every frame held first"
             print(
                 f"| {frames} | {how} | {r['loaded_mib']:.0f} | {r['peak_mib']:.0f} | "
