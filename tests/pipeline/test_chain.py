@@ -1,6 +1,7 @@
-"""Videos longer than the model's 25 frames, on the tiny preset: the segments' arithmetic and
-seeds; each segment animated from the previous one's last frame after colour matching, as the
-pipeline's hooks report it; steps reporting their segment; a cancel in the second segment."""
+"""Videos longer than the model's 25 frames: the segments' arithmetic and seeds; on the tiny
+preset, each segment animated from the previous one's last frame after colour matching, as the
+pipeline's hooks report it, steps reporting their segment, and a cancel in the second segment;
+the chain's joins and matching with a stand-in model."""
 
 from __future__ import annotations
 
