@@ -11,6 +11,12 @@ temporal VAE decode once per chunk of 8 frames. The 20-step family is the preset
 SDXL-Lightning (4 steps, no guidance) and AnimateLCM-SVD-xt (4 steps, guidance 1 -> 1.2; and,
 as ``no guidance``, with FASTSVD_FEW_STEP_GUIDANCE=1.0).
 
+Longer videos (``num_frames``, fastsvd's extension) are chained segments of 25 frames
+(``pipeline/chain.py``): the first frame is drawn once, and every segment costs what a 25-frame
+video's video and decode stages cost (the last one is made whole and cut), so a request of
+``n`` frames costs ``first_frame + segments(n) x (video + decode)``: the second table, for 25,
+49 and 241 frames.
+
 Times: the tiny preset on this CPU, each endpoint's default steps at ``--size`` (the tiny
 models' time at 1024x576 is dominated by the full-resolution VAE, which says nothing of a GPU),
 median of ``--repeats`` runs. They show the relative cost of the families' code paths, not
@@ -40,6 +46,7 @@ quiet_libraries()
 from fastsvd import constants as c  # noqa: E402
 from fastsvd.hooks import Stage  # noqa: E402
 from fastsvd.pipeline import full_size  # noqa: E402
+from fastsvd.pipeline.chain import segment_count  # noqa: E402
 from fastsvd.pipeline.core import WARM_UP_SIZE  # noqa: E402
 from fastsvd.pipeline.device import choose  # noqa: E402
 from fastsvd.pipeline.loading import load_pipeline  # noqa: E402
@@ -195,6 +202,33 @@ def flops_table() -> list[dict[str, Any]]:
     return rows
 
 
+LENGTHS = (25, 49, 241)  # frames: one segment, two, ten
+
+
+def chained_table(
+    rows: list[dict[str, Any]], lengths: tuple[int, ...] = LENGTHS
+) -> list[dict[Any, Any]]:
+    """Each endpoint's FLOPs for videos of ``lengths`` frames, from its 25-frame stages."""
+    out = []
+    for row in rows:
+        by_length = {}
+        for frames in lengths:
+            segments = segment_count(frames, c.NUM_FRAMES)
+            by_length[frames] = row["first_frame"] + segments * (row["video"] + row["decode"])
+        out.append({"endpoint": row["endpoint"], "steps": row["steps"], **by_length})
+    return out
+
+
+def print_chained(rows: list[dict[str, Any]], lengths: tuple[int, ...] = LENGTHS) -> None:
+    heads = " | ".join(f"{n} frames ({segment_count(n, c.NUM_FRAMES)} seg.)" for n in lengths)
+    print(f"| endpoint | steps | {heads} | {lengths[-1]} vs {lengths[0]} |")
+    print(f"|---|---|{'---|' * len(lengths)}---|")
+    for row in rows:
+        cells = " | ".join(f"{row[n] / 1e12:.1f}" for n in lengths)
+        ratio = row[lengths[-1]] / row[lengths[0]]
+        print(f"| {row['endpoint']} | {row['steps']} | {cells} | {ratio:.2f}x |")
+
+
 def request_for(kind: type, width: int, height: int) -> Any:
     size = {"width": width, "height": height}
     if "prompt" in kind.model_fields:
@@ -251,7 +285,10 @@ def main() -> None:
     width, height = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(0)
     print("FLOPs per default request, full-size models (1024x576, 25 frames), TFLOP:")
-    print_table(flops_table(), STAGES[:3], "TFLOP", 1e12, 1)  # the MP4 encode: no tensors
+    flops = flops_table()
+    print_table(flops, STAGES[:3], "TFLOP", 1e12, 1)  # the MP4 encode: no tensors
+    print("\nFLOPs per default request by num_frames (chained segments), TFLOP:")
+    print_chained(chained_table(flops))
     if not args.no_times:
         print(
             f"\nCPU wall time per request, tiny preset ({width}x{height}, default steps, "

@@ -235,6 +235,22 @@ def levels_eager(ctx: Context) -> None:
         timed(ctx, f"deep_cache_{level}_eager", lambda p=params: run_fastsvd(ctx.model, p))
 
 
+def chained_few_step(ctx: Context) -> None:
+    """One chained request, 49 frames (two segments) of the few-step family, streamed into its
+    MP4 as a worker runs it; beside the 25-frame few-step request's seconds."""
+    params = dataclasses.replace(ctx.few_params, num_frames=49)
+    sync(ctx.device)
+    started = time.perf_counter()
+    ctx.model.to_mp4(ctx.model.stream(params))
+    sync(ctx.device)
+    ctx.record.fact(
+        "chained",
+        "few_step 49 frames",
+        seconds=round(time.perf_counter() - started, 3),
+        segments=2,
+    )
+
+
 CALL_1 = (
     Step("build", build_step),
     Step("flops", flops_step),
@@ -252,6 +268,14 @@ CALL_1 = (
         "levels_eager",
         levels_eager,
         lambda ctx: len(LEVELS) * ctx.args.repeats * ctx.request_s,
+        main=False,
+        gpu_only=True,
+    ),
+    # two few-step segments: about half of a 20-step request
+    Step(
+        "chained_few_step",
+        chained_few_step,
+        lambda ctx: ctx.request_s * 0.6,
         main=False,
         gpu_only=True,
     ),

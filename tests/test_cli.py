@@ -98,6 +98,8 @@ def test_image_to_video_from_a_file(tmp_path: Path) -> None:
         (["--steps", "many"], "steps"),
         (["--seed", "-5"], "seed"),
         (["--fps", "1000"], "fps"),
+        (["--num-frames", "242"], "num_frames"),
+        (["--num-frames", "0"], "num_frames"),
         (["--deep-cache", "max"], "deep_cache"),
         (["--preset", "huge"], "preset"),
         (["--image", "/no/such.png"], "image_url"),
@@ -180,3 +182,15 @@ def test_a_flag_the_chosen_endpoint_lacks_is_refused() -> None:
     result = run("generate", "a rocket", "--few-step", "--steps", "21")
     assert result.exit_code == 2
     assert "steps: Input should be less than or equal to 20" in result.output
+
+
+def test_num_frames_and_colour_matching_reach_the_request() -> None:
+    from fastsvd.cli.common import endpoint_of, fields_of
+
+    endpoint = endpoint_of(image=False, few_step=True)
+    fields = fields_of(endpoint, num_frames="49", color_match=False, seed=None)
+    assert fields == {"num_frames": 49, "color_match": False}
+    help_text = " ".join(run("generate", "--help").output.split())
+    assert "--num-frames" in help_text
+    assert "--no-color-match" in help_text
+    assert "num_frames=25 (1-241)" in help_text

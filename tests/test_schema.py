@@ -42,6 +42,9 @@ def test_defaults_are_fals() -> None:
         "deep_cache": "none",
         "fps": 10,
         "video_size": {"width": 1024, "height": 576},
+        # fastsvd's extensions, whose defaults make what fal makes
+        "num_frames": 25,
+        "color_match": True,
     }
 
 
@@ -104,8 +107,8 @@ def test_custom_sizes_within_the_budget_are_accepted() -> None:
 
 
 def test_unknown_fields_are_ignored_as_fal_does() -> None:
-    got = TextToVideoInput.model_validate({"prompt": "x", "num_frames": 14})
-    assert not hasattr(got, "num_frames")
+    got = TextToVideoInput.model_validate({"prompt": "x", "motion_bucket": 14})
+    assert not hasattr(got, "motion_bucket")
 
 
 def test_numbers_must_be_json_numbers() -> None:

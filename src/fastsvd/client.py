@@ -12,6 +12,11 @@ The call shapes follow ``fal_client``, so switching is a one-line change::
     )
     print(result.video.url, result.seed)
 
+Videos longer than 25 frames are fastsvd's extension (fal's schema has no such field): add
+``"num_frames": 97`` (up to 241) to the arguments, and ``"color_match": False`` to turn off the
+colour matching of the chained segments. Their progress lines name the segment
+(``video: segment 2/4, step 7/20``; ``fastsvd.progress.parse_step_line`` reads them).
+
 The module-level functions use a client built from ``FASTSVD_URL`` and ``FASTSVD_KEY``;
 ``SyncClient`` and ``AsyncClient`` take them as arguments, and an ``httpx`` transport for tests
 or custom networking. Both run the same core: each operation is a generator that yields the HTTP

@@ -11,6 +11,9 @@ FEW_STEP_TEXT_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd-lcm/text-to-video"
 FEW_STEP_IMAGE_TO_VIDEO_ENDPOINT = "fal-ai/fast-svd-lcm"
 
 NUM_FRAMES = 25  # SVD-XT renders 25 frames; fal: "Total video length is 25 frames"
+# fastsvd's extension: longer videos as chained segments of NUM_FRAMES (pipeline/chain.py); 241
+# is ten segments, each after the first adding NUM_FRAMES - 1 frames (the join is not repeated)
+NUM_FRAMES_MIN, NUM_FRAMES_MAX = 1, 241
 
 DEFAULT_NEGATIVE_PROMPT = (
     "unrealistic, saturated, high contrast, big nose, painting, drawing, sketch, cartoon, "

@@ -23,11 +23,26 @@ class Stage(enum.StrEnum):
 
 @dataclass(frozen=True)
 class StepEvent:
-    """Step ``step`` (1-based) of ``total`` in ``stage`` has finished."""
+    """Step ``step`` (1-based) of ``total`` in ``stage`` has finished; in a chained video, in
+    segment ``segment`` (1-based) of ``segments``."""
 
     stage: Stage
     step: int
     total: int
+    segment: int = 1
+    segments: int = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Segment ``index`` (1-based) of ``count`` of a chained video is about to be animated from
+    ``image`` (the first frame, then the previous segment's last frame, colour-matched), with
+    ``seed``."""
+
+    index: int
+    count: int
+    seed: int
+    image: Image.Image
 
 
 def _never() -> bool:
@@ -40,7 +55,8 @@ def _ignore(_: object) -> None:
 
 @dataclass(frozen=True)
 class Hooks:
-    """Callbacks a generation calls: after every step, before every step, and with the first frame.
+    """Callbacks a generation calls: after every step, before every step, with the first frame,
+    and before every segment of the video (one for a video of the model's length).
 
     ``should_cancel`` is checked before every step of every stage, so a cancelled request stops
     within one step with ``GenerationCancelled``.
@@ -49,6 +65,7 @@ class Hooks:
     on_step: Callable[[StepEvent], None] = field(default=_ignore)
     should_cancel: Callable[[], bool] = field(default=_never)
     on_first_frame: Callable[[Image.Image], None] = field(default=_ignore)
+    on_segment: Callable[[Segment], None] = field(default=_ignore)
 
     def check_cancel(self, stage: Stage, step: int) -> None:
         """Raise ``GenerationCancelled`` if the caller asked to stop."""

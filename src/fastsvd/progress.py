@@ -11,12 +11,13 @@ import re
 from fastsvd.hooks import Stage, StepEvent
 
 FIRST_FRAME_PREFIX = "first_frame: image "  # + the picture's URL, once it exists
-_STEP = re.compile(r"^(\w+): step (\d+)/(\d+)$")
+_STEP = re.compile(r"^(\w+): (?:segment (\d+)/(\d+), )?step (\d+)/(\d+)$")
 
 
 def step_line(event: StepEvent) -> str:
-    """``video: step 3/20``."""
-    return f"{event.stage}: step {event.step}/{event.total}"
+    """``video: step 3/20``; in a chained video ``video: segment 2/4, step 3/20``."""
+    segment = f"segment {event.segment}/{event.segments}, " if event.segments > 1 else ""
+    return f"{event.stage}: {segment}step {event.step}/{event.total}"
 
 
 def parse_step_line(line: str) -> StepEvent | None:
@@ -24,7 +25,8 @@ def parse_step_line(line: str) -> StepEvent | None:
     match = _STEP.match(line)
     if match is None or match.group(1) not in Stage.__members__:
         return None
-    return StepEvent(Stage(match.group(1)), int(match.group(2)), int(match.group(3)))
+    stage, segment, segments, step, total = match.groups()
+    return StepEvent(Stage(stage), int(step), int(total), int(segment or 1), int(segments or 1))
 
 
 def first_frame_line(url: str) -> str:

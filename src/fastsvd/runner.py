@@ -215,11 +215,10 @@ class ModelRunner:
             raise FastSVDError(f"no {capability} for a {type(request).__name__}")
         image = self.load_image(request.image_url) if isinstance(request, ImageRequest) else None
         try:
-            video = pipeline.generate(params_of(request, seed, image), hooks)
+            # the frames are encoded as each segment is made: a long video is never whole
+            return pipeline.to_mp4(pipeline.stream(params_of(request, seed, image), hooks), hooks)
         except OutOfMemory as exc:
             message = exc.message
-        else:
-            return pipeline.to_mp4(video, hooks)
         # out of memory: this request fails alone, once its tensors are gone (the exception
         # that held them has ended) and the cache is handed back; the next one starts clean
         free_memory()
@@ -288,6 +287,8 @@ def params_of(
         prompt=prompt,
         negative_prompt=negative_prompt,
         image=image if prompt is None else None,
+        num_frames=request.num_frames,
+        color_match=request.color_match,
     )
 
 

@@ -142,7 +142,14 @@ class _VideoParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     _numbers = field_validator(
-        "motion_bucket_id", "cond_aug", "seed", "steps", "fps", mode="before", check_fields=False
+        "motion_bucket_id",
+        "cond_aug",
+        "seed",
+        "steps",
+        "fps",
+        "num_frames",
+        mode="before",
+        check_fields=False,
     )(_number_only)
 
     motion_bucket_id: int = Field(
@@ -181,7 +188,28 @@ class _VideoParams(BaseModel):
         le=c.FPS_MAX,
         description=(
             "The FPS of the generated video. The higher the number, the faster the video will "
-            f"play. Total video length is {c.NUM_FRAMES} frames."
+            "play. Total video length is num_frames frames."
+        ),
+    )
+    # fastsvd's extensions: fal's schema has neither field (fal's apps ignore unknown fields,
+    # so a request that sends them to fal gets a 25-frame video there)
+    num_frames: int = Field(
+        c.NUM_FRAMES,
+        ge=c.NUM_FRAMES_MIN,
+        le=c.NUM_FRAMES_MAX,
+        description=(
+            f"The number of frames of the video (fastsvd's extension; fal makes {c.NUM_FRAMES}). "
+            f"Above {c.NUM_FRAMES}, the video is made of chained segments of {c.NUM_FRAMES} "
+            "frames, each one animated from the previous one's last frame."
+        ),
+    )
+    color_match: bool = Field(
+        True,
+        strict=True,  # JSON true or false, not "yes" or 1
+        description=(
+            "Match the colours of each chained segment to the first one's, so that colour and "
+            "saturation do not drift along a long video (fastsvd's extension; only matters "
+            f"above {c.NUM_FRAMES} frames)."
         ),
     )
 

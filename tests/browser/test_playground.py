@@ -167,15 +167,23 @@ def test_the_few_step_tab_has_its_own_fields_and_generates(page: Page, tiny_serv
     expect(page.locator("#f-negative_prompt")).to_have_count(0)
     page.fill("#f-prompt", "a rocket")
     small_request(page, width=64, height=64, steps=2, seed=5)
+    # fastsvd's longer videos: a frames field with the duration, and the matching's checkbox
+    expect(page.locator("#f-num_frames")).to_have_value("25")
+    expect(page.locator("#duration")).to_have_text("= 2.5 s at 10 fps")
+    expect(page.locator("#f-color_match")).to_be_checked()
+    page.fill("#f-num_frames", "26")  # two segments
+    expect(page.locator("#duration")).to_have_text("= 2.6 s at 10 fps")
     page.click("#generate")
     expect(page.locator("#run-status")).to_have_text("Done", timeout=120_000)
     expect(page.locator("#video")).to_be_visible()
+    expect(page.locator("[data-stage=video] label")).to_have_text("Video (segment 2 / 2)")
     shot(page, "07-few-step")
     with tiny_server.client() as client:
         newest = client.get("/fal-ai/fast-svd-lcm/requests", params={"limit": 1}).json()
     item = newest["requests"][0]
     assert item["endpoint"] == "fal-ai/fast-svd-lcm/text-to-video"
     assert item["input"]["steps"] == 2
+    assert (item["input"]["num_frames"], item["input"]["color_match"]) == (26, True)
     assert item["output"]["seed"] == 5
 
 

@@ -52,3 +52,17 @@ def test_no_guidance_halves_the_few_step_unet(table: dict[str, dict[str, float]]
     unguided = table[f"{c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT}, no guidance"]["video"]
     encoders = 2.9e12  # the image encoder and VAE encode, once either way (about)
     assert (unguided - encoders) / (guided - encoders) == pytest.approx(0.5, rel=1e-2)
+
+
+def test_a_chained_request_costs_its_first_frame_once_and_each_segment_whole(
+    table: dict[str, dict[str, float]],
+) -> None:
+    chained = {row["endpoint"]: row for row in cost.chained_table(list(table.values()))}
+    for endpoint, row in table.items():
+        segment = row["video"] + row["decode"]
+        assert chained[endpoint][25] == row["first_frame"] + segment
+        assert chained[endpoint][49] == row["first_frame"] + 2 * segment
+        assert chained[endpoint][241] == row["first_frame"] + 10 * segment
+    # the cheapest long video: the few-step family without guidance
+    cheapest = min(chained.values(), key=lambda row: row[241])
+    assert cheapest["endpoint"] == f"{c.FEW_STEP_TEXT_TO_VIDEO_ENDPOINT}, no guidance"

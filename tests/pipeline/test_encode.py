@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import av
 import numpy as np
@@ -47,3 +48,19 @@ def test_encoded_video_decodes_to_the_same_frames_at_the_same_rate(fps: int) -> 
 def test_wrong_frame_layout_is_refused() -> None:
     with pytest.raises(ValueError, match="uint8"):
         encode_mp4(gradient_frames().astype(np.float32), 10)
+
+
+def test_frames_are_encoded_as_they_arrive() -> None:
+    events: list[str] = []
+
+    def made() -> Iterator[np.ndarray]:
+        for i, frame in enumerate(gradient_frames(count=5)):
+            events.append(f"made {i}")
+            yield frame
+
+    data = encode_mp4(made(), 10, after_frame=lambda i: events.append(f"encoded {i}"))
+    # each frame goes to the encoder before the next one is made: none waits in memory
+    assert events == [e for i in range(5) for e in (f"made {i}", f"encoded {i}")]
+    assert len(decode(data)[0]) == 5
+    with pytest.raises(ValueError, match="no frames"):
+        encode_mp4(iter([]), 10)

@@ -39,8 +39,11 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def _number(value: str) -> object:
-    """A number typed on the command line as one (the schema takes JSON numbers only)."""
+def _number(value: str | bool) -> object:
+    """A number typed on the command line as one (the schema takes JSON numbers only); a
+    flag's value as it is."""
+    if isinstance(value, bool):
+        return value
     for kind in (int, float):
         try:
             return kind(value)
@@ -137,6 +140,17 @@ def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--fps", help=f"Frames per second; 1-{c.FPS_MAX} (default {c.DEFAULT_FPS})."),
         click.option(
+            "--num-frames",
+            help=f"Frames of the video; {c.NUM_FRAMES_MIN}-{c.NUM_FRAMES_MAX} (default "
+            f"{c.NUM_FRAMES}). Longer videos are chained segments of {c.NUM_FRAMES} frames "
+            "(fastsvd's extension).",
+        ),
+        click.option(
+            "--color-match/--no-color-match",
+            default=None,
+            help="Match each chained segment's colours to the first one's (default: on).",
+        ),
+        click.option(
             "--video-size",
             help=f"WIDTHxHEIGHT (multiples of 64) or one of {', '.join(VIDEO_SIZE_PRESETS)}.",
         ),
@@ -160,11 +174,11 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def fields_of(endpoint: Endpoint, **given: str | None) -> dict[str, Any]:
+def fields_of(endpoint: Endpoint, **given: str | bool | None) -> dict[str, Any]:
     """The input fields given on the command line, checked and typed by ``endpoint``'s schema;
     an option the endpoint has no field for is refused (the API would ignore it)."""
     fields: dict[str, Any] = {
-        k: _parse_size(v) if k == "video_size" else _number(v)
+        k: _parse_size(v) if k == "video_size" and isinstance(v, str) else _number(v)
         for k, v in given.items()
         if v is not None
     }

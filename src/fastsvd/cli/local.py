@@ -92,7 +92,7 @@ def generate(
     dtype: str | None,
     as_json: bool,
     quiet: bool,
-    **given: str | None,
+    **given: str | bool | None,
 ) -> None:
     """Make a video from PROMPT (or from --image) on this machine, or on a server with
     --server, and write it as MP4."""

@@ -57,10 +57,13 @@ class StageProgress:
             self._progress.console.print(message, style="dim")
 
     def on_step(self, event: StepEvent) -> None:
-        """Advance the bar of ``event.stage``, creating it at its first step."""
+        """Advance the bar of ``event.stage``, creating it at its first step; in a chained
+        video the bar names the segment ("video 2/4") and runs once per segment."""
+        label = _LABELS.get(event.stage, str(event.stage))
+        if event.segments > 1:
+            label = f"{label} {event.segment}/{event.segments}"
         task = self._tasks.get(event.stage)
         if task is None:
-            label = _LABELS.get(event.stage, str(event.stage))
             task = self._progress.add_task(label, total=event.total)
             self._tasks[event.stage] = task
-        self._progress.update(task, completed=event.step, total=event.total)
+        self._progress.update(task, description=label, completed=event.step, total=event.total)

@@ -186,7 +186,7 @@ def submit(
     url: str,
     key: str | None,
     as_json: bool,
-    **given: str | None,
+    **given: str | bool | None,
 ) -> None:
     """Queue PROMPT (or --image) on a server; prints the request id."""
     endpoint = endpoint_of(image=image is not None, few_step=few_step)

@@ -2,7 +2,8 @@
 
 ``VideoPipeline`` holds the loaded models of one preset. It knows nothing of HTTP, queues or the
 fal inputs: ``generate`` takes ``GenerationParams`` and ``Hooks`` and returns frames, with the
-seconds each stage took; ``to_mp4`` encodes them.
+seconds each stage took; ``stream`` makes them as they are read, for ``to_mp4`` to encode as
+they arrive, so a long video (``chain.py``) is never in memory whole.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastsvd import media
 from fastsvd.errors import FastSVDError, GenerationFailed, GpuFault, OutOfMemory
 from fastsvd.hooks import NO_HOOKS, Hooks, Stage, StageClock, StepEvent
 from fastsvd.pipeline import deepcache
+from fastsvd.pipeline.chain import chain
 from fastsvd.pipeline.compile import (
     CompileOptions,
     GraphState,
@@ -58,6 +60,32 @@ class Video:
     seed: int
     fps: int
     timings_s: dict[Stage, float] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+
+@dataclass
+class VideoStream:
+    """A video being made: its first frame, then its frames a segment at a time, each made
+    when ``segments`` is read (``VideoPipeline.to_mp4`` encodes them as they come)."""
+
+    segments: Iterator[np.ndarray]  # [n, height, width, 3] uint8 RGB each, num_frames in all
+    num_frames: int
+    first_frame: Image.Image
+    seed: int
+    fps: int
+    clock: StageClock  # the stages' seconds, counted as segments are made and encoded
+
+    @property
+    def timings_s(self) -> dict[Stage, float]:
+        return self.clock.timings_s
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Every frame, [height, width, 3], as the segments are made."""
+        for segment in self.segments:
+            yield from segment
 
 
 class VideoPipeline:
@@ -232,10 +260,24 @@ class VideoPipeline:
             set_state(self.compiled.guards, GraphState.warming)
 
     def generate(self, params: GenerationParams, hooks: Hooks = NO_HOOKS) -> Video:
-        """The video ``params`` ask for: the first frame drawn from ``params.prompt`` or fitted
-        from ``params.image``, passed to ``hooks.on_first_frame``, then animated.
+        """The video ``params`` ask for, every frame in memory (``stream``, collected).
 
         The video's ``timings_s`` holds the seconds of each stage that ran.
+        """
+        stream = self.stream(params, hooks)
+        return Video(
+            frames=np.concatenate(list(stream.segments)),
+            first_frame=stream.first_frame,
+            seed=stream.seed,
+            fps=stream.fps,
+            timings_s=stream.timings_s,
+        )
+
+    def stream(self, params: GenerationParams, hooks: Hooks = NO_HOOKS) -> VideoStream:
+        """The video ``params`` ask for, made as it is read: the first frame drawn from
+        ``params.prompt`` or fitted from ``params.image`` and passed to
+        ``hooks.on_first_frame`` now; then, as ``segments`` is iterated, each segment animated
+        (``chain.py``: one segment for a video of the model's length).
         """
         family = self.families[params.family]
         video = self._loaded(family.key, Stage.video)
@@ -267,16 +309,34 @@ class VideoPipeline:
             decode_chunk_size=self.plan.decode_chunk,
             cache=deepcache.LEVELS[params.deep_cache],
         )
-        with _translated_errors(), torch.inference_mode(), self._on_device(video):
-            frames = animate(video, image, settings, clock.hooks, graphs)
-        # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
-        pixels = (frames * 255).round().clip(0, 255).astype(np.uint8)
-        return Video(
-            frames=pixels,
+
+        def segment(conditioning: Image.Image, seed: int, segment_hooks: Hooks) -> np.ndarray:
+            # offloaded models go to the GPU for one segment at a time: between segments the
+            # caller encodes, and a cancelled or failed stream leaves nothing on the GPU
+            with _translated_errors(), torch.inference_mode(), self._on_device(video):
+                frames = animate(
+                    video, conditioning, replace(settings, seed=seed), segment_hooks, graphs
+                )
+            # [F, H, W, 3] float in [0, 1] -> uint8, rounded as diffusers' own exporters do
+            pixels: np.ndarray = (frames * 255).round().clip(0, 255).astype(np.uint8)
+            return pixels
+
+        segments = chain(
+            segment,
+            image,
+            num_frames=params.num_frames,
+            segment_frames=settings.num_frames,
+            seed=params.seed,
+            color_match=params.color_match,
+            hooks=clock.hooks,
+        )
+        return VideoStream(
+            segments=segments,
+            num_frames=params.num_frames,
             first_frame=image,
             seed=params.seed,
             fps=params.fps,
-            timings_s=clock.timings_s,
+            clock=clock,
         )
 
     def fps_id(self, fps: int) -> int:
@@ -345,12 +405,15 @@ class VideoPipeline:
             if moved and self.placement.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def to_mp4(self, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
-        """Encode ``video`` as H.264 MP4 at its fps, one ``export`` step per frame."""
-        total = len(video.frames)
-        clock = StageClock(hooks)
+    def to_mp4(self, video: Video | VideoStream, hooks: Hooks = NO_HOOKS) -> bytes:
+        """Encode ``video`` as H.264 MP4 at its fps, one ``export`` step per frame; a stream's
+        frames as they are made (its segments are made here, the frames encoded as each one
+        arrives; its steps, export's included, go to the hooks it was made with)."""
+        total = video.num_frames
+        # a stream's clock: its encode steps fall between its segments' steps
+        clock = video.clock if isinstance(video, VideoStream) else StageClock(hooks)
         data = encode_mp4(
-            video.frames,
+            video.frames() if isinstance(video, VideoStream) else video.frames,
             video.fps,
             before_frame=lambda i: hooks.check_cancel(Stage.export, i + 1),
             after_frame=lambda i: clock.hooks.on_step(StepEvent(Stage.export, i + 1, total)),

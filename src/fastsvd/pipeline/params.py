@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from fastsvd import constants as c
 from fastsvd.pipeline.presets import STANDARD
 from fastsvd.schema import DeepCache
 
@@ -34,6 +35,8 @@ class GenerationParams:
     prompt: str | None = None  # the first frame's prompt, for text-to-video
     negative_prompt: str = ""
     image: Image.Image | None = None  # the first frame, for image-to-video
+    num_frames: int = c.NUM_FRAMES  # above the model's segment length: chained (chain.py)
+    color_match: bool = True  # chained segments colour-matched to the first (colour.py)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.image is None):
