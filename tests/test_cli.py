@@ -99,7 +99,8 @@ def test_image_to_video_from_a_file(tmp_path: Path) -> None:
         (["--seed", "-5"], "seed"),
         (["--fps", "1000"], "fps"),
         (["--deep-cache", "max"], "deep_cache"),
-        (["--preset", "huge"], "preset"),
+        # the model runner refuses it, and importing the runner imports torch
+        pytest.param(["--preset", "huge"], "preset", marks=pytest.mark.model),
         (["--image", "/no/such.png"], "image_url"),
         (["--image", "https://example.com/a.png"], "image_url"),
     ],
@@ -119,6 +120,7 @@ def test_blank_prompt_is_refused() -> None:
     assert result.stderr.startswith("error: prompt: ")
 
 
+@pytest.mark.model  # the tiny preset loads before the picture is read
 def test_a_picture_that_is_not_one_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "fake.png"
     fake.write_bytes(b"GIF89a but not really")
