@@ -101,7 +101,8 @@ def test_image_to_video_from_a_file(tmp_path: Path) -> None:
         (["--num-frames", "242"], "num_frames"),
         (["--num-frames", "0"], "num_frames"),
         (["--deep-cache", "max"], "deep_cache"),
-        (["--preset", "huge"], "preset"),
+        # the model runner refuses it, and importing the runner imports torch
+        pytest.param(["--preset", "huge"], "preset", marks=pytest.mark.model),
         (["--image", "/no/such.png"], "image_url"),
         (["--image", "https://example.com/a.png"], "image_url"),
     ],
@@ -121,6 +122,7 @@ def test_blank_prompt_is_refused() -> None:
     assert result.stderr.startswith("error: prompt: ")
 
 
+@pytest.mark.model  # the tiny preset loads before the picture is read
 def test_a_picture_that_is_not_one_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "fake.png"
     fake.write_bytes(b"GIF89a but not really")

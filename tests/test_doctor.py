@@ -32,6 +32,7 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
+@pytest.mark.model  # doctor probes the device through torch
 def test_doctor_without_weights_lists_each_download_and_exits_1(offline: dict[str, str]) -> None:
     result = CliRunner().invoke(main, ["doctor"], env={"FASTSVD_GPU_MEMORY_GB": "24"})
     assert result.exit_code == 1, result.output
@@ -48,6 +49,7 @@ def test_doctor_without_weights_lists_each_download_and_exits_1(offline: dict[st
     assert "compile cache: none yet" in out
 
 
+@pytest.mark.model
 def test_doctor_on_the_tiny_preset_finds_nothing_missing(offline: dict[str, str]) -> None:
     result = CliRunner().invoke(main, ["doctor", "--preset", "tiny"])
     assert result.exit_code == 0, result.output

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fastsvd.errors import FastSVDError
-from fastsvd.pipeline.device import choose
 from fastsvd.settings import Settings
 
 
@@ -42,28 +40,7 @@ def test_limits_from_the_environment() -> None:
     assert Settings().submits_per_minute == 120
 
 
-def test_cpu_runs_float32_and_dtypes_can_be_chosen() -> None:
-    assert choose("cpu").dtype == torch.float32
-    assert choose("cpu", "bf16").dtype == torch.bfloat16
-    assert str(choose("cpu", "fp16")) == "cpu float16"
-
-
-@pytest.mark.parametrize(("device", "dtype"), [("cpu", "int8"), ("tpu", None)])
-def test_unknown_device_or_dtype_is_refused(device: str, dtype: str | None) -> None:
-    with pytest.raises(FastSVDError):
-        choose(device, dtype)
-
-
-def test_cuda_is_used_only_where_there_is_one() -> None:
-    if torch.cuda.is_available():
-        assert choose().device.type == "cuda"
-        assert choose().dtype in (torch.bfloat16, torch.float16)
-    else:
-        assert choose().device.type == "cpu"
-        with pytest.raises(FastSVDError, match="no usable CUDA GPU"):
-            choose("cuda")
-
-
+@pytest.mark.model  # builds the model runner, which imports torch
 def test_the_few_step_family_and_the_endpoints_a_worker_serves() -> None:
     from fastsvd import constants as c
     from fastsvd.endpoints import (

@@ -56,8 +56,8 @@ def no_server_error(_ctx: object, response: Any, _case: schemathesis.Case) -> bo
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_every_operation_holds_to_its_schema(target: Server) -> None:
-    schema = schemathesis.openapi.from_url(f"{target.url}/openapi.json")
+def test_every_operation_holds_to_its_schema(served_target: Server) -> None:
+    schema = schemathesis.openapi.from_url(f"{served_target.url}/openapi.json")
     # Each app's request routes (status, stream, result, cancel, history) are one handler made
     # once per app with the same parameters; they are fuzzed under the first app only.
     operations, request_routes = [], set()
@@ -71,7 +71,7 @@ def test_every_operation_holds_to_its_schema(target: Server) -> None:
         operations.append(operation)
     # A start deadline keeps the fuzzer's queued requests from piling up behind the one worker:
     # what has not started within it ends (504), so synchronous runs never wait long.
-    headers = {"Authorization": f"Key {target.key}", "X-Fal-Request-Timeout": "3"}
+    headers = {"Authorization": f"Key {served_target.key}", "X-Fal-Request-Timeout": "3"}
     codes: collections.Counter[tuple[str, int]] = collections.Counter()
     faults: list[tuple[str, int, bytes]] = []
     started = time.monotonic()
@@ -88,7 +88,7 @@ def test_every_operation_holds_to_its_schema(target: Server) -> None:
             )
             def fuzz(case: schemathesis.Case) -> None:
                 response = case.call_and_validate(
-                    base_url=target.url,
+                    base_url=served_target.url,
                     excluded_checks=[*SEMANTIC, not_a_server_error],
                     additional_checks=[no_server_error],
                     timeout=60,
@@ -180,15 +180,15 @@ def with_value(field: list[str], raw: bytes) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_bodies_strict_json_forbids_are_422_naming_the_field(target: Server) -> None:
+def test_bodies_strict_json_forbids_are_422_naming_the_field(served_target: Server) -> None:
     headers = {
-        "Authorization": f"Key {target.key}",
+        "Authorization": f"Key {served_target.key}",
         "Content-Type": "application/json",
         "X-Fal-Request-Timeout": "3",  # a body wrongly accepted by a sync run ends quickly
     }
     codes: collections.Counter[int] = collections.Counter()
     wrong: list[str] = []
-    with httpx.Client(base_url=target.url, headers=headers, timeout=60) as client:
+    with httpx.Client(base_url=served_target.url, headers=headers, timeout=60) as client:
         routes = list(body_routes(client.get("/openapi.json").json()))
         for method, path, fields in routes:
             url = path.replace("{file_id}", "x")
@@ -244,11 +244,13 @@ def test_bodies_strict_json_forbids_are_422_naming_the_field(target: Server) -> 
 
 
 @pytest.mark.slow
-def test_bodies_that_are_not_json_are_422_whatever_their_content_type(target: Server) -> None:
+def test_bodies_that_are_not_json_are_422_whatever_their_content_type(
+    served_target: Server,
+) -> None:
     """Bytes that are not UTF-8, sent as JSON, as text or with no content type: the error's echo
     of them must still encode."""
-    headers = {"Authorization": f"Key {target.key}"}
-    with httpx.Client(base_url=target.url, headers=headers, timeout=60) as client:
+    headers = {"Authorization": f"Key {served_target.key}"}
+    with httpx.Client(base_url=served_target.url, headers=headers, timeout=60) as client:
         routes = list(body_routes(client.get("/openapi.json").json()))
         for method, path, _fields in routes:
             for content_type in (

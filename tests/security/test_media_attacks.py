@@ -20,9 +20,8 @@ from PIL import Image
 
 from fastsvd import media
 from fastsvd.errors import InvalidInput
-from tests.support.servers import ROOT, Server, wait_done
-
-pytestmark = pytest.mark.process  # starts server processes
+from tests.support.inprocess import InProcessServer
+from tests.support.servers import ROOT, wait_done
 
 MEMORY_LIMIT_BYTES = 768 * 1024 * 1024  # address space of the process reading every case
 
@@ -186,6 +185,7 @@ READER = textwrap.dedent(
 )
 
 
+@pytest.mark.process  # reads the pictures in a process of its own, its memory capped
 def test_every_bad_picture_is_read_or_refused_within_bounded_memory(tmp_path: Path) -> None:
     folder = tmp_path / "cases"
     folder.mkdir()
@@ -234,7 +234,7 @@ def data_uri(data: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_the_api_refuses_bad_pictures_at_submit_or_in_the_result(target: Server) -> None:
+def test_the_api_refuses_bad_pictures_at_submit_or_in_the_result(target: InProcessServer) -> None:
     with target.client() as client:
         # the header tells: refused at submit, in the API process, without decoding pixels
         for name in ("png 30000x30000 (bomb)", "jpeg 65500x65500", "html", "eps (Ghostscript)"):

@@ -35,7 +35,7 @@ from fastsvd.store.tables import jobs as jobs_table
 from fastsvd.store.webhooks import WebhookOutbox
 from fastsvd.webhooks import Deliverer
 from tests.support.bodies import I2V_PATH, T2V_PATH
-from tests.support.servers import Server
+from tests.support.inprocess import InProcessServer
 from tests.test_fetch import Site
 
 
@@ -334,7 +334,9 @@ def _assert_refused(answer: httpx.Response, where: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_the_api_refuses_internal_urls_at_submit(target: Server, listener: Listener) -> None:
+def test_the_api_refuses_internal_urls_at_submit(
+    target: InProcessServer, listener: Listener
+) -> None:
     urls = blocked_urls(listener.port) + other_urls(listener.port)
     https = [u.replace("http://", "https://", 1) for u in urls if u.startswith("http://")]
     with target.client() as client:

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,27 +20,40 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastsvd.cli import main
 from fastsvd.schema import WebhookBody
 from tests.support.bodies import ONE_STEP, T2V_PATH
+from tests.support.inprocess import InProcessServer, start_in_process
 from tests.support.receivers import Receiver, settled, webhook_row
 from tests.support.servers import Server, start_server, stop_server, wait_done, wait_for
 
-pytestmark = pytest.mark.process  # starts server processes
+# allowed to call loopback receivers, retrying fast (4 tries over 1.5 s)
+HOOKED_ENV = {
+    "FASTSVD_ALLOW_PRIVATE_URLS": "1",
+    "FASTSVD_WEBHOOK_ATTEMPTS": "4",
+    "FASTSVD_WEBHOOK_WINDOW_S": "1.5",
+}
 
 
 @pytest.fixture(scope="module")
-def hooked(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) -> Iterator[Server]:
-    """A server allowed to call loopback receivers, retrying fast (4 tries over 1.5 s)."""
-    server = start_server(
-        tmp_path_factory.mktemp("webhooks"),
-        **backend,
-        FASTSVD_ALLOW_PRIVATE_URLS="1",
-        FASTSVD_WEBHOOK_ATTEMPTS="4",
-        FASTSVD_WEBHOOK_WINDOW_S="1.5",
-    )
+def hooked(
+    tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]
+) -> Iterator[InProcessServer]:
+    """A server in this process (its worker and deliverer in threads) with ``HOOKED_ENV``."""
+    server = start_in_process(tmp_path_factory.mktemp("webhooks"), **backend, **HOOKED_ENV)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hooked_process(
+    tmp_path_factory: pytest.TempPathFactory, fresh_backend: dict[str, str]
+) -> Iterator[Server]:
+    """A server process with ``HOOKED_ENV``, for fal's client, which needs a real URL (on a
+    database of its own, where it makes the first key)."""
+    server = start_server(tmp_path_factory.mktemp("webhooks"), **fresh_backend, **HOOKED_ENV)
     yield server
     stop_server(server)
 
 
-def webhook_secret(server: Server) -> str:
+def webhook_secret(server: Server | InProcessServer) -> str:
     key_id = server.key.split(":")[0]
     with server.key_store() as keys:
         return next(k.webhook_secret for k in keys.list() if k.key_id == key_id)
@@ -54,7 +66,7 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     return headers["webhook-signature"] == f"v1,{expected}"
 
 
-def test_one_signed_webhook_per_request(hooked: Server, receiver: Receiver) -> None:
+def test_one_signed_webhook_per_request(hooked: InProcessServer, receiver: Receiver) -> None:
     with hooked.client() as client:
         sub = client.post(
             T2V_PATH,
@@ -77,7 +89,7 @@ def test_one_signed_webhook_per_request(hooked: Server, receiver: Receiver) -> N
         assert verify(webhook_secret(hooked), headers, body)
 
 
-def test_failed_request_sends_an_error_webhook(hooked: Server, receiver: Receiver) -> None:
+def test_failed_request_sends_an_error_webhook(hooked: InProcessServer, receiver: Receiver) -> None:
     with hooked.client() as client:
         client.post(
             T2V_PATH, params={"fal_webhook": receiver.url}, json={"prompt": "fail", **ONE_STEP}
@@ -89,7 +101,9 @@ def test_failed_request_sends_an_error_webhook(hooked: Server, receiver: Receive
         assert payload["payload"] == {"detail": "the fake model failed on purpose"}
 
 
-def test_receiver_errors_are_retried_until_accepted(hooked: Server, receiver: Receiver) -> None:
+def test_receiver_errors_are_retried_until_accepted(
+    hooked: InProcessServer, receiver: Receiver
+) -> None:
     receiver.script = [500, 503]
     with hooked.client() as client:
         sub = client.post(
@@ -102,7 +116,7 @@ def test_receiver_errors_are_retried_until_accepted(hooked: Server, receiver: Re
 
 
 def test_redirects_are_not_followed_and_tries_are_capped(
-    hooked: Server, receiver: Receiver
+    hooked: InProcessServer, receiver: Receiver
 ) -> None:
     receiver.script = [301] * 10
     with hooked.client() as client:
@@ -114,7 +128,7 @@ def test_redirects_are_not_followed_and_tries_are_capped(
         assert [r[0] for r in receiver.received] == ["/"] * 4  # never /redirected, 4 tries
 
 
-def test_a_receiver_that_is_down_is_retried_then_given_up(hooked: Server) -> None:
+def test_a_receiver_that_is_down_is_retried_then_given_up(hooked: InProcessServer) -> None:
     """R16, receiver down: connections refused on every try; the tries are capped, the webhook is
     recorded as failed, and the request and the service are unaffected."""
     from tests.objectstore import free_port
@@ -134,11 +148,13 @@ def test_a_receiver_that_is_down_is_retried_then_given_up(hooked: Server) -> Non
         job = webhook_row(hooked, request_id)
         assert job["webhook_attempts"] == 4
         assert "connect" in job["webhook_error"].lower()
-    assert httpx.get(f"{hooked.url}/health").status_code == 200
+    assert hooked.public("GET", "/health").status_code == 200
 
 
-def test_private_webhook_targets_are_refused_by_default(tmp_path: Path) -> None:
-    server = start_server(tmp_path, FASTSVD_WORKERS="0")
+def test_private_webhook_targets_are_refused_by_default(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    server = start_in_process(tmp_path_factory.mktemp("private"))  # short: a socket lives there
     try:
         with server.client() as client:
             for target in (
@@ -150,10 +166,11 @@ def test_private_webhook_targets_are_refused_by_default(tmp_path: Path) -> None:
                 assert answer.status_code == 422, target
                 assert answer.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
     finally:
-        stop_server(server)
+        server.close()
 
 
-def test_webhook_secret_command_shows_the_keys_secret(hooked: Server) -> None:
+@pytest.mark.process  # runs the command
+def test_webhook_secret_command_shows_the_keys_secret(hooked: InProcessServer) -> None:
     import subprocess
     import sys
 
@@ -169,10 +186,12 @@ def test_webhook_secret_command_shows_the_keys_secret(hooked: Server) -> None:
         check=True,
     )
     assert out.stdout.strip() == webhook_secret(hooked)
-    assert httpx.get(f"{hooked.url}/health").status_code == 200
+    assert hooked.public("GET", "/health").status_code == 200
 
 
-def test_fal_client_submit_with_a_webhook(hooked: Server, receiver: Receiver) -> None:
+@pytest.mark.process
+def test_fal_client_submit_with_a_webhook(hooked_process: Server, receiver: Receiver) -> None:
+    hooked = hooked_process
     import fal_client
     import fal_client.client as fal_module
 
@@ -196,7 +215,7 @@ def test_fal_client_submit_with_a_webhook(hooked: Server, receiver: Receiver) ->
             client._client.close()
 
 
-def test_image_to_video_from_a_data_uri_and_from_a_url(hooked: Server) -> None:
+def test_image_to_video_from_a_data_uri_and_from_a_url(hooked: InProcessServer) -> None:
     """(On the server that may reach loopback: plain http URLs are allowed there.)"""
     import io
 
@@ -214,7 +233,7 @@ def test_image_to_video_from_a_data_uri_and_from_a_url(hooked: Server) -> None:
             done = wait_done(client, sub.json()["status_url"])
             assert done.get("error") is None, done
             url = client.get(sub.json()["response_url"]).json()["video"]["url"]
-        with av.open(io.BytesIO(httpx.get(url).content)) as container:
+        with av.open(io.BytesIO(hooked.public("GET", url).content)) as container:
             frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
         return [round(float(v)) for v in frame.reshape(-1, 3).mean(axis=0)]
 
@@ -264,9 +283,13 @@ class FileSite:
 FAL_SKEW_S = 300  # fal's receivers accept timestamps within five minutes
 
 
-def fal_public_keys(server: Server) -> list[Ed25519PublicKey]:
+def fal_public_keys(server: Server | InProcessServer) -> list[Ed25519PublicKey]:
     """The keys of the server's JWKS, fetched without a key as a receiver does."""
-    answer = httpx.get(f"{server.url}/.well-known/jwks.json")
+    path = "/.well-known/jwks.json"
+    if isinstance(server, InProcessServer):
+        answer = server.public("GET", path)
+    else:
+        answer = httpx.get(f"{server.url}{path}")
     assert answer.status_code == 200
     keys = []
     for jwk in answer.json()["keys"]:
@@ -302,7 +325,9 @@ def fal_verify(
     return False
 
 
-def hooked_submit(server: Server, receiver: Receiver, count: int) -> tuple[dict[str, str], bytes]:
+def hooked_submit(
+    server: InProcessServer, receiver: Receiver, count: int
+) -> tuple[dict[str, str], bytes]:
     """Submit a request with a webhook; the ``count``-th webhook the receiver got."""
     with server.client() as client:
         client.post(
@@ -316,7 +341,7 @@ def hooked_submit(server: Server, receiver: Receiver, count: int) -> tuple[dict[
 
 
 def test_fal_signature_verifies_as_fals_receivers_check_it(
-    hooked: Server, receiver: Receiver
+    hooked: InProcessServer, receiver: Receiver
 ) -> None:
     headers, body = hooked_submit(hooked, receiver, 1)
     keys = fal_public_keys(hooked)
@@ -341,7 +366,7 @@ def test_fal_signature_verifies_as_fals_receivers_check_it(
     assert verify(webhook_secret(hooked), headers, body)  # Standard Webhooks still signs too
 
 
-def rotate_signing_key(server: Server, overlap_s: float) -> None:
+def rotate_signing_key(server: InProcessServer, overlap_s: float) -> None:
     """``fastsvd keys rotate-webhook-signing-key`` on the server's database."""
     env = {"FASTSVD_DATA_DIR": str(server.data_dir), "FASTSVD_DATABASE_URL": server.database_url}
     result = CliRunner().invoke(
@@ -352,7 +377,7 @@ def rotate_signing_key(server: Server, overlap_s: float) -> None:
 
 
 def test_a_rotated_key_still_verifies_during_the_overlap(
-    hooked: Server, receiver: Receiver
+    hooked: InProcessServer, receiver: Receiver
 ) -> None:
     before = fal_public_keys(hooked)
     old_headers, old_body = hooked_submit(hooked, receiver, 1)
