@@ -105,30 +105,14 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:
-        return cls(
-            id=row.id,
-            seq=row.seq,
-            key_id=row.key_id,
-            endpoint=row.endpoint,
-            input=json.loads(row.input),
-            state=JobState(row.state),
-            priority=row.priority,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            attempts=row.attempts,
-            lease_token=row.lease_token,
-            cancel_requested=bool(row.cancel_requested),
-            output=json.loads(row.output) if row.output else None,
-            error=row.error,
-            error_type=row.error_type,
-            http_status=row.http_status,
-            inference_time_s=row.inference_time_s,
-            webhook_url=row.webhook_url,
-            base_url=row.base_url,
-            output_lifetime_s=row.output_lifetime_s,
-            no_retry=bool(row.no_retry),
-        )
+        """The job a ``jobs`` row holds: the columns by name, JSON and flags decoded."""
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        values["input"] = json.loads(row.input)
+        values["output"] = json.loads(row.output) if row.output else None
+        values["state"] = JobState(row.state)
+        for flag in ("cancel_requested", "no_retry"):
+            values[flag] = bool(values[flag])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
