@@ -206,7 +206,7 @@ def test_bf16_consistency_steps_run_in_fp32() -> None:
 
     sampler.step = recorded  # type: ignore[method-assign]
     request = FewStepImageToVideoInput(
-        image_url="data:,", steps=2, video_size={"width": 64, "height": 64}
+        image_url="data:,", steps=2, video_size={"width": 64, "height": 64}, num_frames=4
     )
     few.generate(params_of(request, 1, Image.new("RGB", (64, 64), (90, 120, 30))))
     # c_skip * x + c_out * F + sigma * z: the U-Net's bf16 output mixed in fp32, for every step

@@ -35,7 +35,7 @@ from fastsvd.inputs import image_loader
 from fastsvd.pipeline import compile as compiling
 from fastsvd.pipeline import presets
 from fastsvd.pipeline.compile import CompileOptions, GraphState, Guarded
-from fastsvd.pipeline.core import Video, VideoPipeline
+from fastsvd.pipeline.core import Video, VideoPipeline, VideoStream
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -93,6 +93,7 @@ def request(width: int, height: int) -> dict[str, object]:
         "video_size": {"width": width, "height": height},
         "steps": 1,
         "seed": SEED,
+        "num_frames": FRAMES,  # one segment of the patched preset's length
     }
 
 
@@ -150,7 +151,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     videos: list[Video] = []
     to_mp4 = VideoPipeline.to_mp4
 
-    def recorded(self: VideoPipeline, video: Video, hooks: Hooks = NO_HOOKS) -> bytes:
+    def recorded(self: VideoPipeline, video: Video | VideoStream, hooks: Hooks = NO_HOOKS) -> bytes:
+        if isinstance(video, VideoStream):  # a worker's: made as it is encoded
+            frames = np.stack(list(video.frames()))
+            video = Video(frames, video.first_frame, video.seed, video.fps, video.timings_s)
         videos.append(video)
         return to_mp4(self, video, hooks)
 

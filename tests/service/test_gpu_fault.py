@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from fastsvd import constants as c
+from fastsvd.endpoints import configured
 from fastsvd.runner import ModelRunner
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -56,7 +57,9 @@ def test_a_gpu_fault_hands_the_job_back_and_stops_the_worker(
             raise torch.AcceleratorError(ILLEGAL_ACCESS)  # what torch raises for CUDA's error
 
         monkeypatch.setattr(core, "animate", faulty)
-        runner = ModelRunner(settings, lambda _url: Image.new("RGB", (64, 64)))
+        runner = ModelRunner(
+            settings, lambda _url: Image.new("RGB", (64, 64)), configured(settings).needs()
+        )
         monkeypatch.setattr(runner, "load", lambda: setattr(runner, "_pipeline", tiny_pipeline))
         worker = Worker.build(settings, services=services, runner=runner)
         assert worker.serve() == 1  # not burst: it stops by itself, after the one job
