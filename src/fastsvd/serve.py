@@ -123,7 +123,7 @@ class Supervisor:
         threading.Thread(target=self._watch, name="supervisor", daemon=True).start()
 
     def _watch(self) -> None:
-        while not self.stopping.wait(0.5):
+        while not self.stopping.wait(c.SUPERVISOR_POLL_S):
             for worker in self.workers:
                 code = worker.process.poll() if worker.process is not None else None
                 if code is None:

@@ -52,8 +52,6 @@ WebhookQuery = Annotated[
     ),
 ]
 LogsQuery = Annotated[str | None, Query()]
-SSE_KEEPALIVE_S = 15.0
-STREAM_POLL_S = 0.1
 CANCEL_CODES = {
     CancelOutcome.requested: 202,
     CancelOutcome.already_completed: 400,
@@ -288,10 +286,10 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
                     last, last_sent = body, time.monotonic()
                 if current.state == JobState.completed or await request.is_disconnected():
                     return
-                if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                if time.monotonic() - last_sent > c.SSE_KEEPALIVE_S:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
-                await asyncio.sleep(STREAM_POLL_S)
+                await asyncio.sleep(c.STREAM_POLL_S)
                 current, status = await _status_of(s, request_id, key, base, with_logs)
 
         return StreamingResponse(
