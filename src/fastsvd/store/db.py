@@ -88,8 +88,9 @@ def _translated() -> Iterator[None]:
 
 
 def statement_timeout_s(lease_s: float) -> float:
-    """The statement timeout for workers holding ``lease_s`` leases: a third of the lease (at
-    least 1 s), at most ``POSTGRES_STATEMENT_TIMEOUT_S``."""
+    """The statement timeout for workers holding ``lease_s`` leases: one renewal's time (a third
+    of the lease, ``RENEWALS_PER_LEASE``; at least 1 s), at most
+    ``POSTGRES_STATEMENT_TIMEOUT_S``."""
     return max(1.0, min(c.POSTGRES_STATEMENT_TIMEOUT_S, lease_s / c.RENEWALS_PER_LEASE))
 
 
