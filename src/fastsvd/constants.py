@@ -113,6 +113,12 @@ QUEUE_FULL_RETRY_AFTER_S = 10  # Retry-After of a 429 for a full queue
 RATE_WINDOW_S = 60.0  # the submit-rate limit's sliding window
 SSE_KEEPALIVE_S = 15.0  # a status stream with nothing new sends a comment this often
 STREAM_POLL_S = 0.1  # a status stream's look at its request
+# POST /{endpoint} (the synchronous run): its look for the result starts quick, backs off to this
+RUN_POLL_FIRST_S, RUN_POLL_MAX_S = 0.02, 0.25
+UNAVAILABLE_RETRY_AFTER_S = 2  # Retry-After of a 503 while a dependency is away
+HTTP_SHUTDOWN_GRACE_S = 10  # the API's stop: how long open connections get to finish
+# a rotated webhook signing key stays published in the JWKS this long by default
+SIGNING_KEY_OVERLAP_S = 24 * 3600.0
 
 # --- input pictures -----------------------------------------------------------------------
 

@@ -128,7 +128,7 @@ def _run_route(endpoint: Endpoint) -> Route:
         request: Request, body: BaseModel, services: ServicesDep, key: KeyDep, base: BaseURL
     ) -> JSONResponse:
         job = await enqueue(request, services, key, base, endpoint, body, None)
-        delay = 0.02
+        delay = c.RUN_POLL_FIRST_S
         while True:
             current = await run_in_threadpool(services.jobs.get, job.id)
             if current is not None and current.state == JobState.completed:
@@ -137,7 +137,7 @@ def _run_route(endpoint: Endpoint) -> Route:
                 await run_in_threadpool(services.jobs.request_cancel, job.id, None)
                 raise Cancelled("client disconnected")
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+            delay = min(delay * 1.5, c.RUN_POLL_MAX_S)
 
     return run
 
