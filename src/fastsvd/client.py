@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from fastsvd import constants as c
 from fastsvd.endpoints import app_of
 from fastsvd.errors import ClientError
 from fastsvd.schema import (
@@ -71,8 +72,6 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-DEFAULT_TIMEOUT_S = 60.0
-POLL_FIRST_S, POLL_MAX_S = 0.1, 1.0  # status polls start quick and back off to this
 RETRIES = 5  # 429 / 503 answers retried (after Retry-After) before giving up
 
 T = TypeVar("T")
@@ -257,14 +256,16 @@ class _Core:
     ) -> Flow[Completed]:
         """Poll until COMPLETED, reporting each new status."""
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
-        delay, last = POLL_FIRST_S, None
+        delay, last = c.CLIENT_POLL_FIRST_S, None
         while True:
             current = yield from self.status(application, request_id, with_logs=with_logs)
             if current != last and on_update is not None:
                 on_update(current)
             if isinstance(current, Completed):
                 return current
-            delay = min(delay * 1.5, POLL_MAX_S) if current == last else POLL_FIRST_S
+            delay = (
+                min(delay * 1.5, c.CLIENT_POLL_MAX_S) if current == last else c.CLIENT_POLL_FIRST_S
+            )
             last = current
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise TimeoutError(f"request {request_id} not finished in {timeout_s} s")
@@ -339,7 +340,7 @@ class SyncClient:
         url: str | None = None,
         key: str | None = None,
         *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = c.CLIENT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         url, key = _from_env(url, key)
@@ -461,7 +462,7 @@ class AsyncClient:
         url: str | None = None,
         key: str | None = None,
         *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = c.CLIENT_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         url, key = _from_env(url, key)

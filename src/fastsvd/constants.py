@@ -59,11 +59,25 @@ DEFAULT_PRESET = "svd-xt-1.1"  # SDXL base first frame + SVD-XT 1.1, the model f
 
 # --- durations (seconds) and multiples of the lease ------------------------------------------
 
-# a worker heard from within this many leases (FASTSVD_LEASE_S) counts as serving its endpoints
-# (/ready, the metrics, a queued request's "no worker serves this" note): one missed heartbeat
-# is not yet a lost worker
+# Multiples of the lease (FASTSVD_LEASE_S, a setting):
+# a worker heard from within this many leases counts as serving its endpoints (/ready, the
+# metrics, a queued request's "no worker serves this" note): one missed heartbeat is not yet a
+# lost worker
 SERVING_LEASES = 3
+# a worker renews its job's lease, and beats, this many times a lease: two renewals may fail
+# before it lapses. A PostgreSQL statement gets at most one renewal's time (see below), so a
+# write stuck behind a lock fails, and is retried, while the lease still holds.
+RENEWALS_PER_LEASE = 3
+REAPS_PER_LEASE = 2  # a worker looks for jobs of dead workers at least this often a lease
+REAP_EVERY_S = 5.0  # ... and at least this often (also: housekeeping)
+
+# workers and fastsvd serve
 DRAIN_GRACE_S = 60.0  # fastsvd serve's stop: how long workers get to hand back their jobs
+SUPERVISOR_POLL_S = 0.5  # fastsvd serve's look at its worker processes
+LEAVE_DEADLINE_S = 5.0  # a stopping worker's attempts to take itself off the roster
+# A job's progress lines are kept in the worker and written together: at most this late (the
+# heartbeat writes them), at once for the first frame, and with the result in its transaction.
+LOG_FLUSH_S = 0.5
 NVIDIA_SMI_TIMEOUT_S = 10.0  # one nvidia-smi call (platform checks)
 # object stores: a store that went away is noticed within seconds (then waited out,
 # ``fastsvd.retry``), while a slow but working one still gets through
@@ -74,6 +88,37 @@ CANCEL_POLL_S = 1.0  # with pushed cancels: how often a busy worker still reads 
 # how often the wake-up listener looks up from its connection (and how long closing it can
 # wait): a wait on its socket, no query, so looking up often costs nothing
 LISTEN_POLL_S = 0.1
+
+# waiting out a dependency that is away (``fastsvd.retry``'s backoff)
+FIRST_DELAY_S = 0.1
+MAX_DELAY_S = 5.0  # so a dependency that is back is used again within seconds
+
+# the job store
+SQLITE_BUSY_TIMEOUT_S = 30.0
+# a fresh file's switch to WAL mode is retried (for as long as the busy timeout) this quickly
+SQLITE_WAL_FIRST_DELAY_S, SQLITE_WAL_MAX_DELAY_S = 0.005, 0.2
+POSTGRES_CONNECT_TIMEOUT_S = 2  # libpq's least; a reachable server answers in milliseconds
+# The server ends a statement that runs longer than this, or than a lease's renewal interval
+# (at least 1 s) where that is shorter: well under a worker's lease.
+POSTGRES_STATEMENT_TIMEOUT_S = 10.0
+# A pooled connection idle for longer than this is pinged before use (SQLAlchemy's pre-ping,
+# only where it can matter): the server may have restarted, or dropped it, meanwhile.
+POSTGRES_PING_IDLE_S = 1.0
+
+# the HTTP API
+# Verified keys are remembered this long, so a client polling every 0.1 s costs no key lookup;
+# a revoked key stops working within this time.
+KEY_CACHE_S = 5.0
+QUEUE_FULL_RETRY_AFTER_S = 10  # Retry-After of a 429 for a full queue
+RATE_WINDOW_S = 60.0  # the submit-rate limit's sliding window
+SSE_KEEPALIVE_S = 15.0  # a status stream with nothing new sends a comment this often
+STREAM_POLL_S = 0.1  # a status stream's look at its request
+# POST /{endpoint} (the synchronous run): its look for the result starts quick, backs off to this
+RUN_POLL_FIRST_S, RUN_POLL_MAX_S = 0.02, 0.25
+UNAVAILABLE_RETRY_AFTER_S = 2  # Retry-After of a 503 while a dependency is away
+HTTP_SHUTDOWN_GRACE_S = 10  # the API's stop: how long open connections get to finish
+# a rotated webhook signing key stays published in the JWKS this long by default
+SIGNING_KEY_OVERLAP_S = 24 * 3600.0
 
 # --- input pictures -----------------------------------------------------------------------
 
@@ -91,3 +136,6 @@ WEBHOOK_URL_MAX_CHARS = 2048  # fal_webhook: it travels in the query string, per
 # --- the playground and clients -----------------------------------------------------------
 
 HISTORY_DEFAULT, HISTORY_MAX = 20, 100  # GET .../requests?limit=: a key's newest requests
+CLIENT_TIMEOUT_S = 60.0  # fastsvd.client: one HTTP call's time limit
+# fastsvd.client's status polls start quick and back off to this
+CLIENT_POLL_FIRST_S, CLIENT_POLL_MAX_S = 0.1, 1.0

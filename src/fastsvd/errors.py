@@ -54,6 +54,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fastsvd import constants as c
 from fastsvd.schema import field_errors
 
 
@@ -163,7 +164,7 @@ class Unavailable(FastSVDError):
     """A service fastsvd depends on cannot be reached right now; retrying later may work."""
 
     error_type = "service_unavailable"
-    retry_after_s = 2
+    retry_after_s = c.UNAVAILABLE_RETRY_AFTER_S
 
 
 class StoreUnavailable(Unavailable):

@@ -40,10 +40,6 @@ log = logging.getLogger("fastsvd.worker")
 
 T = TypeVar("T")
 
-# A job's progress lines are kept in the worker and written together: at most this late (the
-# heartbeat writes them), at once for the first frame, and with the result in its transaction.
-LOG_FLUSH_S = 0.5
-
 
 class _Lines:
     """The progress lines not written yet, taken in order under one lock."""
@@ -96,7 +92,7 @@ class JobContext:
         # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
         # read now and then, in case a notification was missed. Without them, as often as the
         # progress lines are written.
-        poll_s = c.CANCEL_POLL_S if self.listener.pushes_cancels else LOG_FLUSH_S
+        poll_s = c.CANCEL_POLL_S if self.listener.pushes_cancels else c.LOG_FLUSH_S
         object.__setattr__(self, "_cancel_poll", _Every(poll_s))
         hooks = Hooks(
             on_step=self.on_step, should_cancel=self.should_abort, on_first_frame=self.on_frame
@@ -132,9 +128,9 @@ class JobContext:
         the job: then ``lost`` is set (the job stops at its next step, and writes nothing)."""
         lease_s = self.services.settings.lease_s
         held_until = time.monotonic() + lease_s
-        renew_every_s = lease_s / 3
+        renew_every_s = lease_s / c.RENEWALS_PER_LEASE
         next_renewal = time.monotonic() + renew_every_s
-        while not self.done.wait(min(LOG_FLUSH_S, renew_every_s)):
+        while not self.done.wait(min(c.LOG_FLUSH_S, renew_every_s)):
             self.flush_logs()
             if time.monotonic() < next_renewal:
                 continue

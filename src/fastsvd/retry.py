@@ -20,19 +20,18 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from fastsvd import constants as c
 from fastsvd.errors import Unavailable
 
 log = logging.getLogger("fastsvd.retry")
 
 T = TypeVar("T")
-FIRST_DELAY_S = 0.1
-MAX_DELAY_S = 5.0  # so a dependency that is back is used again within seconds
 
 
 class Backoff:
     """Delays that double from ``first_s`` up to ``most_s``; ``reset`` after a success."""
 
-    def __init__(self, first_s: float = FIRST_DELAY_S, most_s: float = MAX_DELAY_S) -> None:
+    def __init__(self, first_s: float = c.FIRST_DELAY_S, most_s: float = c.MAX_DELAY_S) -> None:
         self.first_s = first_s
         self.most_s = most_s
         self.delay_s = first_s

@@ -123,7 +123,7 @@ class Supervisor:
         threading.Thread(target=self._watch, name="supervisor", daemon=True).start()
 
     def _watch(self) -> None:
-        while not self.stopping.wait(0.5):
+        while not self.stopping.wait(c.SUPERVISOR_POLL_S):
             for worker in self.workers:
                 code = worker.process.poll() if worker.process is not None else None
                 if code is None:
@@ -269,7 +269,7 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level="warning",
         proxy_headers=True,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=c.HTTP_SHUTDOWN_GRACE_S,
         # uvicorn's own TLS; the scheme of the URLs in responses follows (https)
         ssl_certfile=settings.tls_cert if tls else None,
         ssl_keyfile=settings.tls_key if tls else None,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from fastsvd import constants as c
 from fastsvd.endpoints import ENDPOINTS, Registry, configured
 from fastsvd.errors import Failure, FastSVDError, GenerationCancelled, GpuFault, Unavailable
 from fastsvd.inputs import image_loader
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from fastsvd.settings import Settings
 
 log = logging.getLogger("fastsvd.worker")
-
-REAP_EVERY_S = 5.0  # how often a worker looks for jobs of dead workers (also: housekeeping)
 
 
 def worker_name() -> str:
@@ -142,7 +141,7 @@ class Worker:
         lease_s = settings.lease_s
         ran = 0
         last_beat = last_reap = time.monotonic()
-        reap_every_s = min(REAP_EVERY_S, lease_s / 2)
+        reap_every_s = min(c.REAP_EVERY_S, lease_s / c.REAPS_PER_LEASE)
         claimable = self.endpoints.ids()
 
         def housekeeping() -> None:
@@ -150,7 +149,7 @@ class Worker:
             if time.monotonic() - last_reap > reap_every_s:
                 self.services.jobs.requeue_abandoned()
                 last_reap = time.monotonic()
-            if time.monotonic() - last_beat > lease_s / 3:
+            if time.monotonic() - last_beat > lease_s / c.RENEWALS_PER_LEASE:
                 self.services.roster.beat(self.name, ready=True)
                 last_beat = time.monotonic()
 
@@ -197,7 +196,9 @@ class Worker:
             self._stop_heartbeats()
             self.listener.close()
             until_written(
-                lambda: self.services.roster.leave(self.name), outage=self.outage, deadline_s=5.0
+                lambda: self.services.roster.leave(self.name),
+                outage=self.outage,
+                deadline_s=c.LEAVE_DEADLINE_S,
             )
         return ran
 

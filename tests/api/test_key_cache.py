@@ -1,5 +1,6 @@
-"""Verified keys are cached for ``KEY_CACHE_S``: a revoked key works until its entry expires,
-and not after. The cache's clock is replaced by one the test moves, so no test waits it out."""
+"""Verified keys are cached for ``KEY_CACHE_S`` (constants): a revoked key works until its entry
+expires, and not after. The cache's clock is replaced by one the test moves, so no test waits
+it out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
+from fastsvd import constants as c
 from fastsvd.api import auth
 from fastsvd.api.app import create_app
 from fastsvd.services import Services
@@ -28,7 +30,7 @@ def test_a_revoked_key_stops_working_when_its_cache_entry_expires(
         with TestClient(create_app(services)) as client:
             assert client.post(T2V_PATH, json={"prompt": "a"}, headers=headers).is_success
             assert services.keys.revoke(info.key_id)
-            now[0] += auth.KEY_CACHE_S - 0.1
+            now[0] += c.KEY_CACHE_S - 0.1
             cached = client.post(T2V_PATH, json={"prompt": "b"}, headers=headers)
             assert cached.is_success  # within the cache's time: still known good
             now[0] += 0.2

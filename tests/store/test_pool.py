@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
+from fastsvd import constants as c
 from fastsvd.errors import StoreUnavailable
-from fastsvd.store import db as db_module
 from fastsvd.store.db import Database
 from tests.databases import postgres_database
 from tests.service.conftest import wait_for
@@ -39,14 +39,14 @@ def test_a_connection_dropped_while_idle_is_replaced_and_a_busy_one_is_not_pinge
         try:
             # back in use moments after its last transaction: not pinged (no round trip), so
             # a server that dropped it meanwhile fails this one call, and the pool is renewed
-            monkeypatch.setattr(db_module, "POSTGRES_PING_IDLE_S", 3600.0)
+            monkeypatch.setattr(c, "POSTGRES_PING_IDLE_S", 3600.0)
             server_ends(admin, backend_pid(db))
             with pytest.raises(StoreUnavailable):
                 backend_pid(db)
             fresh = backend_pid(db)
 
             # idle past POSTGRES_PING_IDLE_S: pinged first, and replaced before the call sees it
-            monkeypatch.setattr(db_module, "POSTGRES_PING_IDLE_S", 0.0)
+            monkeypatch.setattr(c, "POSTGRES_PING_IDLE_S", 0.0)
             server_ends(admin, fresh)
             assert backend_pid(db) not in (0, fresh)
         finally:

@@ -26,8 +26,8 @@ def _summary(info: KeyInfo) -> KeySummary:
 
 
 @router.get("", summary="List API keys", responses=responses.ADMIN)
-async def list_keys(s: ServicesDep, _admin: AdminDep) -> KeyList:
-    keys = await run_in_threadpool(s.keys.list)
+async def list_keys(services: ServicesDep, _admin: AdminDep) -> KeyList:
+    keys = await run_in_threadpool(services.keys.list)
     return KeyList(keys=[_summary(info) for info in keys])
 
 
@@ -37,8 +37,8 @@ async def list_keys(s: ServicesDep, _admin: AdminDep) -> KeyList:
     status_code=201,
     responses={**responses.TOO_LARGE, **responses.ADMIN},
 )
-async def create_key(body: KeyRequest, s: ServicesDep, _admin: AdminDep) -> CreatedKey:
-    key, info = await run_in_threadpool(s.keys.create, body.name, Scope(body.scope))
+async def create_key(body: KeyRequest, services: ServicesDep, _admin: AdminDep) -> CreatedKey:
+    key, info = await run_in_threadpool(services.keys.create, body.name, Scope(body.scope))
     return CreatedKey(**_summary(info).model_dump(), key=key, webhook_secret=info.webhook_secret)
 
 
@@ -47,8 +47,8 @@ async def create_key(body: KeyRequest, s: ServicesDep, _admin: AdminDep) -> Crea
     summary="Revoke an API key",
     responses={404: {"model": ErrorResponse, "description": "No such live key"}, **responses.ADMIN},
 )
-async def revoke_key(key_id: str, s: ServicesDep, _admin: AdminDep) -> KeySummary:
-    if len(key_id) > 64 or not await run_in_threadpool(s.keys.revoke, key_id):
+async def revoke_key(key_id: str, services: ServicesDep, _admin: AdminDep) -> KeySummary:
+    if len(key_id) > 64 or not await run_in_threadpool(services.keys.revoke, key_id):
         raise NotFound(f"No live key {key_id}")
-    info = next(k for k in await run_in_threadpool(s.keys.list) if k.key_id == key_id)
+    info = next(k for k in await run_in_threadpool(services.keys.list) if k.key_id == key_id)
     return _summary(info)

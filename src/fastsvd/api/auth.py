@@ -12,13 +12,11 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
+from fastsvd import constants as c
 from fastsvd.api.limits import TokenBuckets
 from fastsvd.errors import Forbidden, RateLimited, Unauthorized
 from fastsvd.store.keys import KeyInfo, Scope
 
-# Verified keys are remembered this long, so a client polling every 0.1 s costs no key lookup;
-# a revoked key stops working within this time.
-KEY_CACHE_S = 5.0
 KEY_CACHE_MAX = 10_000
 
 ANONYMOUS = KeyInfo("local", "auth off", Scope.admin, 0.0, None, "whsec_")
@@ -97,7 +95,7 @@ async def current_key(
         if info is not None:
             if len(_verified) >= KEY_CACHE_MAX:
                 _verified.clear()
-            _verified[digest] = (info, now + KEY_CACHE_S)
+            _verified[digest] = (info, now + c.KEY_CACHE_S)
     if info is None:
         limits.failed(address)
         raise Unauthorized("No user found for Key ID and Secret")

@@ -62,11 +62,13 @@ def check_image_url(url: str, services: Services) -> None:
         416: {"description": "The requested range is outside the file"},
     },
 )
-async def download(request: Request, file_id: str, file_name: str, s: ServicesDep) -> Response:
-    record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
+async def download(
+    request: Request, file_id: str, file_name: str, services: ServicesDep
+) -> Response:
+    record = await run_in_threadpool(services.files.get, file_id) if file_id.isalnum() else None
     if record is None or record.file_name != file_name or record.upload_token is not None:
         raise NotFound("File not found")
-    path = s.storage.local_path(record.id)
+    path = services.storage.local_path(record.id)
     if path is not None:
         if not path.is_file():
             raise NotFound("File not found")
@@ -74,7 +76,9 @@ async def download(request: Request, file_id: str, file_name: str, s: ServicesDe
         return FileResponse(path, media_type=record.content_type)
     # An object store: proxied, Range passed through (see docs/deploy.md for why).
     try:
-        got = await run_in_threadpool(s.storage.download, record.id, request.headers.get("range"))
+        got = await run_in_threadpool(
+            services.storage.download, record.id, request.headers.get("range")
+        )
     except RangeNotSatisfiable as exc:
         raise RangeNotSatisfiable(exc.message, size=record.size) from exc
     if got is None:
@@ -109,7 +113,7 @@ def _clean_name(name: str | None, content_type: str) -> str:
 
 
 async def _add_upload(
-    s: Services, key: KeyInfo, name: str, content_type: str, **details: Any
+    services: Services, key: KeyInfo, name: str, content_type: str, **details: Any
 ) -> FileRecord:
     """The record of an uploaded file, kept as long as the outputs are."""
     record = new_record(
@@ -117,10 +121,10 @@ async def _add_upload(
         kind="upload",
         file_name=name,
         content_type=content_type,
-        retention_s=s.settings.retention_s,
+        retention_s=services.settings.retention_s,
         **details,
     )
-    added: FileRecord = await run_in_threadpool(s.files.add, record)
+    added: FileRecord = await run_in_threadpool(services.files.add, record)
     return added
 
 
@@ -142,13 +146,15 @@ async def upload_token(request: Request, key: KeyDep, base: BaseURL) -> JSONResp
     summary="Upload a file (fal-client)",
     responses={**responses.TOO_LARGE, **responses.KEYED},
 )
-async def upload(request: Request, s: ServicesDep, key: KeyDep, base: BaseURL) -> UploadedFile:
+async def upload(
+    request: Request, services: ServicesDep, key: KeyDep, base: BaseURL
+) -> UploadedFile:
     data = await _read_body(request)
     content_type = request.headers.get("content-type", "application/octet-stream")[:255]
     name = _clean_name(request.headers.get("x-fal-file-name"), content_type)
     file_id = new_file_id()
-    await run_in_threadpool(s.storage.put, file_id, data, content_type)
-    record = await _add_upload(s, key, name, content_type, size=len(data), file_id=file_id)
+    await run_in_threadpool(services.storage.put, file_id, data, content_type)
+    record = await _add_upload(services, key, name, content_type, size=len(data), file_id=file_id)
     return UploadedFile(access_url=base + record.path, content_type=content_type, file_name=name)
 
 
@@ -158,12 +164,12 @@ async def upload(request: Request, s: ServicesDep, key: KeyDep, base: BaseURL) -
     responses={**responses.TOO_LARGE, **responses.KEYED},
 )
 async def upload_initiate(
-    s: ServicesDep, key: KeyDep, base: BaseURL, body: Annotated[dict[str, Any], Body()]
+    services: ServicesDep, key: KeyDep, base: BaseURL, body: Annotated[dict[str, Any], Body()]
 ) -> JSONResponse:
     content_type = str(body.get("content_type") or "application/octet-stream")[:255]
     name = _clean_name(str(body.get("file_name") or ""), content_type)
     token = secrets.token_hex(16)
-    record = await _add_upload(s, key, name, content_type, size=0, upload_token=token)
+    record = await _add_upload(services, key, name, content_type, size=0, upload_token=token)
     return JSONResponse(
         {
             "upload_url": f"{base}/storage/upload/{record.id}?token={token}",
@@ -181,13 +187,13 @@ async def upload_initiate(
     },
 )
 async def upload_put(
-    request: Request, file_id: str, s: ServicesDep, base: BaseURL, token: str = Query("")
+    request: Request, file_id: str, services: ServicesDep, base: BaseURL, token: str = Query("")
 ) -> JSONResponse:
-    record = await run_in_threadpool(s.files.get, file_id) if file_id.isalnum() else None
+    record = await run_in_threadpool(services.files.get, file_id) if file_id.isalnum() else None
     expected = record.upload_token if record is not None else None
     if record is None or expected is None or not secrets.compare_digest(expected, token):
         raise NotFound("No upload is waiting at this URL")
     data = await _read_body(request)
-    await run_in_threadpool(s.storage.put, record.id, data, record.content_type)
-    await run_in_threadpool(s.files.uploaded, record.id, len(data))
+    await run_in_threadpool(services.storage.put, record.id, data, record.content_type)
+    await run_in_threadpool(services.files.uploaded, record.id, len(data))
     return JSONResponse({"file_url": base + record.path})

@@ -28,8 +28,7 @@ class StoreCollector(Collector):
         self.endpoints = endpoints
 
     def collect(self) -> Iterator[Metric]:
-        s = self.services
-        counts = s.jobs.counts()
+        counts = self.services.jobs.counts()
         labels = ["endpoint", "priority"]
         depth = GaugeMetricFamily(
             "fastsvd_queue_depth", "Jobs waiting for a worker.", labels=labels
@@ -59,7 +58,8 @@ class StoreCollector(Collector):
             finished.add_metric([endpoint, outcome], n)
         yield finished
         ready = GaugeMetricFamily("fastsvd_workers_ready", "Workers with their model loaded.")
-        count, serving, serve_all = s.roster.ready_endpoints(s.settings.serving_window_s)
+        roster, settings = self.services.roster, self.services.settings
+        count, serving, serve_all = roster.ready_endpoints(settings.serving_window_s)
         ready.add_metric([], count)
         yield ready
         per_endpoint = GaugeMetricFamily(

@@ -53,9 +53,9 @@ def router(endpoints: Registry) -> APIRouter:
             503: {"model": ReadyResponse, "description": "No worker is ready yet"},
         },
     )
-    async def ready(s: ServicesDep) -> JSONResponse:
+    async def ready(services: ServicesDep) -> JSONResponse:
         count, serving, serve_all = await run_in_threadpool(
-            s.roster.ready_endpoints, s.settings.serving_window_s
+            services.roster.ready_endpoints, services.settings.serving_window_s
         )
         body = {
             "status": "ready" if count else "starting",
@@ -70,8 +70,8 @@ def router(endpoints: Registry) -> APIRouter:
         summary="Prometheus metrics",
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
-    async def metrics(s: ServicesDep) -> Response:
-        body = await run_in_threadpool(render_metrics, s, endpoints)
+    async def metrics(services: ServicesDep) -> Response:
+        body = await run_in_threadpool(render_metrics, services, endpoints)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @api.get(
@@ -79,8 +79,8 @@ def router(endpoints: Registry) -> APIRouter:
         summary="The public keys of fal-style webhook signatures (JWKS, no auth)",
         responses={200: {"description": '`{"keys": [{"kty": "OKP", "crv": "Ed25519", ...}]}`'}},
     )
-    async def jwks(s: ServicesDep) -> JSONResponse:
-        published = await run_in_threadpool(s.signing_keys.published)
+    async def jwks(services: ServicesDep) -> JSONResponse:
+        published = await run_in_threadpool(services.signing_keys.published)
         # short-lived in caches: a rotation's new key must reach receivers soon
         return JSONResponse(
             {"keys": [key.jwk() for key in published]},

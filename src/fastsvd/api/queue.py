@@ -52,8 +52,6 @@ WebhookQuery = Annotated[
     ),
 ]
 LogsQuery = Annotated[str | None, Query()]
-SSE_KEEPALIVE_S = 15.0
-STREAM_POLL_S = 0.1
 CANCEL_CODES = {
     CancelOutcome.requested: 202,
     CancelOutcome.already_completed: 400,
@@ -112,13 +110,13 @@ def _submit_route(endpoint: Endpoint) -> Route:
         request: Request,
         response: Response,
         body: BaseModel,
-        s: ServicesDep,
+        services: ServicesDep,
         key: KeyDep,
         base: BaseURL,
         fal_webhook: WebhookQuery = None,
     ) -> SubmitResponse:
-        job = await enqueue(request, s, key, base, endpoint, body, fal_webhook)
-        position = await run_in_threadpool(s.jobs.queue_position, job)
+        job = await enqueue(request, services, key, base, endpoint, body, fal_webhook)
+        position = await run_in_threadpool(services.jobs.queue_position, job)
         response.headers["x-fal-request-id"] = job.id
         return submitted(job, base, position)
 
@@ -127,26 +125,26 @@ def _submit_route(endpoint: Endpoint) -> Route:
 
 def _run_route(endpoint: Endpoint) -> Route:
     async def run(
-        request: Request, body: BaseModel, s: ServicesDep, key: KeyDep, base: BaseURL
+        request: Request, body: BaseModel, services: ServicesDep, key: KeyDep, base: BaseURL
     ) -> JSONResponse:
-        job = await enqueue(request, s, key, base, endpoint, body, None)
-        delay = 0.02
+        job = await enqueue(request, services, key, base, endpoint, body, None)
+        delay = c.RUN_POLL_FIRST_S
         while True:
-            current = await run_in_threadpool(s.jobs.get, job.id)
+            current = await run_in_threadpool(services.jobs.get, job.id)
             if current is not None and current.state == JobState.completed:
                 return result_response(current, base, endpoint.output)
             if await request.is_disconnected():
-                await run_in_threadpool(s.jobs.request_cancel, job.id, None)
+                await run_in_threadpool(services.jobs.request_cancel, job.id, None)
                 raise Cancelled("client disconnected")
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+            delay = min(delay * 1.5, c.RUN_POLL_MAX_S)
 
     return run
 
 
 async def enqueue(
     request: Request,
-    s: Services,
+    services: Services,
     key: KeyInfo,
     base: str,
     endpoint: Endpoint,
@@ -155,13 +153,16 @@ async def enqueue(
 ) -> Job:
     """Check what only the server can check (URLs), then queue ``body`` for ``endpoint``."""
     if endpoint.image_field is not None:
-        await run_in_threadpool(check_image_url, getattr(body, endpoint.image_field), s)
+        await run_in_threadpool(check_image_url, getattr(body, endpoint.image_field), services)
     if fal_webhook is not None:
         await run_in_threadpool(
-            check_url, fal_webhook, "fal_webhook", allow_private=s.settings.allow_private_urls
+            check_url,
+            fal_webhook,
+            "fal_webhook",
+            allow_private=services.settings.allow_private_urls,
         )
     job, _new = await run_in_threadpool(
-        s.jobs.submit,
+        services.jobs.submit,
         key_id=key.key_id,
         endpoint=endpoint.id,
         input=body.model_dump(mode="json"),
@@ -170,10 +171,10 @@ async def enqueue(
         webhook_url=fal_webhook,
         idempotency_key=deps.idempotency_key(request),
         base_url=base,
-        output_lifetime_s=deps.output_lifetime(request, s.settings.retention_s),
+        output_lifetime_s=deps.output_lifetime(request, services.settings.retention_s),
         no_retry=deps.no_retry(request),
     )
-    s.waker.wake_all()
+    services.waker.wake_all()
     return job
 
 
@@ -198,22 +199,22 @@ def result_response(job: Job, base: str, output: type[BaseModel]) -> JSONRespons
 
 
 async def _status_of(
-    s: Services, job_id: str, key: KeyInfo, base: str, with_logs: bool
+    services: Services, job_id: str, key: KeyInfo, base: str, with_logs: bool
 ) -> tuple[Job, QueueStatus]:
-    scope = owner_of(key, s)
+    scope = owner_of(key, services)
 
     def read() -> tuple[Job, QueueStatus]:
-        view = s.jobs.view(job_id, scope, with_logs=with_logs)
+        view = services.jobs.view(job_id, scope, with_logs=with_logs)
         if view is None:
             raise NotFound(f"Request {job_id} not found")
         job, position, logs = view
         waiting = None
         queued = job.state == JobState.queued and logs is not None
-        if queued and not s.roster.serves(job.endpoint, s.settings.serving_window_s):
+        if queued and not services.roster.serves(job.endpoint, services.settings.serving_window_s):
             waiting = no_worker_line(job.endpoint)  # say why, when no one can run it
         return job, status_of(job, base, queue_position=position, logs=logs, waiting=waiting)
 
-    if s.db.cheap_reads:  # this path runs for every poll of every client
+    if services.db.cheap_reads:  # this path runs for every poll of every client
         return read()
     return await run_in_threadpool(read)
 
@@ -226,12 +227,12 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
         responses=responses.ERRORS,
     )
     async def history(
-        s: ServicesDep,
+        services: ServicesDep,
         key: KeyDep,
         base: BaseURL,
         limit: Annotated[int, Query(ge=1, le=c.HISTORY_MAX)] = c.HISTORY_DEFAULT,
     ) -> RequestHistory:
-        recent = await run_in_threadpool(s.jobs.recent, owner_of(key, s), limit)
+        recent = await run_in_threadpool(services.jobs.recent, owner_of(key, services), limit)
         return RequestHistory(requests=[summary(job, base) for job in recent])
 
     @api.get(
@@ -244,12 +245,12 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
     async def status(
         request_id: str,
         response: Response,
-        s: ServicesDep,
+        services: ServicesDep,
         key: KeyDep,
         base: BaseURL,
         logs: LogsQuery = None,
     ) -> QueueStatus:
-        job, body = await _status_of(s, request_id, key, base, deps.truthy(logs))
+        job, body = await _status_of(services, request_id, key, base, deps.truthy(logs))
         response.status_code = 200 if job.state == JobState.completed else 202
         return body
 
@@ -269,13 +270,13 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
     async def status_stream(
         request: Request,
         request_id: str,
-        s: ServicesDep,
+        services: ServicesDep,
         key: KeyDep,
         base: BaseURL,
         logs: LogsQuery = None,
     ) -> StreamingResponse:
         with_logs = deps.truthy(logs)
-        job, first = await _status_of(s, request_id, key, base, with_logs)
+        job, first = await _status_of(services, request_id, key, base, with_logs)
 
         async def events() -> AsyncIterator[str]:
             current, status = job, first
@@ -288,11 +289,11 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
                     last, last_sent = body, time.monotonic()
                 if current.state == JobState.completed or await request.is_disconnected():
                     return
-                if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                if time.monotonic() - last_sent > c.SSE_KEEPALIVE_S:
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
-                await asyncio.sleep(STREAM_POLL_S)
-                current, status = await _status_of(s, request_id, key, base, with_logs)
+                await asyncio.sleep(c.STREAM_POLL_S)
+                current, status = await _status_of(services, request_id, key, base, with_logs)
 
         return StreamingResponse(
             events(),
@@ -307,8 +308,10 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
         response_model=output,
         responses=responses.result(output),
     )
-    async def result(request_id: str, s: ServicesDep, key: KeyDep, base: BaseURL) -> JSONResponse:
-        job = await run_in_threadpool(s.jobs.get, request_id, owner_of(key, s))
+    async def result(
+        request_id: str, services: ServicesDep, key: KeyDep, base: BaseURL
+    ) -> JSONResponse:
+        job = await run_in_threadpool(services.jobs.get, request_id, owner_of(key, services))
         if job is None:
             raise NotFound(f"Request {request_id} not found")
         return result_response(job, base, output)
@@ -321,8 +324,10 @@ def _add_request_routes(api: APIRouter, app_path: str, output: type[BaseModel]) 
         responses=responses.CANCEL,
     )
     async def cancel(
-        request_id: str, response: Response, s: ServicesDep, key: KeyDep
+        request_id: str, response: Response, services: ServicesDep, key: KeyDep
     ) -> CancelResponse:
-        outcome = await run_in_threadpool(s.jobs.request_cancel, request_id, owner_of(key, s))
+        outcome = await run_in_threadpool(
+            services.jobs.request_cancel, request_id, owner_of(key, services)
+        )
         response.status_code = CANCEL_CODES[outcome]
         return CancelResponse.model_validate({"status": outcome.value})

@@ -206,7 +206,7 @@ def keys_webhook_secret(key_id: str, store: dict[str, Any]) -> None:
 @click.option(
     "--overlap-s",
     type=click.FloatRange(min=0),
-    default=86400.0,
+    default=c.SIGNING_KEY_OVERLAP_S,
     show_default=True,
     help="How long the old key stays published in /.well-known/jwks.json.",
 )

@@ -7,7 +7,7 @@ measured on a GPU (``bench/gpu.py --optimize ...``; see docs/performance.md).
 - ``channels_last``: the U-Nets' and VAEs' 2-D convolution weights in NHWC layout, which cuDNN's
   convolutions prefer on tensor cores.
 - ``fuse_qkv``: each self-attention's query, key and value projections as one matrix product
-  (key and value for cross-attention), diffusers' ``FusedAttnProcessor2_0``; both U-Nets.
+  (key and value for cross-attention), diffusers' ``FusedAttnProcessor2_0``; every U-Net.
 - ``fp8`` (lossy, CUDA with compute capability >= 8.9 only): torchao's float8 dynamic
   quantisation (activations and weights, per row) of the video U-Nets' linear layers. Its
   deviation from bf16 is measured by the device run (``bench/gpu.py --call 2``), not

@@ -32,16 +32,15 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidatePoolError, Oper
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
+from fastsvd import constants as c
 from fastsvd.errors import StoreUnavailable
 from fastsvd.retry import Backoff
 
-SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_POOL_SIZE = 8
 POSTGRES_POOL_SIZE = 5
-POSTGRES_CONNECT_TIMEOUT_S = 2  # libpq's least; a reachable server answers in milliseconds
 # libpq parameters of every PostgreSQL connection (the pool's and the listener's):
 POSTGRES_LINK: dict[str, int] = {
-    "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+    "connect_timeout": c.POSTGRES_CONNECT_TIMEOUT_S,
     # an idle connection (in the pool, or listening) whose peer went silent dies in about 3 s
     "keepalives": 1,
     "keepalives_idle": 1,
@@ -54,12 +53,6 @@ POSTGRES_LINK: dict[str, int] = {
     # With the connect timeout, an API call on a link that just dropped answers 503 in ~3 s.
     "tcp_user_timeout": 1000,
 }
-# The server ends a statement that runs longer than this: well under a worker's lease, so a
-# write stuck behind a lock fails (and is retried) while the lease still holds.
-POSTGRES_STATEMENT_TIMEOUT_S = 10.0
-# A pooled connection idle for longer than this is pinged before use (SQLAlchemy's pre-ping,
-# only where it can matter): the server may have restarted, or dropped it, meanwhile.
-POSTGRES_PING_IDLE_S = 1.0
 
 # LISTEN/NOTIFY channels (PostgreSQL)
 WAKE_CHANNEL = "fastsvd_wake"  # a job was queued (payload: its endpoint)
@@ -95,9 +88,10 @@ def _translated() -> Iterator[None]:
 
 
 def statement_timeout_s(lease_s: float) -> float:
-    """The statement timeout for workers holding ``lease_s`` leases: a third of the lease (at
-    least 1 s), at most ``POSTGRES_STATEMENT_TIMEOUT_S``."""
-    return max(1.0, min(POSTGRES_STATEMENT_TIMEOUT_S, lease_s / 3))
+    """The statement timeout for workers holding ``lease_s`` leases: one renewal's time (a third
+    of the lease, ``RENEWALS_PER_LEASE``; at least 1 s), at most
+    ``POSTGRES_STATEMENT_TIMEOUT_S``."""
+    return max(1.0, min(c.POSTGRES_STATEMENT_TIMEOUT_S, lease_s / c.RENEWALS_PER_LEASE))
 
 
 class Database:
@@ -108,7 +102,7 @@ class Database:
         url: str,
         *,
         pool_size: int = POSTGRES_POOL_SIZE,
-        statement_timeout_s: float = POSTGRES_STATEMENT_TIMEOUT_S,
+        statement_timeout_s: float = c.POSTGRES_STATEMENT_TIMEOUT_S,
     ) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
@@ -124,7 +118,7 @@ class Database:
                 hide_parameters=True,  # errors and logs never carry row values (key hashes)
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_timeout=POSTGRES_CONNECT_TIMEOUT_S * 2,
+                pool_timeout=c.POSTGRES_CONNECT_TIMEOUT_S * 2,
                 connect_args=dict(POSTGRES_LINK),
             )
             timeout_ms = int(statement_timeout_s * 1000)
@@ -187,7 +181,7 @@ def _ping_when_idle(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         idle_since = record.info.pop(_IDLE_SINCE, None)
-        if idle_since is None or time.monotonic() - idle_since < POSTGRES_PING_IDLE_S:
+        if idle_since is None or time.monotonic() - idle_since < c.POSTGRES_PING_IDLE_S:
             return  # new, or back in use moments after its last transaction
         try:
             engine.dialect.do_ping(dbapi_connection)
@@ -202,7 +196,7 @@ def _sqlite_engine(url: str) -> Engine:
     # Pooled connections: opening one (and setting its pragmas) costs more than a status read.
     engine = create_engine(
         url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        connect_args={"timeout": c.SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
         hide_parameters=True,
         poolclass=QueuePool,
         pool_size=SQLITE_POOL_SIZE,
@@ -235,8 +229,8 @@ def _use_wal(cursor: Any) -> None:
     rather than through the busy timeout; so the switch is retried here, for as long as the busy
     timeout.
     """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-    backoff = Backoff(first_s=0.005, most_s=0.2)
+    deadline = time.monotonic() + c.SQLITE_BUSY_TIMEOUT_S
+    backoff = Backoff(first_s=c.SQLITE_WAL_FIRST_DELAY_S, most_s=c.SQLITE_WAL_MAX_DELAY_S)
     while True:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")

@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from fastsvd import constants as c
 from fastsvd import processes
 from fastsvd.errors import Cancelled, Failure, QueueFull, RequestTimeout, WorkerLost
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
@@ -69,9 +70,6 @@ class CancelOutcome(enum.StrEnum):
     already_completed = "ALREADY_COMPLETED"
     requested = "CANCELLATION_REQUESTED"
 
-
-QUEUE_FULL_RETRY_AFTER_S = 10
-RATE_WINDOW_S = 60.0  # the submit-rate limit's sliding window
 
 GPU_FAULT = "GPU failure"  # the start of the log line of a job handed back by a failed GPU
 
@@ -339,7 +337,7 @@ class JobStore:
             if total >= self.max_queued:
                 raise QueueFull(
                     f"The queue is full ({self.max_queued} requests waiting); retry later",
-                    QUEUE_FULL_RETRY_AFTER_S,
+                    c.QUEUE_FULL_RETRY_AFTER_S,
                 )
         mine = jobs.c.key_id == key_id
         if self.max_active_per_key is not None:
@@ -349,16 +347,16 @@ class JobStore:
                 raise QueueFull(
                     f"This key has {self.max_active_per_key} unfinished requests, its limit; "
                     "retry when some have finished",
-                    QUEUE_FULL_RETRY_AFTER_S,
+                    c.QUEUE_FULL_RETRY_AFTER_S,
                 )
         if self.submits_per_minute is not None:
-            since = time.time() - RATE_WINDOW_S
+            since = time.time() - c.RATE_WINDOW_S
             recent = jobs.c.created_at > since
             count, oldest = conn.execute(
                 select(func.count(), func.min(jobs.c.created_at)).where(mine, recent)
             ).one()
             if count >= self.submits_per_minute:
-                wait = max(1, math.ceil(oldest + RATE_WINDOW_S - time.time()))
+                wait = max(1, math.ceil(oldest + c.RATE_WINDOW_S - time.time()))
                 raise QueueFull(
                     f"This key may submit {self.submits_per_minute} requests a minute; "
                     f"retry in {wait} s",
