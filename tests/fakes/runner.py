@@ -1,12 +1,16 @@
 """A stand-in for the model, for service tests where the pictures do not matter.
 
 It behaves like the pipeline at its seams: one hook call per step, a cancel check before each
-step, a real MP4 at the end. The prompt picks a behaviour:
+step, a real MP4 at the end. ``Runner`` succeeds; each behaviour a test needs is a runner of its
+own, which the test's server or worker names in ``FASTSVD_RUNNER``:
+
+- ``GpuFaulting``: raises ``GpuFault`` at the first video step, as the pipeline does on a CUDA
+  error that leaves the context unusable.
+
+The prompt still picks these behaviours:
 
 - "fail": raises ``GenerationFailed`` at step 1;
 - "crash": kills the worker process at step 1 (a poison job);
-- "gpu fault": raises ``GpuFault`` at step 1, as the pipeline does on a CUDA error that leaves
-  the context unusable;
 - "slow": 0.5 s a step instead of ``FAKE_STEP_S`` (default 0.02 s).
 
 ``FAKE_LOAD_S`` makes ``load`` take that long, as loading real weights does.
@@ -74,11 +78,16 @@ class Runner:
                 raise GenerationFailed("the fake model failed on purpose")
             if "crash" in behaviour:
                 os._exit(9)
-            if "gpu fault" in behaviour:
-                raise GpuFault(
-                    "the GPU failed: CUDA error: an illegal memory access was encountered"
-                )
+            self.video_step()
             time.sleep(step_s)
             hooks.on_step(StepEvent(Stage.video, step, request.steps))
         frames = np.full((25, 64, 64, 3), colour, dtype=np.uint8)
         return encode_mp4(frames, request.fps)
+
+    def video_step(self) -> None:
+        """What happens at each video step before its wait: nothing, for a model that works."""
+
+
+class GpuFaulting(Runner):
+    def video_step(self) -> None:
+        raise GpuFault("the GPU failed: CUDA error: an illegal memory access was encountered")
