@@ -4,13 +4,15 @@ It behaves like the pipeline at its seams: one hook call per step, a cancel chec
 step, a real MP4 at the end. ``Runner`` succeeds; each behaviour a test needs is a runner of its
 own, which the test's server or worker names in ``FASTSVD_RUNNER``:
 
+- ``Crashing``: kills the worker process at the first video step of its first ``FAKE_CRASHES``
+  runs (a poison job), counted in the data folder across the worker's restarts; later runs
+  succeed, so a test sees the restarted worker serve the next job;
 - ``GpuFaulting``: raises ``GpuFault`` at the first video step, as the pipeline does on a CUDA
   error that leaves the context unusable.
 
 The prompt still picks these behaviours:
 
 - "fail": raises ``GenerationFailed`` at step 1;
-- "crash": kills the worker process at step 1 (a poison job);
 - "slow": 0.5 s a step instead of ``FAKE_STEP_S`` (default 0.02 s).
 
 ``FAKE_LOAD_S`` makes ``load`` take that long, as loading real weights does.
@@ -76,8 +78,6 @@ class Runner:
             hooks.check_cancel(Stage.video, step)
             if "fail" in behaviour:
                 raise GenerationFailed("the fake model failed on purpose")
-            if "crash" in behaviour:
-                os._exit(9)
             self.video_step()
             time.sleep(step_s)
             hooks.on_step(StepEvent(Stage.video, step, request.steps))
@@ -86,6 +86,19 @@ class Runner:
 
     def video_step(self) -> None:
         """What happens at each video step before its wait: nothing, for a model that works."""
+
+
+class Crashing(Runner):
+    def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
+        super().__init__(settings, load_image)
+        self.crashes = int(os.environ["FAKE_CRASHES"])
+        self.crashed = settings.data_dir / "fake-crashes"  # one byte a crash
+
+    def video_step(self) -> None:
+        if (self.crashed.stat().st_size if self.crashed.exists() else 0) < self.crashes:
+            with self.crashed.open("ab") as crashed:
+                crashed.write(b"x")
+            os._exit(9)
 
 
 class GpuFaulting(Runner):
