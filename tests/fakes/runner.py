@@ -4,6 +4,7 @@ It behaves like the pipeline at its seams: one hook call per step, a cancel chec
 step, a real MP4 at the end. ``Runner`` succeeds; each behaviour a test needs is a runner of its
 own, which the test's server or worker names in ``FASTSVD_RUNNER``:
 
+- ``Failing``: raises ``GenerationFailed`` at the first video step;
 - ``Crashing``: kills the worker process at the first video step of its first ``FAKE_CRASHES``
   runs (a poison job), counted in the data folder across the worker's restarts; later runs
   succeed, so a test sees the restarted worker serve the next job;
@@ -12,7 +13,6 @@ own, which the test's server or worker names in ``FASTSVD_RUNNER``:
 
 The prompt still picks these behaviours:
 
-- "fail": raises ``GenerationFailed`` at step 1;
 - "slow": 0.5 s a step instead of ``FAKE_STEP_S`` (default 0.02 s).
 
 ``FAKE_LOAD_S`` makes ``load`` take that long, as loading real weights does.
@@ -64,7 +64,6 @@ class Runner:
         if isinstance(request, PromptRequest):
             if "slow" in request.prompt:
                 step_s = 0.5
-            behaviour = request.prompt
             for step in range(1, FIRST_FRAME_STEPS + 1):
                 hooks.check_cancel(Stage.first_frame, step)
                 time.sleep(self.step_s)
@@ -73,11 +72,8 @@ class Runner:
         else:
             picture = self.load_image(request.image_url).convert("RGB")
             colour = tuple(int(v) for v in ImageStat.Stat(picture).mean)  # type: ignore[assignment]
-            behaviour = ""
         for step in range(1, request.steps + 1):
             hooks.check_cancel(Stage.video, step)
-            if "fail" in behaviour:
-                raise GenerationFailed("the fake model failed on purpose")
             self.video_step()
             time.sleep(step_s)
             hooks.on_step(StepEvent(Stage.video, step, request.steps))
@@ -86,6 +82,11 @@ class Runner:
 
     def video_step(self) -> None:
         """What happens at each video step before its wait: nothing, for a model that works."""
+
+
+class Failing(Runner):
+    def video_step(self) -> None:
+        raise GenerationFailed("the fake model failed on purpose")
 
 
 class Crashing(Runner):
