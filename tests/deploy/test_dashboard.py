@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -29,17 +30,18 @@ PROMQL_WORDS = {"by", "without", "sum", "max", "min", "rate", "histogram_quantil
 
 def exposed(tmp_path: Path) -> dict[str, set[str]]:
     """Every sample name the API and a worker expose, with its label names."""
-    settings = Settings(data_dir=tmp_path, lease_s=5.0, runner="tests.fakes.runner:Runner")
+    settings = Settings(data_dir=tmp_path, lease_s=5.0)
     services = Services.from_settings(settings)
     t2v = "fal-ai/fast-svd/text-to-video"
-    for prompt in ("a rocket", "fail"):
-        services.jobs.submit(key_id="k", endpoint=t2v, input={"prompt": prompt, "steps": 2})
     metrics = WorkerMetrics(memory=lambda: (2.0e9, 3.0e9))  # no GPU here: a stand-in reading
-    worker = Worker.build(settings, services=services, metrics=metrics)
-    thread = threading.Thread(target=worker.serve, kwargs={"burst": True})
-    thread.start()
-    thread.join(120)
-    assert not thread.is_alive()
+    # one job done, then one failed, counted in the same metrics
+    for runner in ("tests.fakes.runner:Runner", "tests.fakes.runner:Failing"):
+        services.jobs.submit(key_id="k", endpoint=t2v, input={"prompt": "a rocket", "steps": 2})
+        worker = Worker.build(replace(settings, runner=runner), services=services, metrics=metrics)
+        thread = threading.Thread(target=worker.serve, kwargs={"burst": True})
+        thread.start()
+        thread.join(120)
+        assert not thread.is_alive()
     outcomes = {j.error_type for j in services.jobs.recent(None, 10)}
     assert outcomes == {None, "generation_failed"}
     assert all(j.state == JobState.completed for j in services.jobs.recent(None, 10))

@@ -1,12 +1,18 @@
 """A stand-in for the model, for service tests where the pictures do not matter.
 
 It behaves like the pipeline at its seams: one hook call per step, a cancel check before each
-step, a real MP4 at the end. The prompt picks a behaviour:
+step, a real MP4 at the end. ``Runner`` succeeds; each behaviour a test needs is a runner of its
+own, which the test's server or worker names in ``FASTSVD_RUNNER``:
 
-- "fail": raises ``GenerationFailed`` at step 1;
-- "crash": kills the worker process at step 1 (a poison job);
-- "gpu fault": raises ``GpuFault`` at step 1, as the pipeline does on a CUDA error that leaves
-  the context unusable;
+- ``Failing``: raises ``GenerationFailed`` at the first video step;
+- ``Crashing``: kills the worker process at the first video step of its first ``FAKE_CRASHES``
+  runs (a poison job), counted in the data folder across the worker's restarts; later runs
+  succeed, so a test sees the restarted worker serve the next job;
+- ``GpuFaulting``: raises ``GpuFault`` at the first video step, as the pipeline does on a CUDA
+  error that leaves the context unusable.
+
+The prompt still picks these behaviours:
+
 - "slow": 0.5 s a step instead of ``FAKE_STEP_S`` (default 0.02 s).
 
 ``FAKE_LOAD_S`` makes ``load`` take that long, as loading real weights does.
@@ -58,7 +64,6 @@ class Runner:
         if isinstance(request, PromptRequest):
             if "slow" in request.prompt:
                 step_s = 0.5
-            behaviour = request.prompt
             for step in range(1, FIRST_FRAME_STEPS + 1):
                 hooks.check_cancel(Stage.first_frame, step)
                 time.sleep(self.step_s)
@@ -67,18 +72,36 @@ class Runner:
         else:
             picture = self.load_image(request.image_url).convert("RGB")
             colour = tuple(int(v) for v in ImageStat.Stat(picture).mean)  # type: ignore[assignment]
-            behaviour = ""
         for step in range(1, request.steps + 1):
             hooks.check_cancel(Stage.video, step)
-            if "fail" in behaviour:
-                raise GenerationFailed("the fake model failed on purpose")
-            if "crash" in behaviour:
-                os._exit(9)
-            if "gpu fault" in behaviour:
-                raise GpuFault(
-                    "the GPU failed: CUDA error: an illegal memory access was encountered"
-                )
+            self.video_step()
             time.sleep(step_s)
             hooks.on_step(StepEvent(Stage.video, step, request.steps))
         frames = np.full((25, 64, 64, 3), colour, dtype=np.uint8)
         return encode_mp4(frames, request.fps)
+
+    def video_step(self) -> None:
+        """What happens at each video step before its wait: nothing, for a model that works."""
+
+
+class Failing(Runner):
+    def video_step(self) -> None:
+        raise GenerationFailed("the fake model failed on purpose")
+
+
+class Crashing(Runner):
+    def __init__(self, settings: Settings, load_image: ImageLoader) -> None:
+        super().__init__(settings, load_image)
+        self.crashes = int(os.environ["FAKE_CRASHES"])
+        self.crashed = settings.data_dir / "fake-crashes"  # one byte a crash
+
+    def video_step(self) -> None:
+        if (self.crashed.stat().st_size if self.crashed.exists() else 0) < self.crashes:
+            with self.crashed.open("ab") as crashed:
+                crashed.write(b"x")
+            os._exit(9)
+
+
+class GpuFaulting(Runner):
+    def video_step(self) -> None:
+        raise GpuFault("the GPU failed: CUDA error: an illegal memory access was encountered")

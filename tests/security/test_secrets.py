@@ -29,14 +29,24 @@ from tests.support.servers import Server, start_server, stop_server, wait_done
 pytestmark = pytest.mark.process  # starts server processes
 
 
+CHATTY = {"FASTSVD_LOG_LEVEL": "DEBUG", "FASTSVD_LOG_FORMAT": "json"}
+
+
 @pytest.fixture
 def chatty(tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
     """A server logging everything, as JSON, with webhooks allowed to reach loopback."""
+    running = start_server(tmp_path, **CHATTY, FASTSVD_ALLOW_PRIVATE_URLS="1")
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture
+def chatty_failing(tmp_path: Path) -> Iterator[Server]:
+    """A server logging everything, as JSON, whose model fails every request."""
     running = start_server(
-        tmp_path,
-        FASTSVD_LOG_LEVEL="DEBUG",
-        FASTSVD_LOG_FORMAT="json",
-        FASTSVD_ALLOW_PRIVATE_URLS="1",
+        tmp_path / "failing", **CHATTY, FASTSVD_RUNNER="tests.fakes.runner:Failing"
     )
     try:
         yield running
@@ -45,8 +55,11 @@ def chatty(tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
 
 
 @pytest.mark.slow
-def test_no_secret_reaches_logs_errors_or_metrics(chatty: Server, receiver: Receiver) -> None:
+def test_no_secret_reaches_logs_errors_or_metrics(
+    chatty: Server, chatty_failing: Server, receiver: Receiver
+) -> None:
     secrets: list[str] = [chatty.key, chatty.key.split(":")[1]]
+    secrets += [chatty_failing.key, chatty_failing.key.split(":")[1]]
     bodies: list[str] = []
     with chatty.client() as admin:
         made = admin.post("/admin/keys", json={"name": "second"}).json()
@@ -55,10 +68,8 @@ def test_no_secret_reaches_logs_errors_or_metrics(chatty: Server, receiver: Rece
             hooked = user.post(
                 T2V_PATH, params={"fal_webhook": f"{receiver.url}/hook"}, json={"prompt": "ok"}
             ).json()
-            failing = user.post(T2V_PATH, json={"prompt": "fail"}).json()
-            for submitted in (hooked, failing):
-                wait_done(user, submitted["status_url"])
-                bodies.append(user.get(submitted["response_url"]).text)
+            wait_done(user, hooked["status_url"])
+            bodies.append(user.get(hooked["response_url"]).text)
             receiver.wait(1)
             slot = user.post("/storage/upload/initiate", json={"file_name": "a.png"}).json()
             secrets.append(slot["upload_url"].split("token=")[1])
@@ -84,11 +95,17 @@ def test_no_secret_reaches_logs_errors_or_metrics(chatty: Server, receiver: Rece
         padded = seed + "=" * (-len(seed) % 4)
         secrets += [seed, base64.urlsafe_b64decode(padded).hex()]
         assert admin.delete(f"/admin/keys/{made['key_id']}").status_code == 200
-    stop_server(chatty)  # flush everything the processes had to say
-    log = chatty.log()
-    assert '"level": "DEBUG"' in log or '"level": "INFO"' in log  # the log is being written
+    with chatty_failing.client() as other:
+        failing = other.post(T2V_PATH, json={"prompt": "ok"}).json()
+        assert wait_done(other, failing["status_url"])["error_type"] == "generation_failed"
+        bodies.append(other.get(failing["response_url"]).text)
+    for server in (chatty, chatty_failing):
+        stop_server(server)  # flush everything the processes had to say
+        log = server.log()
+        assert '"level": "DEBUG"' in log or '"level": "INFO"' in log  # the log is being written
+        for secret in secrets:
+            assert secret not in log
     for secret in secrets:
-        assert secret not in log
         for body in bodies:
             assert secret not in body
 

@@ -6,6 +6,7 @@ the server is the documented way to use it with a self-hosted endpoint (see the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -56,6 +57,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) ->
 
 @pytest.fixture
 def fal(server: Server) -> Iterator[fal_client.SyncClient]:
+    with fal_client_of(server) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def fal_client_of(server: Server) -> Iterator[fal_client.SyncClient]:
+    """fal-client pointed at ``server``, with its key."""
     saved = {
         name: getattr(fal_module, name)
         for name in ("QUEUE_URL_FORMAT", "RUN_URL_FORMAT", "REST_URL", "CDN_URL")
@@ -265,19 +273,28 @@ def test_output_lifetime_per_request_then_404_and_deleted(
 
 
 def test_no_retry_ends_with_runner_disconnected_when_the_worker_dies(
-    server: Server, fal: fal_client.SyncClient
+    tmp_path: Path, fresh_backend: dict[str, str]
 ) -> None:
-    handle = fal.submit(T2V, {"prompt": "crash", **SMALL}, headers={"x-fal-no-retry": "yes"})
-    wait_for(lambda: isinstance(handle.status(), fal_client.Completed), "the request to be ended")
-    status = handle.status()
-    assert isinstance(status, fal_client.Completed)
-    assert status.error_type == "runner_disconnected"
-    with pytest.raises(fal_client.FalClientHTTPError) as failed:
-        handle.get()
-    assert failed.value.error_type == "runner_disconnected"
-    assert server.job(handle.request_id).attempts == 1  # never run again
-    # the restarted worker serves the next request
-    assert fal.subscribe(T2V, {"prompt": "fine", **SMALL})["video"]["url"]
+    server = start_server(
+        tmp_path, **fresh_backend, FASTSVD_RUNNER="tests.fakes.runner:Crashing", FAKE_CRASHES="1"
+    )
+    try:
+        with fal_client_of(server) as fal:
+            handle = fal.submit(T2V, {"prompt": "a", **SMALL}, headers={"x-fal-no-retry": "yes"})
+            wait_for(
+                lambda: isinstance(handle.status(), fal_client.Completed), "the request to be ended"
+            )
+            status = handle.status()
+            assert isinstance(status, fal_client.Completed)
+            assert status.error_type == "runner_disconnected"
+            with pytest.raises(fal_client.FalClientHTTPError) as failed:
+                handle.get()
+            assert failed.value.error_type == "runner_disconnected"
+            assert server.job(handle.request_id).attempts == 1  # never run again
+            # the restarted worker serves the next request
+            assert fal.subscribe(T2V, {"prompt": "fine", **SMALL})["video"]["url"]
+    finally:
+        stop_server(server)
 
 
 def test_start_timeout_answers_504_with_the_users_timeout_type(

@@ -81,13 +81,13 @@ def test_the_worker_command_exits_with_the_gpu_fault_code(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTSVD_")}
     env.update(
         FASTSVD_DATA_DIR=str(tmp_path),
-        FASTSVD_RUNNER="tests.fakes.runner:Runner",
+        FASTSVD_RUNNER="tests.fakes.runner:GpuFaulting",
         FASTSVD_IDLE_POLL_S="0.05",
     )
     services = Services.from_settings(Settings.from_env(env))
     try:
         job, _new = services.jobs.submit(
-            key_id="k", endpoint=c.TEXT_TO_VIDEO_ENDPOINT, input={"prompt": "gpu fault"}
+            key_id="k", endpoint=c.TEXT_TO_VIDEO_ENDPOINT, input={"prompt": "a rocket"}
         )
         done = run_cli("worker", env=env, cwd=ROOT)
         assert done.returncode == c.EXIT_GPU_FAULT, done.stderr

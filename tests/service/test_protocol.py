@@ -29,6 +29,22 @@ def server(
         running.close()
 
 
+@pytest.fixture
+def failing(
+    tmp_path_factory: pytest.TempPathFactory, fresh_backend: dict[str, str]
+) -> Iterator[InProcessServer]:
+    """A server like ``server`` whose model fails every request."""
+    running = start_in_process(
+        tmp_path_factory.mktemp("failing"),
+        **fresh_backend,
+        FASTSVD_RUNNER="tests.fakes.runner:Failing",
+    )
+    try:
+        yield running
+    finally:
+        running.close()
+
+
 def submit(client: httpx.Client, prompt: str = "a rocket", **extra: object) -> dict[str, object]:
     response = client.post(T2V_PATH, json={"prompt": prompt, **SMALL, **extra})
     assert response.status_code == 200, response.text
@@ -156,15 +172,18 @@ def test_cancel_queued_running_finished_and_unknown(server: InProcessServer) -> 
         assert (missing.status_code, missing.json()["status"]) == (404, "NOT_FOUND")
 
 
-def test_failure_is_completed_with_error_and_result_is_not_2xx(server: InProcessServer) -> None:
-    with server.client() as client:
-        sub = submit(client, "please fail")
+def test_failure_is_completed_with_error_and_result_is_not_2xx(failing: InProcessServer) -> None:
+    with failing.client() as client:
+        sub = submit(client)
         done = wait_done(client, str(sub["status_url"]))
         assert done["error"] == "the fake model failed on purpose"
         assert done["error_type"] == "generation_failed"
         result = client.get(str(sub["response_url"]))
         assert result.status_code == 500
         assert result.json()["detail"] == "the fake model failed on purpose"
+        failed = client.post(f"/run{T2V_PATH}", json={"prompt": "a rocket", **SMALL})
+        assert failed.status_code == 500  # a synchronous run fails alike
+        assert failed.json()["detail"] == "the fake model failed on purpose"
 
 
 def test_validation_errors_are_422_with_fals_detail_list(server: InProcessServer) -> None:
@@ -245,9 +264,6 @@ def test_synchronous_run(server: InProcessServer) -> None:
         response = client.post(f"/run{T2V_PATH}", json={"prompt": "a rocket", **SMALL, "seed": 3})
         assert response.status_code == 200
         assert response.json()["seed"] == 3
-        failed = client.post(f"/run{T2V_PATH}", json={"prompt": "fail", **SMALL})
-        assert failed.status_code == 500
-        assert failed.json()["detail"] == "the fake model failed on purpose"
 
 
 def test_health_ready_and_openapi(server: InProcessServer) -> None:

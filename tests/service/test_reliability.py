@@ -229,10 +229,16 @@ def test_r6_sigterm_drains_the_running_job(tmp_path: Path, fresh_backend: dict[s
 def test_r7_a_poison_job_is_capped(tmp_path: Path, fresh_backend: dict[str, str]) -> None:
     """R7: a job that kills its worker every time ends after max attempts; the restarted
     worker serves the next job."""
-    server = start_server(tmp_path, **fresh_backend, **FAST_LEASE)
+    server = start_server(
+        tmp_path,
+        **fresh_backend,
+        **FAST_LEASE,
+        FASTSVD_RUNNER="tests.fakes.runner:Crashing",
+        FAKE_CRASHES=FAST_LEASE["FASTSVD_MAX_ATTEMPTS"],  # every attempt of the first job
+    )
     try:
         with server.client() as client:
-            poison = submit(client, "crash")
+            poison = submit(client, "a rocket")
             done = wait_done(client, poison["status_url"])
             assert done["error_type"] == "runner_disconnected"
             assert server.job(poison["request_id"]).attempts == 2

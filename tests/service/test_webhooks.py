@@ -89,16 +89,27 @@ def test_one_signed_webhook_per_request(hooked: InProcessServer, receiver: Recei
         assert verify(webhook_secret(hooked), headers, body)
 
 
-def test_failed_request_sends_an_error_webhook(hooked: InProcessServer, receiver: Receiver) -> None:
-    with hooked.client() as client:
-        client.post(
-            T2V_PATH, params={"fal_webhook": receiver.url}, json={"prompt": "fail", **ONE_STEP}
-        )
-        receiver.wait(1)
-        payload = json.loads(receiver.received[0][2])
-        assert payload["status"] == "ERROR"
-        assert payload["error"] == "Invalid status code: 500"
-        assert payload["payload"] == {"detail": "the fake model failed on purpose"}
+def test_failed_request_sends_an_error_webhook(
+    tmp_path_factory: pytest.TempPathFactory, fresh_backend: dict[str, str], receiver: Receiver
+) -> None:
+    server = start_in_process(  # a model that fails every request
+        tmp_path_factory.mktemp("failing"),
+        **fresh_backend,
+        **HOOKED_ENV,
+        FASTSVD_RUNNER="tests.fakes.runner:Failing",
+    )
+    try:
+        with server.client() as client:
+            client.post(
+                T2V_PATH, params={"fal_webhook": receiver.url}, json={"prompt": "a", **ONE_STEP}
+            )
+            receiver.wait(1)
+    finally:
+        server.close()
+    payload = json.loads(receiver.received[0][2])
+    assert payload["status"] == "ERROR"
+    assert payload["error"] == "Invalid status code: 500"
+    assert payload["payload"] == {"detail": "the fake model failed on purpose"}
 
 
 def test_receiver_errors_are_retried_until_accepted(
