@@ -9,33 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.objectstore import ObjectStore, s3_server
-from tests.support.receivers import Receiver
 from tests.support.servers import (
     BACKENDS,
-    CEILING_S,
-    PYTHONPATH,
-    ROOT,
     Server,
     backend_env,
-    log_time,
     start_server,
     stop_server,
-    wait_done,
-    wait_for,
 )
-
-__all__ = [  # also importable from here, as before tests/support existed
-    "CEILING_S",
-    "PYTHONPATH",
-    "ROOT",
-    "Receiver",
-    "Server",
-    "log_time",
-    "start_server",
-    "stop_server",
-    "wait_done",
-    "wait_for",
-]
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import pytest
 
 from fastsvd import constants as c
 from fastsvd.progress import parse_step_line
-from tests.service.conftest import Server, start_server, stop_server, wait_for
 from tests.service.test_fal_client import fal  # noqa: F401  (the client pointed at ``server``)
+from tests.support.servers import Server, start_server, stop_server, wait_for
 
 SMALL = {"video_size": {"width": 64, "height": 64}, "steps": 1}
 

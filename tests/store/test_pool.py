@@ -9,7 +9,7 @@ from fastsvd import constants as c
 from fastsvd.errors import StoreUnavailable
 from fastsvd.store.db import Database
 from tests.databases import postgres_database
-from tests.service.conftest import wait_for
+from tests.support.servers import wait_for
 
 
 def server_ends(admin: Database, pid: int) -> None:
