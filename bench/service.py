@@ -89,6 +89,49 @@ async def poll(url: str, headers: dict[str, str], pollers: int, seconds: float) 
     return latencies
 
 
+async def submit_at(
+    urls: list[str], headers: dict[str, str], body: bytes, rate: float, seconds: float
+) -> int:
+    """POST ``body`` at ``rate`` per second for ``seconds``, taking the ``urls`` in turn, over
+    keep-alive connections (the minimal client of ``poll``, as many connections as a second's
+    requests, at most 64). Returns how many were answered; raises on any answer >= 300."""
+    total = int(rate * seconds)
+    connections = max(1, min(64, int(rate)))
+    started = time.monotonic()
+    next_index = 0
+    answered = 0
+
+    async def one(lane: int) -> None:
+        nonlocal next_index, answered
+        url = urllib.parse.urlsplit(urls[lane % len(urls)])
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = (
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n{extra}"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            while next_index < total:
+                index, next_index = next_index, next_index + 1
+                await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                answer = await reader.readexactly(length)
+                if status >= 300:
+                    raise RuntimeError(f"HTTP {status} from {url.geturl()}: {answer[:200]!r}")
+                answered += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one(lane) for lane in range(connections)))
+    return answered
+
+
 def report(name: str, latencies: list[float], seconds: float) -> float:
     rate = len(latencies) / seconds
     print(

@@ -28,6 +28,7 @@ from fastsvd.errors import (
     Unavailable,
 )
 from fastsvd.hooks import Hooks, StageClock, StepEvent
+from fastsvd.periodic import Every
 from fastsvd.progress import first_frame_line, step_line
 from fastsvd.retry import Outage, best_effort, until_written
 from fastsvd.schema import File, VideoOutput
@@ -54,22 +55,6 @@ class _Lines:
         return lines
 
 
-class _Every:
-    """True at most once every ``period_s`` seconds, the first time one period from now (the
-    claim has just read the cancel flag: a job cancelled while queued is never claimed)."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self.next_at = time.monotonic() + period_s
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_at:
-            return False
-        self.next_at = now + self.period_s
-        return True
-
-
 @dataclass(frozen=True)
 class JobContext:
     """One claimed job while it runs. ``aborting`` is the worker's: set, the job stops at its
@@ -85,15 +70,16 @@ class JobContext:
     done: threading.Event = field(default_factory=threading.Event)  # ended here: no heartbeat
     started: float = field(default_factory=time.perf_counter)
     _lines: _Lines = field(default_factory=_Lines)
-    _cancel_poll: _Every = field(init=False)
+    _cancel_poll: Every = field(init=False)
     _clock: StageClock = field(init=False)
 
     def __post_init__(self) -> None:
         # Pushed cancels (PostgreSQL) are heard at once; the flag in the database is still
         # read now and then, in case a notification was missed. Without them, as often as the
-        # progress lines are written.
+        # progress lines are written. The first read is one period after the claim, which has
+        # just read the flag (a job cancelled while queued is never claimed).
         poll_s = c.CANCEL_POLL_S if self.listener.pushes_cancels else c.LOG_FLUSH_S
-        object.__setattr__(self, "_cancel_poll", _Every(poll_s))
+        object.__setattr__(self, "_cancel_poll", Every(poll_s))
         hooks = Hooks(
             on_step=self.on_step, should_cancel=self.should_abort, on_first_frame=self.on_frame
         )

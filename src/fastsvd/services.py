@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastsvd import constants as c
+from fastsvd.periodic import Every
 from fastsvd.retry import until_available
 from fastsvd.settings import Settings
 from fastsvd.storage import Storage, open_storage
@@ -31,6 +33,9 @@ class Services:
     roster: WorkerRoster
     waker: Waker | NotifyWaker
     signing_keys: SigningKeyStore  # the Ed25519 keys of fal-style webhooks
+    # The reaping round (``JobStore.requeue_abandoned``): one a period for all the workers of
+    # this process, whichever asks first.
+    reaping: Every
 
     @classmethod
     def from_settings(cls, settings: Settings, *, wait: bool = False) -> Services:
@@ -73,6 +78,7 @@ class Services:
             roster=WorkerRoster(db),
             waker=NotifyWaker() if db.is_postgres else Waker(settings.data_dir / "wake"),
             signing_keys=SigningKeyStore(db),
+            reaping=Every(min(c.REAP_EVERY_S, settings.lease_s / c.REAPS_PER_LEASE)),
         )
 
     def close(self) -> None:

@@ -71,7 +71,7 @@ class Settings:
     storage_url: str | None = None
     s3_endpoint_url: str | None = None  # FASTSVD_S3_ENDPOINT_URL: MinIO, R2, Ceph... (not AWS)
     s3_region: str | None = None  # FASTSVD_S3_REGION
-    db_pool_size: int = 5  # FASTSVD_DB_POOL_SIZE: PostgreSQL connections per process (x2 peak)
+    db_pool_size: int = 5  # FASTSVD_DB_POOL_SIZE: PostgreSQL connections per process, kept
     host: str = "127.0.0.1"  # FASTSVD_HOST
     port: int = 8000  # FASTSVD_PORT
     # FASTSVD_TLS_CERT, FASTSVD_TLS_KEY: PEM files; both set, the API speaks https itself

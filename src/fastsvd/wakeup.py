@@ -1,8 +1,12 @@
 """Waking idle workers the moment a job is queued, and telling a busy one its job was cancelled.
 
-On one machine (SQLite) every worker binds a UNIX datagram socket in ``<data_dir>/wake/``;
-whoever queues a job sends one byte to each. Cancels are not pushed: a worker reads its job's
-cancel flag from the local database before every step, which costs microseconds.
+On one machine (SQLite) every worker binds a UNIX datagram socket in ``<data_dir>/wake/``, and
+while it waits for work it also links the socket into ``wake/idle/``. Whoever queues a job
+sends one byte to one idle worker (to every worker when none is marked idle: one may be on its
+way to waiting); a worker whose claim saw more jobs queued passes the wake-up on to another idle
+one, so a backlog still reaches every idle worker, one claim at a time. Cancels are not pushed:
+a worker reads its job's cancel flag from the local database now and then, which costs
+microseconds.
 
 On PostgreSQL the job store sends ``NOTIFY`` in the transaction that queues a job or asks for a
 cancel (``store.db``), so every worker on every host hears it on commit; a worker ``LISTEN``s
@@ -42,7 +46,7 @@ class Listener(Protocol):
         """End a ``wait`` now (the worker is asked to stop); safe in a signal handler."""
 
     def pass_on(self) -> None:
-        """This worker just claimed a job and there may be more: wake another idle one."""
+        """This worker just claimed a job and saw more queued: wake another idle one."""
 
     def watch(self, job_id: str | None) -> None:
         """The job this worker runs now (None: none)."""
@@ -87,19 +91,25 @@ class NoSignals:
 
 
 class WakeupListener:
-    """One machine: ``wait(timeout_s)`` returns early when a datagram arrives."""
+    """One machine: ``wait(timeout_s)`` returns early when a datagram arrives. While it waits
+    between jobs its socket is also linked in ``idle/``, where a ``Waker`` looks first."""
 
     pushes_cancels = False
 
     def __init__(self, folder: Path, name: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / IDLE).mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{name}.sock"
-        self.path.unlink(missing_ok=True)
+        self.idle_path = folder / IDLE / f"{name}.sock"
+        for stale in (self.idle_path, self.path):  # a dead worker's of the same name
+            stale.unlink(missing_ok=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(self.path))
+        self._waker = Waker(folder)  # passes wake-ups on
+        self._marked = False
 
     def wait(self, timeout_s: float) -> bool:
         """Block until woken (True) or ``timeout_s`` passes (False); drains extra wake-ups."""
+        self._mark(True)
         self._sock.settimeout(timeout_s)
         try:
             self._sock.recv(64)
@@ -117,10 +127,13 @@ class WakeupListener:
             self._sock.sendto(b"!", str(self.path))
 
     def pass_on(self) -> None:
-        """Nothing to do: every submit wakes every worker on this machine."""
+        """Wake another idle worker: there may be more jobs queued."""
+        self._waker.wake_one()
 
     def watch(self, job_id: str | None) -> None:
-        """Nothing to do: cancels are read from the database."""
+        """A job started here: no longer idle. (Cancels are read from the database.)"""
+        if job_id is not None:
+            self._mark(False)
 
     def cancelled(self, job_id: str) -> bool:
         """Never pushed on one machine."""
@@ -128,8 +141,20 @@ class WakeupListener:
 
     def close(self) -> None:
         """Stop listening and remove the socket file."""
+        self._mark(False)
+        self._waker.close()
         self._sock.close()
         self.path.unlink(missing_ok=True)
+
+    def _mark(self, idle: bool) -> None:
+        if idle == self._marked:
+            return
+        self._marked = idle
+        if idle:  # unmarked where links fail: a waker with no idle worker wakes every one
+            with contextlib.suppress(OSError):
+                os.link(self.path, self.idle_path)
+        else:
+            self.idle_path.unlink(missing_ok=True)
 
 
 class PostgresListener(NoSignals):
@@ -236,8 +261,8 @@ class _Hub:
     def _dispatch(self, channel: str, payload: str) -> None:
         if channel == WAKE_CHANNEL:
             # One queued job needs one worker: wake one idle listener of this process, not all
-            # of them (each would try a claim). The one that gets a job passes the wake-up on
-            # (``pass_on``), so a backlog still reaches every idle worker.
+            # of them (each would try a claim). One that gets a job and sees more queued passes
+            # the wake-up on (``pass_on``), so a backlog still reaches every idle worker.
             self.wake_one()
             return
         listeners = self._each()
@@ -270,29 +295,52 @@ class _Hub:
                 self.stop.wait(backoff.next())
 
 
+IDLE = "idle"  # the folder of the sockets of workers waiting for work
+
+
 class Waker:
-    """One machine's queueing end: wakes every listening worker on this machine."""
+    """One machine's queueing end: wakes the workers listening on this machine."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        self._turn = 0
+
+    def wake_one(self) -> None:
+        """One job was queued: wake one idle worker, taking turns; every worker when none is
+        marked idle (one may be between finding the queue empty and waiting)."""
+        idle = self._sockets(self.folder / IDLE)
+        while idle:
+            self._turn = (self._turn + 1) % len(idle)
+            if self._send(idle.pop(self._turn)):
+                return
+        self.wake_all()
 
     def wake_all(self) -> None:
         """Send each worker socket one byte; sockets nobody listens on are removed."""
+        for path in self._sockets(self.folder):
+            self._send(path)
+
+    def _send(self, path: str) -> bool:
+        """Whether a listening worker got the byte (or has one waiting already)."""
         try:
-            entries = list(os.scandir(self.folder))
+            self._sock.sendto(b"!", path)
+        except ConnectionRefusedError:
+            Path(path).unlink(missing_ok=True)  # its worker is gone
+            return False
+        except BlockingIOError:
+            pass  # its buffer is full: it will wake anyway
+        except OSError:
+            return False  # it just stopped waiting, or left (or its path is too long to use)
+        return True
+
+    @staticmethod
+    def _sockets(folder: Path) -> list[str]:
+        try:
+            return [e.path for e in os.scandir(folder) if e.name.endswith(".sock")]
         except FileNotFoundError:
-            return
-        for entry in entries:
-            if not entry.name.endswith(".sock"):
-                continue
-            try:
-                self._sock.sendto(b"!", entry.path)
-            except ConnectionRefusedError:
-                Path(entry.path).unlink(missing_ok=True)  # its worker is gone
-            except (BlockingIOError, FileNotFoundError):
-                pass  # its buffer is full (it will wake anyway) or it just left
+            return []
 
     def close(self) -> None:
         """Close the sending socket."""
@@ -302,8 +350,11 @@ class Waker:
 class NotifyWaker:
     """PostgreSQL's queueing end: nothing to do, the job store's ``NOTIFY`` wakes the workers."""
 
-    def wake_all(self) -> None:
+    def wake_one(self) -> None:
         """The notification went out with the submit's transaction."""
+
+    def wake_all(self) -> None:
+        """The notification went out with the transaction that requeued the jobs."""
 
     def close(self) -> None:
         """Nothing to close."""

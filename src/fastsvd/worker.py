@@ -39,7 +39,7 @@ from fastsvd.retry import Outage, best_effort, until_available, until_written
 from fastsvd.runner import Runner, make_runner
 from fastsvd.schema import resolve_seed
 from fastsvd.services import Services
-from fastsvd.store.jobs import Claim, NextClaim
+from fastsvd.store.jobs import Claim, Completed, NextClaim
 from fastsvd.telemetry import WorkerMetrics
 from fastsvd.wakeup import Listener, NoSignals
 
@@ -140,15 +140,14 @@ class Worker:
         settings = self.services.settings
         lease_s = settings.lease_s
         ran = 0
-        last_beat = last_reap = time.monotonic()
-        reap_every_s = min(c.REAP_EVERY_S, lease_s / c.REAPS_PER_LEASE)
+        last_beat = time.monotonic()
+        reaping = self.services.reaping  # one round a period for this process's workers
         claimable = self.endpoints.ids()
 
         def housekeeping() -> None:
-            nonlocal last_beat, last_reap
-            if time.monotonic() - last_reap > reap_every_s:
+            nonlocal last_beat
+            if reaping.due():
                 self.services.jobs.requeue_abandoned()
-                last_reap = time.monotonic()
             if time.monotonic() - last_beat > lease_s / c.RENEWALS_PER_LEASE:
                 self.services.roster.beat(self.name, ready=True)
                 last_beat = time.monotonic()
@@ -160,9 +159,10 @@ class Worker:
             return self.services.jobs.claim(self.name, lease_s, claimable)
 
         claim: Claim | None = None  # held: claimed with the last job's result
+        looked = False  # the last result's claim found nothing: wait before looking again
         try:
             while not self.stopping.is_set():
-                if claim is not None:
+                if claim is not None or looked:  # the result's claim just looked
                     best_effort(housekeeping)  # a held job does not wait for it
                 else:
                     claim = until_available(
@@ -171,6 +171,7 @@ class Worker:
                         give_up=self.stopping.is_set,
                         outage=self.outage,
                     )
+                looked = False
                 if claim is None:
                     if burst or self.stopping.is_set():
                         break
@@ -178,11 +179,12 @@ class Worker:
                         continue
                     # Idle until woken, the safety-net poll, or the next reaping round, whichever
                     # is first: nobody wakes us for a job whose lease just expired.
-                    until_reap_s = last_reap + reap_every_s - time.monotonic()
-                    self.listener.wait(max(0.0, min(settings.idle_poll_s, until_reap_s)))
+                    self.listener.wait(min(settings.idle_poll_s, reaping.seconds_left()))
                 else:
-                    claim = self.run(claim)
+                    completed = self.run(claim)
                     ran += 1
+                    claim = completed.next if completed else None
+                    looked = completed is not None and completed.looked and claim is None
             if claim is not None:  # claimed as the drain began: back to the queue, untried
                 held = claim
                 until_written(
@@ -210,15 +212,17 @@ class Worker:
         settings = self.services.settings
         return NextClaim(self.name, settings.lease_s, self.endpoints.ids())
 
-    def run(self, claim: Claim) -> Claim | None:
-        """Run one claimed job to a final state (unless its lease is lost). Returns the next
-        job, when one was claimed with the result."""
+    def run(self, claim: Claim) -> Completed | None:
+        """Run one claimed job to a final state (unless its lease is lost). Returns its
+        result's record, with the next job when one was claimed with it; None when it
+        ended otherwise."""
         ctx = JobContext(
             claim.job, claim.token, self.services, self.listener, self.outage, self.abort
         )
         self._watch(ctx)
         self.listener.watch(ctx.job.id)
-        self.listener.pass_on()  # there may be more queued: another idle worker looks
+        if claim.more:  # more are queued: another idle worker looks
+            self.listener.pass_on()
         job = ctx.job
         log.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         mp4: bytes | None = None
@@ -233,7 +237,7 @@ class Worker:
             if completed is not None:
                 self.metrics.finished(job.endpoint, ctx.stage_seconds)
                 log.info("job completed", extra={"request_id": job.id, "seconds": ctx.elapsed_s})
-                return completed.next
+                return completed
             else:
                 log.warning("job %s: lease lost before the result; result dropped", job.id)
         except Exception as exc:

@@ -207,11 +207,20 @@ def test_cancel_queued_running_and_finished(store: JobStore) -> None:
 
 
 def test_start_deadline_ends_a_job_that_waited_too_long(store: JobStore) -> None:
-    job_id = submit(store, start_deadline_at=0.0)
-    assert store.claim("w", 30, [T2V]) is None
-    job = store.get(job_id)
+    late = submit(store, start_deadline_at=0.0)
+    on_time = submit(store, start_deadline_at=time.time() + 60)
+    claim = store.claim("w", 30, [T2V])  # the late job is never started
+    assert claim is not None
+    assert claim.job.id == on_time
+    assert store.get(late).state == JobState.queued  # type: ignore[union-attr]
+    assert store.requeue_abandoned() == 1  # the reaping round ends it
+    job = store.get(late)
     assert job is not None
-    assert (job.error_type, job.http_status) == ("request_timeout", 504)
+    assert (job.state, job.error_type, job.http_status) == (
+        JobState.completed,
+        "request_timeout",
+        504,
+    )
 
 
 def test_idempotent_submit_returns_the_first_job(store: JobStore) -> None:
@@ -357,5 +366,16 @@ def test_a_result_claims_the_next_job_in_its_transaction(store: JobStore) -> Non
         done.next.job.started_at,
     )
     assert store.complete(second_id, done.next.token, {"video": 2}, 1.0, claim_next=w1) == (
-        Completed(None)  # nothing left to claim
+        Completed(None, looked=True)  # nothing left to claim
     )
+
+
+def test_a_claim_says_whether_more_jobs_wait_for_the_claimant(store: JobStore) -> None:
+    first, second = submit(store), submit(store)
+    store.submit(key_id="k1", endpoint="other/app", input={})  # not for the claimant
+    claim = store.claim("w1", 30, [T2V])
+    assert claim is not None
+    assert (claim.job.id, claim.more) == (first, True)
+    claim = store.claim("w2", 30, [T2V])
+    assert claim is not None
+    assert (claim.job.id, claim.more) == (second, False)

@@ -100,3 +100,32 @@ def test_datagram_wakeups_on_one_machine(tmp_path: Path) -> None:
     finally:
         listener.close()
         waker.close()
+
+
+def test_each_submit_on_one_machine_wakes_one_idle_worker_and_a_claim_passes_it_on(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "wake"
+    idle, busy, other = (WakeupListener(folder, name) for name in ("idle", "busy", "other"))
+    waker = Waker(folder)
+    try:
+        for listener in (idle, other):
+            assert not listener.wait(0)  # waiting for work: marked idle
+        busy.watch("job-1")  # running a job: not idle
+        waker.wake_one()
+        woken = [listener for listener in (idle, other) if listener.wait(0)]
+        assert len(woken) == 1  # no herd
+        woken[0].watch("job-2")  # it claimed a job: another idle worker looks
+        woken[0].pass_on()
+        (rest,) = {idle, other} - set(woken)
+        assert rest.wait(0)
+        rest.watch("job-3")
+        assert not busy.wait(0)  # the busy worker was never woken; it waits now, job 1 done
+        busy.watch("job-4")
+        assert not list((folder / "idle").iterdir())
+        waker.wake_one()  # nobody idle: everyone, one may be on its way to waiting
+        assert all(listener.wait(0) for listener in (idle, busy, other))
+    finally:
+        for listener in (idle, busy, other):
+            listener.close()
+        waker.close()

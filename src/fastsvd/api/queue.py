@@ -14,6 +14,7 @@ answers the model's dump itself, with its own status and headers), its other ans
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -115,8 +116,7 @@ def _submit_route(endpoint: Endpoint) -> Route:
         base: BaseURL,
         fal_webhook: WebhookQuery = None,
     ) -> SubmitResponse:
-        job = await enqueue(request, services, key, base, endpoint, body, fal_webhook)
-        position = await run_in_threadpool(services.jobs.queue_position, job)
+        job, position = await enqueue(request, services, key, base, endpoint, body, fal_webhook)
         response.headers["x-fal-request-id"] = job.id
         return submitted(job, base, position)
 
@@ -127,7 +127,7 @@ def _run_route(endpoint: Endpoint) -> Route:
     async def run(
         request: Request, body: BaseModel, services: ServicesDep, key: KeyDep, base: BaseURL
     ) -> JSONResponse:
-        job = await enqueue(request, services, key, base, endpoint, body, None)
+        job, _position = await enqueue(request, services, key, base, endpoint, body, None)
         delay = c.RUN_POLL_FIRST_S
         while True:
             current = await run_in_threadpool(services.jobs.get, job.id)
@@ -150,8 +150,9 @@ async def enqueue(
     endpoint: Endpoint,
     body: BaseModel,
     fal_webhook: str | None,
-) -> Job:
-    """Check what only the server can check (URLs), then queue ``body`` for ``endpoint``."""
+) -> tuple[Job, int]:
+    """Check what only the server can check (URLs), then queue ``body`` for ``endpoint``.
+    Returns the job and its place in the queue."""
     if endpoint.image_field is not None:
         await run_in_threadpool(check_image_url, getattr(body, endpoint.image_field), services)
     if fal_webhook is not None:
@@ -161,7 +162,7 @@ async def enqueue(
             "fal_webhook",
             allow_private=services.settings.allow_private_urls,
         )
-    job, _new = await run_in_threadpool(
+    submit = functools.partial(
         services.jobs.submit,
         key_id=key.key_id,
         endpoint=endpoint.id,
@@ -174,8 +175,14 @@ async def enqueue(
         output_lifetime_s=deps.output_lifetime(request, services.settings.retention_s),
         no_retry=deps.no_retry(request),
     )
-    services.waker.wake_all()
-    return job
+
+    def queue() -> tuple[Job, int]:  # one hop to a thread for both
+        job, _new = submit()
+        return job, services.jobs.queue_position(job)
+
+    queued = await run_in_threadpool(queue)
+    services.waker.wake_one()
+    return queued
 
 
 def result_response(job: Job, base: str, output: type[BaseModel]) -> JSONResponse:

@@ -2,29 +2,38 @@
 
 SQLite (the embedded default) runs in WAL mode with full fsync, and takes its write lock at the
 start of a write transaction (``BEGIN IMMEDIATE``) so that concurrent writers queue instead of
-failing on a lock upgrade. Reads use plain deferred transactions and never block writers.
+failing on a lock upgrade. Writers of every fastsvd process queue first on a lock of their own
+(``WriteLock``: a thread lock, then ``flock`` on a file beside the database), which wakes the next
+writer the moment the last one commits; SQLite's own busy wait polls with sleeps of up to 100 ms,
+which at hundreds of writes a second left the lock idle most of the time. Reads use plain
+deferred transactions and never block writers.
 
 PostgreSQL (``postgresql://...``, through psycopg 3) runs at READ COMMITTED with a connection
-pool. A connection that sat in the pool for more than ``POSTGRES_PING_IDLE_S`` is checked before
-use (one that came back moments ago is not: a round trip saved on every busy transaction); a
-server restarted under a busy process fails that process's transactions in flight once, and the
-first failure replaces every pooled connection. So a restart costs the callers one failed
-transaction each, not a dead process: ``read`` and ``write`` turn a database that cannot
-be reached into ``StoreUnavailable`` here, once, and callers retry on that alone
-(``fastsvd.retry``). Every connection's waits are bounded (``POSTGRES_LINK``: a connect
-timeout, TCP keepalives and a TCP user timeout; a statement timeout well under the lease), so a
-link that silently drops packets is noticed within seconds, not after TCP's minutes of
-retransmissions. Notifications
-(``notify``) go out with the transaction that sends them, on commit; SQLite has none, and its
-processes wake each other through ``fastsvd.wakeup`` instead.
+pool of a fixed size, whose connections stay open. A connection that sat in the pool for more
+than ``POSTGRES_PING_IDLE_S`` is checked before use (one that came back moments ago is not: a
+round trip saved on every busy transaction); a server restarted under a busy process fails that
+process's transactions in flight once, and the first failure replaces every pooled connection.
+So a restart costs the callers one failed transaction each, not a dead process: ``read`` and
+``write`` turn a database that cannot be reached into ``StoreUnavailable`` here, once, and
+callers retry on that alone (``fastsvd.retry``). Every connection's waits are bounded
+(``POSTGRES_LINK``: a connect timeout, TCP keepalives and a TCP user timeout; a statement timeout
+well under the lease), so a link that silently drops packets is noticed within seconds, not
+after TCP's minutes of retransmissions. Notifications (``notify``) go out with the transaction
+that sends them, on commit; SQLite has none, and its processes wake each other through
+``fastsvd.wakeup`` instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -110,14 +119,20 @@ class Database:
         # A read on a local SQLite file takes well under a millisecond and, in WAL mode, never
         # waits for a writer: cheaper to run inline than to hand to a thread.
         self.cheap_reads = self.is_sqlite
+        self._write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if self.is_sqlite:
             self.engine = _sqlite_engine(self.url)
+            database = self.engine.url.database
+            if database and database != ":memory:":
+                self._write_lock = WriteLock(Path(f"{database}.write-lock"))
         else:
             self.engine = create_engine(
                 self.url,
                 hide_parameters=True,  # errors and logs never carry row values (key hashes)
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                # never more: a connection opened beyond the pool would be closed after one
+                # transaction, and each costs the server a process start (callers wait instead)
+                max_overflow=0,
                 pool_timeout=c.POSTGRES_CONNECT_TIMEOUT_S * 2,
                 connect_args=dict(POSTGRES_LINK),
             )
@@ -140,10 +155,22 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction, committed on success; SQLite takes its write lock up front."""
-        with _translated(), self.engine.connect() as conn:
+        with _translated(), self._write_lock, self.engine.connect() as conn:
             conn.execution_options(fastsvd_immediate=True)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A write of one statement, atomic on its own. On PostgreSQL it runs without BEGIN and
+        COMMIT (autocommit): one round trip instead of three. On SQLite, a ``write``."""
+        if not self.is_postgres:
+            with self.write() as conn:
+                yield conn
+            return
+        with _translated(), self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when it goes back
+            yield conn
 
     def notify(self, conn: Connection, channel: str, payload: str = "") -> None:
         """Send a notification when ``conn``'s transaction commits (PostgreSQL only)."""
@@ -190,6 +217,36 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 _IDLE_SINCE = "fastsvd_idle_since"
+
+
+class WriteLock:
+    """SQLite's writers, queued: a thread lock for this process's threads, then an exclusive
+    ``flock`` on ``path`` for the processes sharing the database. The kernel hands it to the
+    next waiter as soon as it is released. Held for a whole write transaction, commit included.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriteLock:
+        self._threads.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -39,8 +39,10 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -132,6 +134,7 @@ class Claim:
 
     job: Job
     token: int
+    more: bool = False  # another job was queued for the claimant's endpoints
 
 
 @dataclass(frozen=True)
@@ -145,9 +148,11 @@ class NextClaim:
 
 @dataclass(frozen=True)
 class Completed:
-    """A result recorded, and the job claimed with it (``NextClaim``), if any."""
+    """A result recorded, and the job claimed with it (``NextClaim``), if any. ``looked``: a
+    claim was made with it, so with no ``next`` the queue had nothing for the worker."""
 
     next: Claim | None = None
+    looked: bool = False
 
 
 # The status read runs for every poll of every client: its statements are built once, so
@@ -171,6 +176,21 @@ _LOGS_AFTER = (
     .order_by(job_logs.c.id)
 )
 
+# So is a submit's: the caps' counts and the insert, which returns the row it wrote.
+_INSERT_JOB = insert(jobs).returning(*jobs.c)
+_QUEUED_COUNT = select(func.count()).select_from(jobs).where(jobs.c.state == JobState.queued.value)
+_ACTIVE_OF_KEY = (
+    select(func.count())
+    .select_from(jobs)
+    .where(
+        jobs.c.key_id == bindparam("key_id"),
+        jobs.c.state.in_([JobState.queued.value, JobState.running.value]),
+    )
+)
+_RECENT_OF_KEY = select(func.count(), func.min(jobs.c.created_at)).where(
+    jobs.c.key_id == bindparam("key_id"), jobs.c.created_at > bindparam("since")
+)
+
 # So are a job's writes from its worker, a few for every job: the claim, the batches of log
 # lines, the lease renewals, the result. Parameters: h_id and h_token (the held job), v_* (values).
 _HELD = and_(
@@ -189,11 +209,25 @@ _NEXT_QUEUED_ID = (
     .where(
         jobs.c.state == JobState.queued.value,
         jobs.c.endpoint.in_(bindparam("endpoints", expanding=True)),
+        # one past its start deadline never starts: the reaping round ends it
+        or_(jobs.c.start_deadline_at.is_(None), jobs.c.start_deadline_at >= bindparam("v_now")),
     )
     .order_by(jobs.c.priority, jobs.c.seq)
     .limit(1)
     .with_for_update(skip_locked=True)
     .scalar_subquery()
+)
+_OTHER = jobs.alias("other")
+# Whether another job waits for the claimant (an idle worker should be woken for it): one probe
+# of the queue's index, in the claim's own statement.
+_MORE_QUEUED = (
+    exists()
+    .where(
+        _OTHER.c.state == JobState.queued.value,
+        _OTHER.c.endpoint.in_(bindparam("endpoints", expanding=True)),
+        _OTHER.c.id != literal_column("jobs.id"),  # RETURNING names its columns bare
+    )
+    .label("more_queued")
 )
 _STARTED_AT = case(
     (jobs.c.created_at > bindparam("v_now"), jobs.c.created_at), else_=bindparam("v_now")
@@ -209,7 +243,7 @@ _START_NEXT = (
         attempts=jobs.c.attempts + 1,
         started_at=_STARTED_AT,
     )
-    .returning(*jobs.c)
+    .returning(*jobs.c, _MORE_QUEUED)
 )
 _PAST_START_DEADLINE = (
     select(jobs.c.id)
@@ -310,9 +344,9 @@ class JobStore:
         try:
             with self.db.write() as conn:
                 self._check_caps(conn, key_id)
-                conn.execute(insert(jobs).values(**values))
+                row = conn.execute(_INSERT_JOB, values).one()
                 self.db.notify(conn, WAKE_CHANNEL, endpoint)
-                return self._get(conn, job_id), True
+                return Job.from_row(row), True
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -331,18 +365,15 @@ class JobStore:
         return Job.from_row(row) if row is not None else None
 
     def _check_caps(self, conn: Connection, key_id: str) -> None:
-        queued = jobs.c.state == JobState.queued.value
         if self.max_queued is not None:
-            total = conn.scalar(select(func.count()).select_from(jobs).where(queued)) or 0
+            total = conn.scalar(_QUEUED_COUNT) or 0
             if total >= self.max_queued:
                 raise QueueFull(
                     f"The queue is full ({self.max_queued} requests waiting); retry later",
                     c.QUEUE_FULL_RETRY_AFTER_S,
                 )
-        mine = jobs.c.key_id == key_id
         if self.max_active_per_key is not None:
-            active = jobs.c.state.in_([JobState.queued.value, JobState.running.value])
-            count = conn.scalar(select(func.count()).select_from(jobs).where(mine, active)) or 0
+            count = conn.scalar(_ACTIVE_OF_KEY, {"key_id": key_id}) or 0
             if count >= self.max_active_per_key:
                 raise QueueFull(
                     f"This key has {self.max_active_per_key} unfinished requests, its limit; "
@@ -351,10 +382,7 @@ class JobStore:
                 )
         if self.submits_per_minute is not None:
             since = time.time() - c.RATE_WINDOW_S
-            recent = jobs.c.created_at > since
-            count, oldest = conn.execute(
-                select(func.count(), func.min(jobs.c.created_at)).where(mine, recent)
-            ).one()
+            count, oldest = conn.execute(_RECENT_OF_KEY, {"key_id": key_id, "since": since}).one()
             if count >= self.submits_per_minute:
                 wait = max(1, math.ceil(oldest + c.RATE_WINDOW_S - time.time()))
                 raise QueueFull(
@@ -439,16 +467,16 @@ class JobStore:
     def claim(self, owner: str, lease_s: float, endpoints: Sequence[str]) -> Claim | None:
         """Take the next queued job for ``endpoints``, holding it for ``lease_s``.
 
-        Cheap when there is nothing to take: every idle worker tries at each wake-up. Jobs of
-        dead workers come back through ``requeue_abandoned``, which workers and housekeeping run
-        now and then.
+        One statement, so one round trip on PostgreSQL (``Database.statement``). Cheap when
+        there is nothing to take: every idle worker tries at each wake-up. A job past its start
+        deadline is skipped. Jobs of dead workers come back, and late ones end, in the reaping
+        round (``requeue_abandoned``), which workers and housekeeping run now and then.
         """
-        with self.db.write() as conn:
+        with self.db.statement() as conn:
             return self._claim(conn, NextClaim(owner, lease_s, endpoints))
 
     def _claim(self, conn: Connection, claimant: NextClaim) -> Claim | None:
         now = time.time()
-        self._expire_start_deadlines(conn, now)
         row = conn.execute(
             _START_NEXT,
             {
@@ -461,7 +489,7 @@ class JobStore:
         if row is None:
             return None
         job = Job.from_row(row)
-        return Claim(job, job.lease_token)
+        return Claim(job, job.lease_token, more=bool(row.more_queued))
 
     def renew(self, job_id: str, token: int, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer this worker's job."""
@@ -520,7 +548,9 @@ class JobStore:
             self._append_logs(conn, job_id, logs)
             if output_file is not None:
                 conn.execute(_INSERT_FILE, dataclasses.asdict(output_file))
-            return Completed(self._claim(conn, claim_next) if claim_next else None)
+            if claim_next is None:
+                return Completed()
+            return Completed(self._claim(conn, claim_next), looked=True)
 
     def counts(self) -> dict[tuple[str, str, int, str], int]:
         """Jobs by (state, endpoint, priority, outcome): outcome is "ok", an error_type, or ""
@@ -616,17 +646,39 @@ class JobStore:
             self._requeue_or_give_up(conn, this, now)
         return True
 
+    def requeue_abandoned(self) -> int:
+        """The reaping round, in one transaction. Every running job whose worker is gone: those
+        of this host's dead workers (at once), then those whose lease expired; and every queued
+        job past its start deadline, ended as ``RequestTimeout``. How many went back to the
+        queue or ended."""
+        now = time.time()
+        with self.db.write() as conn:
+            return (
+                self._requeue_dead_holders(conn, now)
+                + self._reap(conn, now)
+                + self._expire_start_deadlines(conn, now)
+            )
+
     def reap(self, now: float | None = None) -> int:
         """Jobs whose worker stopped renewing: back to the queue, or ended after max attempts."""
-        now = time.time() if now is None else now
-        expired = and_(jobs.c.state == JobState.running.value, jobs.c.lease_expires_at < now)
         with self.db.write() as conn:
-            return self._requeue_or_give_up(conn, expired, now)
+            return self._reap(conn, time.time() if now is None else now)
 
-    def requeue_abandoned(self) -> int:
-        """Every running job whose worker is gone: those of this host's dead workers (at once),
-        then those whose lease expired. How many went back to the queue or ended."""
-        return self.requeue_dead_holders() + self.reap()
+    def _reap(self, conn: Connection, now: float) -> int:
+        expired = and_(jobs.c.state == JobState.running.value, jobs.c.lease_expires_at < now)
+        return self._requeue_or_give_up(conn, expired, now)
+
+    def expire_start_deadlines(self, now: float | None = None) -> int:
+        """End every queued job past its start deadline (``X-Fal-Request-Timeout``); none is
+        claimed meanwhile. How many ended."""
+        with self.db.write() as conn:
+            return self._expire_start_deadlines(conn, time.time() if now is None else now)
+
+    def _expire_start_deadlines(self, conn: Connection, now: float) -> int:
+        late = conn.scalars(_PAST_START_DEADLINE, {"v_now": now}).all()
+        for job_id in late:
+            self._finish(conn, job_id, None, failure=Failure.of(RequestTimeout()), now=now)
+        return len(late)
 
     def requeue_dead_holders(self, now: float | None = None) -> int:
         """Jobs whose worker ran on this host and is gone (its pid free, or another process):
@@ -638,36 +690,38 @@ class JobStore:
         registry rows and the jobs are locked (SQLite: the write lock), and a job is only taken
         from the holder it was judged for. Returns how many jobs were requeued or ended.
         """
+        with self.db.write() as conn:
+            return self._requeue_dead_holders(conn, time.time() if now is None else now)
+
+    def _requeue_dead_holders(self, conn: Connection, now: float) -> int:
         here = processes.host_id()
         if here is None:
             return 0
-        now = time.time() if now is None else now
-        with self.db.write() as conn:
-            rows = conn.execute(
-                select(workers.c.name, workers.c.pid, workers.c.start_ticks)
-                .where(workers.c.host_id == here, workers.c.start_ticks.is_not(None))
-                .order_by(workers.c.name)
-                .with_for_update(skip_locked=True)
-            ).all()
-            dead = [
-                row
-                for row in rows
-                if processes.is_gone(processes.ProcessIdentity(here, row.pid, row.start_ticks))
-            ]
-            if not dead:
-                return 0
-            names = [row.name for row in dead]
-            held = and_(jobs.c.state == JobState.running.value, jobs.c.lease_owner.in_(names))
-            done = self._requeue_or_give_up(conn, held, now)
-            for row in dead:
-                conn.execute(
-                    delete(workers).where(
-                        workers.c.name == row.name,
-                        workers.c.pid == row.pid,
-                        workers.c.start_ticks == row.start_ticks,
-                    )
+        rows = conn.execute(
+            select(workers.c.name, workers.c.pid, workers.c.start_ticks)
+            .where(workers.c.host_id == here, workers.c.start_ticks.is_not(None))
+            .order_by(workers.c.name)
+            .with_for_update(skip_locked=True)
+        ).all()
+        dead = [
+            row
+            for row in rows
+            if processes.is_gone(processes.ProcessIdentity(here, row.pid, row.start_ticks))
+        ]
+        if not dead:
+            return 0
+        names = [row.name for row in dead]
+        held = and_(jobs.c.state == JobState.running.value, jobs.c.lease_owner.in_(names))
+        done = self._requeue_or_give_up(conn, held, now)
+        for row in dead:
+            conn.execute(
+                delete(workers).where(
+                    workers.c.name == row.name,
+                    workers.c.pid == row.pid,
+                    workers.c.start_ticks == row.start_ticks,
                 )
-            return done
+            )
+        return done
 
     def _requeue_or_give_up(self, conn: Connection, lost: Any, now: float) -> int:
         """The running jobs matching ``lost`` (their holder stopped): back to the queue, or
@@ -706,11 +760,6 @@ class JobStore:
     @staticmethod
     def _get(conn: Connection, job_id: str) -> Job:
         return Job.from_row(conn.execute(select(jobs).where(jobs.c.id == job_id)).one())
-
-    def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
-        late = conn.scalars(_PAST_START_DEADLINE, {"v_now": now}).all()
-        for job_id in late:
-            self._finish(conn, job_id, None, failure=Failure.of(RequestTimeout()), now=now)
 
     def _finish(
         self,
