@@ -1,7 +1,7 @@
 """One claimed job while it runs: what it is, what it talks to, and the job's own work.
 
 A ``JobContext`` is frozen data (the job, its claim's token, the stores, the worker's listener,
-outage and abort flag) plus the job's work: it keeps its lease (``keep_lease``, in the worker's
+outage and abort flag) plus the job's work: it keeps its lease (``beat``, from the worker's
 heartbeat thread), logs, answers ``should_abort`` before every step, stores its first frame and
 its video, and writes its end (``complete``, ``fail``, ``release``, ``hand_back``). Every write
 is fenced by the claim's token, so a job whose lease was lost writes nothing. It holds no
@@ -42,6 +42,14 @@ log = logging.getLogger("fastsvd.worker")
 T = TypeVar("T")
 
 
+@dataclass
+class _Lease:
+    """When the job's lease is next renewed, and until when it is known to hold."""
+
+    next_renewal: float
+    held_until: float
+
+
 class _Lines:
     """The progress lines not written yet, taken in order under one lock."""
 
@@ -71,6 +79,7 @@ class JobContext:
     started: float = field(default_factory=time.perf_counter)
     _lines: _Lines = field(default_factory=_Lines)
     _cancel_poll: Every = field(init=False)
+    _lease: _Lease = field(init=False)
     _clock: StageClock = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +89,11 @@ class JobContext:
         # just read the flag (a job cancelled while queued is never claimed).
         poll_s = c.CANCEL_POLL_S if self.listener.pushes_cancels else c.LOG_FLUSH_S
         object.__setattr__(self, "_cancel_poll", Every(poll_s))
+        lease_s = self.services.settings.lease_s
+        claimed = time.monotonic()
+        object.__setattr__(
+            self, "_lease", _Lease(claimed + lease_s / c.RENEWALS_PER_LEASE, claimed + lease_s)
+        )
         hooks = Hooks(
             on_step=self.on_step, should_cancel=self.should_abort, on_first_frame=self.on_frame
         )
@@ -108,31 +122,28 @@ class JobContext:
         jobs = self.services.jobs
         return best_effort(lambda: jobs.cancel_requested(self.job.id)) is True
 
-    def keep_lease(self) -> None:
-        """Renew the lease and write the progress lines until ``done``. While the database is
-        away the job keeps running, but once the lease may have expired someone else may hold
-        the job: then ``lost`` is set (the job stops at its next step, and writes nothing)."""
+    def beat(self) -> None:
+        """The heartbeat's turn, every ``LOG_FLUSH_S``: write the progress lines, and renew the
+        lease when a renewal is due. While the database is away the job keeps running, but once
+        the lease may have expired someone else may hold the job: then ``lost`` is set (the job
+        stops at its next step, and writes nothing)."""
+        self.flush_logs()
+        lease = self._lease
+        if time.monotonic() < lease.next_renewal:
+            return
         lease_s = self.services.settings.lease_s
-        held_until = time.monotonic() + lease_s
-        renew_every_s = lease_s / c.RENEWALS_PER_LEASE
-        next_renewal = time.monotonic() + renew_every_s
-        while not self.done.wait(min(c.LOG_FLUSH_S, renew_every_s)):
-            self.flush_logs()
-            if time.monotonic() < next_renewal:
-                continue
-            next_renewal = time.monotonic() + renew_every_s
-            try:
-                renewed = self.services.jobs.renew(self.job.id, self.token, lease_s)
-            except StoreUnavailable:
-                if time.monotonic() >= held_until:
-                    log.warning("job %s: database away past the lease; stopping", self.job.id)
-                    self.lost.set()
-                    return
-                continue
-            if not renewed:
+        lease.next_renewal = time.monotonic() + lease_s / c.RENEWALS_PER_LEASE
+        try:
+            renewed = self.services.jobs.renew(self.job.id, self.token, lease_s)
+        except StoreUnavailable:
+            if time.monotonic() >= lease.held_until:
+                log.warning("job %s: database away past the lease; stopping", self.job.id)
                 self.lost.set()
-                return
-            held_until = time.monotonic() + lease_s
+            return
+        if not renewed:
+            self.lost.set()
+            return
+        lease.held_until = time.monotonic() + lease_s
 
     def log(self, line: str) -> None:
         """A line of the request's log: written within ``LOG_FLUSH_S`` by the heartbeat, or

@@ -82,8 +82,8 @@ class Worker:
         self.gpu_fault: GpuFault | None = None  # set: the job went back, this process must go
         # The job the heartbeat thread looks after (``_heartbeats``), None between jobs.
         self._current: JobContext | None = None
-        self._current_changed = threading.Condition()
         self._heart: threading.Thread | None = None
+        self._heart_stop = threading.Event()
 
     @classmethod
     def build(
@@ -271,34 +271,29 @@ class Worker:
         return None
 
     def _watch(self, ctx: JobContext | None) -> None:
-        """Hand the heartbeat thread the job now running (None: none); started with the first."""
-        with self._current_changed:
-            self._current = ctx
-            self._current_changed.notify()
+        """Hand the heartbeat thread the job now running (None: none); started with the first.
+        The thread is not woken: it looks at its next tick (a job shorter than a tick costs it
+        nothing)."""
+        self._current = ctx
         if self._heart is None and ctx is not None:
+            self._heart_stop.clear()
             self._heart = threading.Thread(
                 target=self._heartbeats, name=f"heartbeat-{self.name}", daemon=True
             )
             self._heart.start()
 
     def _stop_heartbeats(self) -> None:
-        with self._current_changed:
-            heart, self._heart = self._heart, None
-            self._current_changed.notify()
+        heart, self._heart = self._heart, None
+        self._heart_stop.set()
         if heart is not None:
             heart.join()
 
     def _heartbeats(self) -> None:
-        """The heartbeat thread: one per worker, keeping each job's lease in turn."""
-        while True:
-            with self._current_changed:
-                # a job that has ended here (``done``), or lost its lease, needs no more beats
-                ctx = self._current
-                while self._heart is not None and (
-                    ctx is None or ctx.done.is_set() or ctx.lost.is_set()
-                ):
-                    self._current_changed.wait()
-                    ctx = self._current
-                if self._heart is None or ctx is None:
-                    return
-            ctx.keep_lease()
+        """The heartbeat thread: one per worker, a tick every ``LOG_FLUSH_S`` (or a third of
+        the lease, if shorter), keeping the lease of the job running then. A job that has ended
+        here (``done``), or lost its lease, gets no more beats."""
+        tick_s = min(c.LOG_FLUSH_S, self.services.settings.lease_s / c.RENEWALS_PER_LEASE)
+        while not self._heart_stop.wait(tick_s):
+            ctx = self._current
+            if ctx is not None and not ctx.done.is_set() and not ctx.lost.is_set():
+                ctx.beat()
