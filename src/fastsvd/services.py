@@ -17,7 +17,14 @@ from fastsvd.store.keys import KeyStore
 from fastsvd.store.migrations import migrate
 from fastsvd.store.signing import SigningKeyStore
 from fastsvd.store.workers import WorkerRoster
-from fastsvd.wakeup import Listener, NotifyWaker, PostgresListener, Waker, WakeupListener
+from fastsvd.wakeup import (
+    IdleMark,
+    Listener,
+    NotifyWaker,
+    PostgresListener,
+    Waker,
+    WakeupListener,
+)
 
 
 @dataclass
@@ -71,6 +78,7 @@ class Services:
                 max_queued=settings.max_queued,
                 max_active_per_key=settings.max_active_per_key,
                 submits_per_minute=settings.submits_per_minute or None,
+                serving_window_s=settings.serving_window_s,
             ),
             keys=KeyStore(db),
             files=FileStore(db),
@@ -89,5 +97,5 @@ class Services:
     def open_listener(self, name: str) -> Listener:
         """A worker's end of the wake-ups and cancels, for this database."""
         if self.db.is_postgres:
-            return PostgresListener(self.db.url)
+            return PostgresListener(self.db.url, IdleMark(name, self.db, self.roster))
         return WakeupListener(self.settings.data_dir / "wake", name)

@@ -9,9 +9,13 @@ a worker reads its job's cancel flag from the local database now and then, which
 microseconds.
 
 On PostgreSQL the job store sends ``NOTIFY`` in the transaction that queues a job or asks for a
-cancel (``store.db``), so every worker on every host hears it on commit; a worker ``LISTEN``s
-on a connection of its process (shared by the workers of a process), in a thread that
-reconnects with backoff when the server goes away.
+cancel (``store.db``), heard on commit; a worker ``LISTEN``s on a connection of its process
+(shared by the workers of a process), in a thread that reconnects with backoff when the server
+goes away. A worker waiting for work marks itself idle in the roster (``IdleMark``), and a
+submit wakes the one that has waited longest, through its process's own channel, taking its
+mark in the same statement (``JobStore.submit``): one worker claims, however many wait. With
+none marked, or when the one named has just taken other work, the wake-up goes to every
+process, and each wakes one idle worker of its own, if it has one.
 
 Either way a missed signal costs time, never a job: an idle worker still polls the queue every
 ``idle_poll_s``, and a busy one still reads its cancel flag every ``constants.CANCEL_POLL_S``.
@@ -22,14 +26,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from fastsvd import constants as c
-from fastsvd.retry import Backoff, Outage
+from fastsvd.retry import Backoff, Outage, best_effort
 from fastsvd.store.db import CANCEL_CHANNEL, POSTGRES_LINK, WAKE_CHANNEL
+
+if TYPE_CHECKING:
+    from fastsvd.store.db import Database
+    from fastsvd.store.workers import WorkerRoster
 
 log = logging.getLogger("fastsvd.wakeup")
 
@@ -38,6 +48,7 @@ class Listener(Protocol):
     """A worker's end of the signals."""
 
     pushes_cancels: bool  # True: ``cancelled`` hears cancels as they are asked for
+    channel: str | None  # PostgreSQL: where wake-ups meant for this worker's process arrive
 
     def wait(self, timeout_s: float) -> bool:
         """Block until woken (True) or ``timeout_s`` passes (False)."""
@@ -62,6 +73,7 @@ class NoSignals:
     """No signals at all: the worker polls the queue and reads cancel flags."""
 
     pushes_cancels = False
+    channel: str | None = None
 
     def __init__(self) -> None:
         self._woken = threading.Event()
@@ -95,6 +107,7 @@ class WakeupListener:
     between jobs its socket is also linked in ``idle/``, where a ``Waker`` looks first."""
 
     pushes_cancels = False
+    channel: str | None = None
 
     def __init__(self, folder: Path, name: str) -> None:
         (folder / IDLE).mkdir(parents=True, exist_ok=True)
@@ -157,9 +170,32 @@ class WakeupListener:
             self.idle_path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class IdleMark:
+    """A worker's mark in the roster while it waits for work (PostgreSQL), where a submit finds
+    it; both writes are skipped while the database is away (a submit then wakes everyone)."""
+
+    name: str
+    db: Database
+    roster: WorkerRoster
+
+    def set(self, idle: bool) -> None:
+        best_effort(lambda: self.roster.mark_idle(self.name, idle))
+
+    def wake_everyone(self) -> None:
+        """Pass a wake-up meant for this process, which has no idle worker, to every process."""
+
+        def send() -> None:
+            with self.db.statement() as conn:
+                self.db.notify(conn, WAKE_CHANNEL)
+
+        best_effort(send)
+
+
 class PostgresListener(NoSignals):
     """A worker's ``LISTEN`` for queued jobs and cancels: the hub sets the wake-up event that
-    ``wait`` sleeps on.
+    ``wait`` sleeps on. With an ``IdleMark`` the worker is marked idle while it waits, and
+    submits wake it by name.
 
     The workers of one process share one connection and one thread (``_Hub``), which reconnects
     with backoff when the server goes away.
@@ -167,27 +203,44 @@ class PostgresListener(NoSignals):
 
     pushes_cancels = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, mark: IdleMark | None = None) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._watching: str | None = None
         self._cancelled = False
+        self.mark = mark
+        self._marked = False  # the roster says idle, as far as this worker knows
         self._hub = _Hub.join(url.replace("postgresql+psycopg://", "postgresql://", 1), self)
+        self.channel = self._hub.channel if mark is not None else None
+
+    @property
+    def name(self) -> str | None:
+        return self.mark.name if self.mark is not None else None
 
     @property
     def connected(self) -> threading.Event:
         """Set while ``LISTEN`` is in place (for tests and start-up)."""
         return self._hub.connected
 
+    def wait(self, timeout_s: float) -> bool:
+        """Marked idle (once), then as ``NoSignals.wait``."""
+        if self.mark is not None and not self._marked:
+            self._marked = True
+            self.mark.set(True)
+        return super().wait(timeout_s)
+
     def pass_on(self) -> None:
         """Wake another idle worker of this process: a backlog fans out one claim at a time."""
         self._hub.wake_one()
 
     def watch(self, job_id: str | None) -> None:
-        """Listen for cancels of ``job_id`` from now on."""
+        """Listen for cancels of ``job_id`` from now on; a job started: no longer idle."""
         with self._lock:
             self._watching = job_id
             self._cancelled = False
+        if job_id is not None and self.mark is not None and self._marked:
+            self._marked = False  # woken otherwise than by a submit that took the mark
+            self.mark.set(False)
 
     def cancelled(self, job_id: str) -> bool:
         """Whether a cancel of the watched ``job_id`` arrived."""
@@ -202,6 +255,10 @@ class PostgresListener(NoSignals):
     def close(self) -> None:
         """Stop listening (the last listener of a process closes the connection)."""
         self._hub.leave(self)
+
+    def _picked(self) -> None:
+        """A submit took this worker's idle mark (and named it in its wake-up)."""
+        self._marked = False
 
     def _heard(self, channel: str, payload: str) -> None:
         if channel == WAKE_CHANNEL:
@@ -220,6 +277,7 @@ class _Hub:
 
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
+        self.channel = f"{WAKE_CHANNEL}_{secrets.token_hex(8)}"  # wake-ups meant for this one
         self.listeners: set[PostgresListener] = set()
         self.connected = threading.Event()
         self.stop = threading.Event()
@@ -251,22 +309,39 @@ class _Hub:
         with self._hubs_lock:
             return list(self.listeners)
 
-    def wake_one(self) -> None:
-        """Wake one idle listener, taking turns."""
+    def wake_one(self) -> bool:
+        """Wake one idle listener, taking turns; False when none is idle."""
         idle = [listener for listener in self._each() if listener.idle]
-        if idle:
-            self._turn = (self._turn + 1) % len(idle)
-            idle[self._turn].wake()
+        if not idle:
+            return False
+        self._turn = (self._turn + 1) % len(idle)
+        idle[self._turn].wake()
+        return True
 
     def _dispatch(self, channel: str, payload: str) -> None:
         if channel == WAKE_CHANNEL:
-            # One queued job needs one worker: wake one idle listener of this process, not all
-            # of them (each would try a claim). One that gets a job and sees more queued passes
-            # the wake-up on (``pass_on``), so a backlog still reaches every idle worker.
+            # Every process hears it (no worker was marked idle): wake one idle listener of
+            # this process, not all of them (each would try a claim). One that gets a job and
+            # sees more queued passes the wake-up on (``pass_on``), so a backlog still reaches
+            # every idle worker.
             self.wake_one()
             return
-        listeners = self._each()
-        for listener in listeners:
+        if channel == self.channel:  # a submit picked one of this process's workers
+            name = payload.partition(" ")[0]
+            listeners = self._each()
+            named = next((one for one in listeners if one.name == name), None)
+            if named is not None:
+                named._picked()
+                if named.idle:
+                    named.wake()
+                    return
+            # It took other work meanwhile, or is gone: another idle worker here, else all.
+            if not self.wake_one():
+                marks = [one.mark for one in listeners if one.mark is not None]
+                if marks:
+                    marks[0].wake_everyone()
+            return
+        for listener in self._each():
             listener._heard(channel, payload)
 
     def _listen(self) -> None:
@@ -279,8 +354,8 @@ class _Hub:
             try:
                 conninfo = make_conninfo(self.conninfo, **POSTGRES_LINK)
                 with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                    conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    for channel in (WAKE_CHANNEL, CANCEL_CHANNEL, self.channel):
+                        conn.execute(f"LISTEN {channel}")
                     outage.answered()
                     backoff.reset()
                     for listener in self._each():

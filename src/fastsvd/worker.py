@@ -131,11 +131,13 @@ class Worker:
         # again now, not when their lease expires; before registering, so that a dead worker
         # whose pid this process reuses (and so its name) is judged by its own start time.
         self.services.jobs.requeue_abandoned()
-        self.services.roster.register(self.name, endpoints=self.endpoints.ids())
+        self.listener = self.services.open_listener(self.name)
+        self.services.roster.register(
+            self.name, endpoints=self.endpoints.ids(), wake_channel=self.listener.channel
+        )
         self.runner.load()
         self.services.roster.beat(self.name, ready=True)
         self.metrics.serving(self.endpoints.ids())
-        self.listener = self.services.open_listener(self.name)
         log.info("worker %s ready", self.name)
         settings = self.services.settings
         lease_s = settings.lease_s

@@ -59,7 +59,7 @@ def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
             {"endpoint": T2V},
         )
     assert current_version(db) == 1
-    assert migrate(db) == len(MIGRATIONS) == 7
+    assert migrate(db) == len(MIGRATIONS) == 8
     with db.read() as conn:
         indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
         columns = {c["name"] for c in inspect(conn).get_columns("workers")}
@@ -67,7 +67,7 @@ def test_a_database_at_version_1_is_upgraded_in_place(db: Database) -> None:
         assert inspect(conn).has_table("webhook_signing_keys")
         assert not inspect(conn).has_table("stage_timings")
     assert {"ix_jobs_start_deadline", "ix_jobs_key_created"} <= indexes
-    assert {"host_id", "start_ticks", "endpoints"} <= columns
+    assert {"host_id", "start_ticks", "endpoints", "wake_channel", "idle_since"} <= columns
     assert {"output_lifetime_s", "no_retry"} <= job_columns
     job_id = "old"
     old = JobStore(db).get(job_id)

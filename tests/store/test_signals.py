@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from fastsvd.store.db import Database
 from fastsvd.store.jobs import JobStore
 from fastsvd.store.migrations import migrate
-from fastsvd.wakeup import PostgresListener, Waker, WakeupListener
+from fastsvd.store.tables import workers
+from fastsvd.store.workers import WorkerRoster
+from fastsvd.wakeup import IdleMark, PostgresListener, Waker, WakeupListener
 from tests.databases import postgres_database
 from tests.support.bodies import T2V
 
@@ -129,3 +131,90 @@ def test_each_submit_on_one_machine_wakes_one_idle_worker_and_a_claim_passes_it_
         for listener in (idle, busy, other):
             listener.close()
         waker.close()
+
+
+def test_a_submit_wakes_the_worker_idle_longest_by_name_and_takes_its_mark(pg: Database) -> None:
+    store, roster = JobStore(pg), WorkerRoster(pg)
+    names = ("first", "second", "third")
+    listeners = [PostgresListener(pg.url, IdleMark(name, pg, roster)) for name in names]
+    try:
+        assert listeners[0].connected.wait(10)
+        for name, listener in zip(names, listeners, strict=True):
+            roster.register(name, wake_channel=listener.channel)
+            roster.beat(name, ready=True)
+            listener.wait(0)  # the wake-up every (re)connection starts with
+            assert not listener.wait(0.01)  # waiting for work: marked idle, in this order
+        assert idle_marks(pg) == set(names)
+        for expected in names:  # each submit wakes the one that waited longest, and only it
+            store.submit(key_id="k", endpoint=T2V, input={})
+            woken = wait_for_woken(listeners)
+            assert woken.name == expected
+            woken.watch(f"job-of-{expected}")  # it claimed one: no write, its mark is gone
+            assert expected not in idle_marks(pg)
+        assert idle_marks(pg) == set()
+        listeners[0].watch(None)  # done: waits again, marked again
+        assert not listeners[0].wait(0)
+        assert idle_marks(pg) == {"first"}
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def test_a_wake_up_for_a_worker_that_took_other_work_goes_to_another(pg: Database) -> None:
+    store, roster = JobStore(pg), WorkerRoster(pg)
+    busy = PostgresListener(pg.url, IdleMark("busy", pg, roster))
+    idle = PostgresListener(pg.url)  # a worker of this process the roster does not know idle
+    try:
+        assert busy.connected.wait(10)
+        roster.register("busy", wake_channel=busy.channel)
+        roster.beat("busy", ready=True)
+        for listener in (busy, idle):
+            listener.wait(0)
+        assert not busy.wait(0.01)  # marked idle...
+        busy._woken.set()  # ...then woken by a poll, about to claim: not idle any more
+        store.submit(key_id="k", endpoint=T2V, input={})
+        assert wait_for_woken([idle]) is idle  # the wake-up named "busy" went to "idle"
+    finally:
+        busy.close()
+        idle.close()
+
+
+def idle_marks(db: Database) -> set[str]:
+    with db.read() as conn:
+        return set(conn.scalars(select(workers.c.name).where(workers.c.idle_since.is_not(None))))
+
+
+def wait_for_woken(listeners: list[PostgresListener]) -> PostgresListener:
+    deadline = time.monotonic() + 60
+    while True:
+        woken = [listener for listener in listeners if listener._woken.is_set()]
+        if woken:
+            time.sleep(0.2)  # and nobody else
+            woken = [listener for listener in listeners if listener._woken.is_set()]
+            assert len(woken) == 1, [listener.name for listener in woken]
+            woken[0]._woken.clear()
+            return woken[0]
+        assert time.monotonic() < deadline, "nobody woke"
+        time.sleep(0.005)
+
+
+def test_a_wake_up_for_a_process_with_no_idle_worker_goes_to_every_process(
+    pg: Database,
+) -> None:
+    store, roster = JobStore(pg), WorkerRoster(pg)
+    busy = PostgresListener(pg.url, IdleMark("busy", pg, roster))
+    elsewhere = PostgresListener(f"{pg.url}?application_name=elsewhere")  # another process's hub
+    try:
+        assert busy.connected.wait(10)
+        assert elsewhere.connected.wait(10)
+        roster.register("busy", wake_channel=busy.channel)
+        roster.beat("busy", ready=True)
+        for listener in (busy, elsewhere):
+            listener.wait(0)
+        assert not busy.wait(0.01)  # marked idle...
+        busy._woken.set()  # ...then woken otherwise, about to claim: its process has none idle
+        store.submit(key_id="k", endpoint=T2V, input={})
+        assert wait_for_woken([elsewhere]) is elsewhere
+    finally:
+        busy.close()
+        elsewhere.close()

@@ -45,6 +45,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -191,6 +192,32 @@ _RECENT_OF_KEY = select(func.count(), func.min(jobs.c.created_at)).where(
     jobs.c.key_id == bindparam("key_id"), jobs.c.created_at > bindparam("since")
 )
 
+# PostgreSQL's wake-up of one worker: the longest idle one (``WorkerRoster.mark_idle``) serving
+# the endpoint, through its process's channel, with its name (the process wakes that worker,
+# or another idle one of its own, or everyone when it has none); with no worker marked idle,
+# every process (each wakes one idle worker of its own, if it has one).
+_WAKE_LONGEST_IDLE = text(
+    """
+    WITH chosen AS (
+        UPDATE workers SET idle_since = NULL
+        WHERE name = (
+            SELECT name FROM workers
+            WHERE idle_since IS NOT NULL AND wake_channel IS NOT NULL
+              AND ready_at IS NOT NULL AND seen_at > :alive_since
+              AND (endpoints IS NULL OR jsonb_exists(CAST(endpoints AS jsonb), :endpoint))
+            ORDER BY idle_since
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING name, wake_channel
+    )
+    SELECT pg_notify(
+        COALESCE((SELECT wake_channel FROM chosen), :everyone),
+        COALESCE((SELECT name FROM chosen), '') || ' ' || :endpoint
+    )
+    """
+)
+
 # So are a job's writes from its worker, a few for every job: the claim, the batches of log
 # lines, the lease renewals, the result. Parameters: h_id and h_token (the held job), v_* (values).
 _HELD = and_(
@@ -291,8 +318,10 @@ class JobStore:
         max_queued: int | None = None,
         max_active_per_key: int | None = None,
         submits_per_minute: int | None = None,
+        serving_window_s: float = 90.0,
     ) -> None:
         self.db = db
+        self.serving_window_s = serving_window_s  # a worker heard from within it is alive
         self.max_attempts = max_attempts
         self.max_queued = max_queued
         self.max_active_per_key = max_active_per_key
@@ -345,7 +374,7 @@ class JobStore:
             with self.db.write() as conn:
                 self._check_caps(conn, key_id)
                 row = conn.execute(_INSERT_JOB, values).one()
-                self.db.notify(conn, WAKE_CHANNEL, endpoint)
+                self._wake_one(conn, endpoint)
                 return Job.from_row(row), True
         except IntegrityError:
             if idempotency_key is None:
@@ -354,6 +383,17 @@ class JobStore:
         if repeat is None:  # pragma: no cover - the conflicting row cannot vanish
             raise RuntimeError("idempotency key conflict without a job")
         return repeat, False
+
+    def _wake_one(self, conn: Connection, endpoint: str) -> None:
+        """PostgreSQL: on commit, wake the worker serving ``endpoint`` that has waited longest
+        (taking its idle mark, so that no other submit picks it too), else every process.
+        One machine: the API's ``Waker`` does it, after the commit."""
+        if self.db.is_postgres:
+            alive_since = time.time() - self.serving_window_s
+            conn.execute(
+                _WAKE_LONGEST_IDLE,
+                {"endpoint": endpoint, "alive_since": alive_since, "everyone": WAKE_CHANNEL},
+            )
 
     def _by_idempotency_key(self, key_id: str, idempotency_key: str) -> Job | None:
         with self.db.read() as conn:

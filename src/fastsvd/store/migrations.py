@@ -70,6 +70,11 @@ def _v7_drop_stage_timings(conn: Connection) -> None:
     tables.stage_timings.drop(conn, checkfirst=True)
 
 
+def _v8_idle_workers(conn: Connection) -> None:
+    """Record which workers wait for work, and where to wake each: a submit wakes one."""
+    _add_columns(conn, tables.workers, "wake_channel", "idle_since")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_start_deadline_index,
@@ -78,6 +83,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_worker_endpoints,
     _v6_fal_request_options_and_signing_keys,
     _v7_drop_stage_timings,
+    _v8_idle_workers,
 ]
 
 

@@ -148,4 +148,8 @@ workers = Table(
     # (migration 5) the endpoint ids it serves, JSON; None: a worker from before, serving all
     Column("endpoints", Text),
     Column("seen_at", Float, nullable=False),  # last heartbeat
+    # (migration 8) PostgreSQL: the channel its process LISTENs on for wake-ups meant for it,
+    # and since when it waits for work (None: busy, or woken already)
+    Column("wake_channel", String(63)),
+    Column("idle_since", Float),
 )

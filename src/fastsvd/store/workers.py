@@ -12,11 +12,17 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from fastsvd.processes import ProcessIdentity, this_process
 from fastsvd.store.db import Database
 from fastsvd.store.tables import workers
+
+_MARK_IDLE = (
+    update(workers)
+    .where(workers.c.name == bindparam("w_name"))
+    .values(idle_since=bindparam("v_since"))
+)
 
 
 class WorkerRoster:
@@ -30,9 +36,11 @@ class WorkerRoster:
         name: str,
         who: ProcessIdentity | None = None,
         endpoints: Iterable[str] | None = None,
+        wake_channel: str | None = None,
     ) -> None:
         """A worker starts (models not loaded yet); ``who``: its process (default: this one);
-        ``endpoints``: the ids it serves (None: all)."""
+        ``endpoints``: the ids it serves (None: all); ``wake_channel``: where its process
+        hears the wake-ups meant for it (PostgreSQL)."""
         who = this_process() if who is None else who
         now = time.time()
         with self.db.write() as conn:
@@ -47,6 +55,7 @@ class WorkerRoster:
                     started_at=now,
                     seen_at=now,
                     endpoints=json.dumps(list(endpoints)) if endpoints is not None else None,
+                    wake_channel=wake_channel,
                 )
             )
 
@@ -58,6 +67,12 @@ class WorkerRoster:
             values["ready_at"] = now
         with self.db.write() as conn:
             conn.execute(update(workers).where(workers.c.name == name).values(**values))
+
+    def mark_idle(self, name: str, idle: bool) -> None:
+        """The worker waits for work (a submit may pick it: ``JobStore.submit``), or no longer
+        does. One statement."""
+        with self.db.statement() as conn:
+            conn.execute(_MARK_IDLE, {"w_name": name, "v_since": time.time() if idle else None})
 
     def leave(self, name: str) -> None:
         """The worker stops."""
