@@ -1,7 +1,8 @@
 """Connections and transactions; the only module that knows which database it talks to.
 
-SQLite (the embedded default) runs in WAL mode with full fsync, and takes its write lock at the
-start of a write transaction (``BEGIN IMMEDIATE``) so that concurrent writers queue instead of
+SQLite (the embedded default) runs in WAL mode with full fsync (but for the writes whose loss
+loses nothing, ``write(durable=False)``), and takes its write lock at the start of a write
+transaction (``BEGIN IMMEDIATE``) so that concurrent writers queue instead of
 failing on a lock upgrade. Writers of every fastsvd process queue first on a lock of their own
 (``WriteLock``: a thread lock, then ``flock`` on a file beside the database), which wakes the next
 writer the moment the last one commits; SQLite's own busy wait polls with sleeps of up to 100 ms,
@@ -153,19 +154,30 @@ class Database:
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction, committed on success; SQLite takes its write lock up front."""
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction, committed on success; SQLite takes its write lock up front.
+
+        Not ``durable`` (a write that may be lost to a power cut, because losing it loses
+        nothing: a claim, a lease renewal, progress lines): on SQLite its commit does not wait
+        for the disk (``synchronous=NORMAL``); the next durable commit writes it there too."""
         with _translated(), self._write_lock, self.engine.connect() as conn:
-            conn.execution_options(fastsvd_immediate=True)
-            with conn.begin():
-                yield conn
+            relaxed = self.is_sqlite and not durable
+            if relaxed:
+                conn.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # type: ignore[union-attr]
+            try:
+                conn.execution_options(fastsvd_immediate=True)
+                with conn.begin():
+                    yield conn
+            finally:
+                if relaxed:
+                    conn.connection.dbapi_connection.execute("PRAGMA synchronous=FULL")  # type: ignore[union-attr]
 
     @contextmanager
-    def statement(self) -> Iterator[Connection]:
+    def statement(self, *, durable: bool = True) -> Iterator[Connection]:
         """A write of one statement, atomic on its own. On PostgreSQL it runs without BEGIN and
         COMMIT (autocommit): one round trip instead of three. On SQLite, a ``write``."""
         if not self.is_postgres:
-            with self.write() as conn:
+            with self.write(durable=durable) as conn:
                 yield conn
             return
         with _translated(), self.engine.connect() as conn:

@@ -507,12 +507,13 @@ class JobStore:
     def claim(self, owner: str, lease_s: float, endpoints: Sequence[str]) -> Claim | None:
         """Take the next queued job for ``endpoints``, holding it for ``lease_s``.
 
-        One statement, so one round trip on PostgreSQL (``Database.statement``). Cheap when
+        One statement, so one round trip on PostgreSQL (``Database.statement``); not waited
+        onto SQLite's disk (a claim lost to a power cut leaves the job queued). Cheap when
         there is nothing to take: every idle worker tries at each wake-up. A job past its start
         deadline is skipped. Jobs of dead workers come back, and late ones end, in the reaping
         round (``requeue_abandoned``), which workers and housekeeping run now and then.
         """
-        with self.db.statement() as conn:
+        with self.db.statement(durable=False) as conn:  # lost to a power cut: queued again
             return self._claim(conn, NextClaim(owner, lease_s, endpoints))
 
     def _claim(self, conn: Connection, claimant: NextClaim) -> Claim | None:
@@ -533,7 +534,7 @@ class JobStore:
 
     def renew(self, job_id: str, token: int, lease_s: float) -> bool:
         """Extend the lease; False when it is no longer this worker's job."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             done = conn.execute(
                 _RENEW,
                 {"h_id": job_id, "h_token": token, "v_expires_at": time.time() + lease_s},
@@ -546,8 +547,9 @@ class JobStore:
             return bool(conn.scalar(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
 
     def log(self, job_id: str, token: int, lines: Sequence[LogEntry]) -> bool:
-        """Append log lines in one transaction, if the job is still this worker's."""
-        with self.db.write() as conn:
+        """Append log lines in one transaction, if the job is still this worker's (progress:
+        not waited onto the disk, ``Database.write``)."""
+        with self.db.write(durable=False) as conn:
             held = conn.scalar(_HELD_ID, {"h_id": job_id, "h_token": token})
             if held is None:
                 return False
