@@ -1,13 +1,13 @@
 """The job store at scale: 64 workers on PostgreSQL (and on SQLite, for comparison, in the
 same run), and status reads through two API processes.
 
-    .venv/bin/python bench/scale.py [--workers 64] [--jobs 1280] [--rate 300] [--seconds 10]
-        [--claims-only]
+    .venv/bin/python bench/scale.py [--workers 64] [--processes 8] [--jobs 1280] [--rate 100]
+        [--seconds 10] [--backend sqlite|postgresql] [--claims-only]
 
 Workers are real ``fastsvd.worker.Worker``s (claims, leases, heartbeats, logs, outputs stored,
-results written), ``--workers`` of them in 8 processes, running a stand-in model that sleeps
-50 ms per job (the GPU's time, which costs the host nothing) in 4 steps, calling the pipeline's
-hooks at each (a cancel check, a progress line), and returns a fixed MP4.
+results written), ``--workers`` of them in ``--processes`` processes, running a stand-in model
+that sleeps 50 ms per job (the GPU's time, which costs the host nothing) in 4 steps, calling
+the pipeline's hooks at each (a cancel check, a progress line), and returns a fixed MP4.
 
 Measured for each backend:
 
@@ -51,7 +51,6 @@ from tests.databases import postgres_database  # noqa: E402
 from tests.support.bodies import T2V_PATH  # noqa: E402
 from tests.support.servers import PYTHONPATH, start_server, stop_server  # noqa: E402
 
-PROCESSES = 8
 JOB_S = 0.05
 STEPS = 4  # a few-step request's denoising steps: a progress line each
 
@@ -215,23 +214,30 @@ def database_server(database_url: str) -> list[int]:
         return []
     db = Database(database_url)
     try:
-        with db.read() as conn:
+        with db.read() as conn:  # its parent, read while the backend is there
             backend = int(conn.scalar(text("SELECT pg_backend_pid()")))
+            stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
     finally:
         db.dispose()
-    stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
     return [int(stat[1])]
 
 
-def start_workers(env: dict[str, str], total: int) -> list[subprocess.Popen[bytes]]:
-    per = [total // PROCESSES + (1 if i < total % PROCESSES else 0) for i in range(PROCESSES)]
+def start_workers(
+    env: dict[str, str], total: int, processes: int, pool_size: int | None
+) -> list[subprocess.Popen[bytes]]:
+    per = [total // processes + (1 if i < total % processes else 0) for i in range(processes)]
     return [
         subprocess.Popen(
             [sys.executable, __file__, "--worker-process", str(n)],
-            # 8 workers share a process's pool of 8 (their heartbeats wait for a free one):
-            # 64 workers, a LISTEN per process and the APIs stay within PostgreSQL's default
-            # 100 connections
-            env={**os.environ, **env, "FASTSVD_DB_POOL_SIZE": "8", "PYTHONPATH": PYTHONPATH},
+            # by default a process's workers share a pool of one connection each (their
+            # heartbeats wait for a free one): 64 workers, a LISTEN per process and the APIs
+            # stay within PostgreSQL's default 100 connections up to 16 processes
+            env={
+                **os.environ,
+                **env,
+                "FASTSVD_DB_POOL_SIZE": str(pool_size or n),
+                "PYTHONPATH": PYTHONPATH,
+            },
         )
         for n in per
         if n
@@ -334,7 +340,7 @@ def measure(
     apis = [start_server(folder / "api-a", **env, FASTSVD_WORKERS="0")]
     if name == "postgresql":
         apis.append(start_server(folder / "api-b", **env, FASTSVD_WORKERS="0"))
-    workers = start_workers(env, args.workers)
+    workers = start_workers(env, args.workers, args.processes, args.pool_size)
     out: dict[str, float] = {}
     try:
         # Let every worker register and start listening.
@@ -431,8 +437,16 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument(
+        "--processes", type=int, default=8, help="Worker processes the workers are spread over."
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        help="FASTSVD_DB_POOL_SIZE of each worker process (default: its number of workers).",
+    )
     parser.add_argument("--jobs", type=int, default=1280)
-    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--pollers", type=int, default=100)
     parser.add_argument(

@@ -49,6 +49,7 @@ class Listener(Protocol):
 
     pushes_cancels: bool  # True: ``cancelled`` hears cancels as they are asked for
     channel: str | None  # PostgreSQL: where wake-ups meant for this worker's process arrive
+    marks_idle: bool  # True: a worker waiting for work is marked idle in the roster
 
     def wait(self, timeout_s: float) -> bool:
         """Block until woken (True) or ``timeout_s`` passes (False)."""
@@ -58,6 +59,9 @@ class Listener(Protocol):
 
     def pass_on(self) -> None:
         """This worker just claimed a job and saw more queued: wake another idle one."""
+
+    def marked_idle(self) -> None:
+        """The roster marks this worker idle already (written with its last result)."""
 
     def watch(self, job_id: str | None) -> None:
         """The job this worker runs now (None: none)."""
@@ -74,6 +78,7 @@ class NoSignals:
 
     pushes_cancels = False
     channel: str | None = None
+    marks_idle = False
 
     def __init__(self) -> None:
         self._woken = threading.Event()
@@ -90,6 +95,9 @@ class NoSignals:
 
     def pass_on(self) -> None:
         """Nobody to pass on to."""
+
+    def marked_idle(self) -> None:
+        """Never marked."""
 
     def watch(self, job_id: str | None) -> None:
         """Nothing to watch."""
@@ -108,6 +116,7 @@ class WakeupListener:
 
     pushes_cancels = False
     channel: str | None = None
+    marks_idle = False  # its socket is linked in ``idle/`` instead
 
     def __init__(self, folder: Path, name: str) -> None:
         (folder / IDLE).mkdir(parents=True, exist_ok=True)
@@ -142,6 +151,9 @@ class WakeupListener:
     def pass_on(self) -> None:
         """Wake another idle worker: there may be more jobs queued."""
         self._waker.wake_one()
+
+    def marked_idle(self) -> None:
+        """Never marked in the roster."""
 
     def watch(self, job_id: str | None) -> None:
         """A job started here: no longer idle. (Cancels are read from the database.)"""
@@ -212,6 +224,7 @@ class PostgresListener(NoSignals):
         self._marked = False  # the roster says idle, as far as this worker knows
         self._hub = _Hub.join(url.replace("postgresql+psycopg://", "postgresql://", 1), self)
         self.channel = self._hub.channel if mark is not None else None
+        self.marks_idle = mark is not None
 
     @property
     def name(self) -> str | None:
@@ -232,6 +245,10 @@ class PostgresListener(NoSignals):
     def pass_on(self) -> None:
         """Wake another idle worker of this process: a backlog fans out one claim at a time."""
         self._hub.wake_one()
+
+    def marked_idle(self) -> None:
+        """The mark was written with the last result: ``wait`` need not write it."""
+        self._marked = self.mark is not None
 
     def watch(self, job_id: str | None) -> None:
         """Listen for cancels of ``job_id`` from now on; a job started: no longer idle."""

@@ -187,6 +187,8 @@ class Worker:
                     ran += 1
                     claim = completed.next if completed else None
                     looked = completed is not None and completed.looked and claim is None
+                    if looked:  # and marked idle, where the roster keeps that
+                        self.listener.marked_idle()
             if claim is not None:  # claimed as the drain began: back to the queue, untried
                 held = claim
                 until_written(
@@ -212,7 +214,9 @@ class Worker:
         if self.stopping.is_set() or self.outage.down:
             return None
         settings = self.services.settings
-        return NextClaim(self.name, settings.lease_s, self.endpoints.ids())
+        return NextClaim(
+            self.name, settings.lease_s, self.endpoints.ids(), mark_idle=self.listener.marks_idle
+        )
 
     def run(self, claim: Claim) -> Completed | None:
         """Run one claimed job to a final state (unless its lease is lost). Returns its

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from fastsvd.errors import Cancelled, Failure, QueueFull
 from fastsvd.store.db import Database
@@ -16,7 +16,8 @@ from fastsvd.store.files import FileRecord, FileStore, new_record
 from fastsvd.store.jobs import CancelOutcome, Completed, JobState, JobStore, NextClaim
 from fastsvd.store.keys import KeyStore, Scope
 from fastsvd.store.migrations import MIGRATIONS, current_version, migrate
-from fastsvd.store.tables import stage_timings
+from fastsvd.store.tables import stage_timings, workers
+from fastsvd.store.workers import WorkerRoster
 from tests.databases import KINDS, database_url
 from tests.support.bodies import T2V
 
@@ -379,3 +380,19 @@ def test_a_claim_says_whether_more_jobs_wait_for_the_claimant(store: JobStore) -
     claim = store.claim("w2", 30, [T2V])
     assert claim is not None
     assert (claim.job.id, claim.more) == (second, False)
+
+
+def test_a_result_whose_claim_finds_nothing_marks_its_worker_idle(
+    store: JobStore, db: Database
+) -> None:
+    WorkerRoster(db).register("w1")
+    job_id = submit(store)
+    claim = store.claim("w1", 30, [T2V])
+    assert claim is not None
+    asks = NextClaim("w1", 30, [T2V], mark_idle=True)
+    assert store.complete(job_id, claim.token, {"video": 1}, 1.0, claim_next=asks) == Completed(
+        None, looked=True
+    )
+    with db.read() as conn:
+        idle_since = conn.scalar(select(workers.c.idle_since).where(workers.c.name == "w1"))
+    assert idle_since is not None  # in the result's transaction: it waits for work next

@@ -56,6 +56,7 @@ from fastsvd.errors import Cancelled, Failure, QueueFull, RequestTimeout, Worker
 from fastsvd.store.db import CANCEL_CHANNEL, WAKE_CHANNEL, Database
 from fastsvd.store.files import FileRecord
 from fastsvd.store.tables import files, job_logs, jobs, workers
+from fastsvd.store.workers import MARK_IDLE
 
 
 class JobState(enum.StrEnum):
@@ -140,17 +141,21 @@ class Claim:
 
 @dataclass(frozen=True)
 class NextClaim:
-    """Who asks for a job: a worker's name, the lease it takes, the endpoints it serves."""
+    """Who asks for a job: a worker's name, the lease it takes, the endpoints it serves; with
+    ``mark_idle``, when a result's claim finds none, the worker is marked idle in the roster in
+    the same transaction (``WorkerRoster.mark_idle``: it waits for work next)."""
 
     owner: str
     lease_s: float
     endpoints: Sequence[str]
+    mark_idle: bool = False
 
 
 @dataclass(frozen=True)
 class Completed:
     """A result recorded, and the job claimed with it (``NextClaim``), if any. ``looked``: a
-    claim was made with it, so with no ``next`` the queue had nothing for the worker."""
+    claim was made with it, so with no ``next`` the queue had nothing for the worker (and, if
+    it asked, the worker was marked idle)."""
 
     next: Claim | None = None
     looked: bool = False
@@ -592,7 +597,10 @@ class JobStore:
                 conn.execute(_INSERT_FILE, dataclasses.asdict(output_file))
             if claim_next is None:
                 return Completed()
-            return Completed(self._claim(conn, claim_next), looked=True)
+            claimed = self._claim(conn, claim_next)
+            if claimed is None and claim_next.mark_idle:
+                conn.execute(MARK_IDLE, {"w_name": claim_next.owner, "v_since": time.time()})
+            return Completed(claimed, looked=True)
 
     def counts(self) -> dict[tuple[str, str, int, str], int]:
         """Jobs by (state, endpoint, priority, outcome): outcome is "ok", an error_type, or ""

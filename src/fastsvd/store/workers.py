@@ -18,7 +18,7 @@ from fastsvd.processes import ProcessIdentity, this_process
 from fastsvd.store.db import Database
 from fastsvd.store.tables import workers
 
-_MARK_IDLE = (
+MARK_IDLE = (  # also written with a result (``JobStore.complete``)
     update(workers)
     .where(workers.c.name == bindparam("w_name"))
     .values(idle_since=bindparam("v_since"))
@@ -72,7 +72,7 @@ class WorkerRoster:
         """The worker waits for work (a submit may pick it: ``JobStore.submit``), or no longer
         does. One statement."""
         with self.db.statement() as conn:
-            conn.execute(_MARK_IDLE, {"w_name": name, "v_since": time.time() if idle else None})
+            conn.execute(MARK_IDLE, {"w_name": name, "v_since": time.time() if idle else None})
 
     def leave(self, name: str) -> None:
         """The worker stops."""
