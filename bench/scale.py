@@ -424,9 +424,12 @@ def measure(
             )
             return [x for part in parts for x in part]
 
+        database_before = cpu_s(parts["database"])
         latencies = asyncio.run(everyone())
+        database_after = cpu_s(parts["database"])
         out["status_per_s"] = len(latencies) / args.seconds
         out["status_p50_ms"] = percentile(latencies, 50) * 1000
+        out["status_db_cpu_ms"] = (database_after - database_before) * 1000 / len(latencies)
     finally:
         stop_workers(workers)
         for api in apis:
@@ -515,6 +518,7 @@ def main() -> None:
         ("submit->start p99 ms", "start_p99_ms", "{:.1f}"),
         ("status reads/s", "status_per_s", "{:.0f}"),
         ("status p50 ms", "status_p50_ms", "{:.1f}"),
+        ("  database CPU ms/read", "status_db_cpu_ms", "{:.2f}"),
     ]
     for label, key, fmt in rows:
         if key not in results[names[0]]:
