@@ -160,23 +160,32 @@ def test_a_submit_wakes_the_worker_idle_longest_by_name_and_takes_its_mark(pg: D
             listener.close()
 
 
-def test_a_wake_up_for_a_worker_that_took_other_work_goes_to_another(pg: Database) -> None:
+@pytest.mark.parametrize(
+    "other_process",
+    [False, True],
+    ids=["another idle worker of its process", "no idle worker there: every process"],
+)
+def test_a_wake_up_for_a_worker_that_took_other_work_goes_to_another(
+    pg: Database, other_process: bool
+) -> None:
     store, roster = JobStore(pg), WorkerRoster(pg)
     busy = PostgresListener(pg.url, IdleMark("busy", pg, roster))
-    idle = PostgresListener(pg.url)  # a worker of this process the roster does not know idle
+    # a worker the roster does not know idle: of the same process, or of another (its own hub)
+    other = PostgresListener(f"{pg.url}?application_name=other" if other_process else pg.url)
     try:
         assert busy.connected.wait(10)
+        assert other.connected.wait(10)
         roster.register("busy", wake_channel=busy.channel)
         roster.beat("busy", ready=True)
-        for listener in (busy, idle):
+        for listener in (busy, other):
             listener.wait(0)
         assert not busy.wait(0.01)  # marked idle...
         busy._woken.set()  # ...then woken by a poll, about to claim: not idle any more
         store.submit(key_id="k", endpoint=T2V, input={})
-        assert wait_for_woken([idle]) is idle  # the wake-up named "busy" went to "idle"
+        assert wait_for_woken([other]) is other  # the wake-up named "busy" went to "other"
     finally:
         busy.close()
-        idle.close()
+        other.close()
 
 
 def idle_marks(db: Database) -> set[str]:
@@ -196,25 +205,3 @@ def wait_for_woken(listeners: list[PostgresListener]) -> PostgresListener:
             return woken[0]
         assert time.monotonic() < deadline, "nobody woke"
         time.sleep(0.005)
-
-
-def test_a_wake_up_for_a_process_with_no_idle_worker_goes_to_every_process(
-    pg: Database,
-) -> None:
-    store, roster = JobStore(pg), WorkerRoster(pg)
-    busy = PostgresListener(pg.url, IdleMark("busy", pg, roster))
-    elsewhere = PostgresListener(f"{pg.url}?application_name=elsewhere")  # another process's hub
-    try:
-        assert busy.connected.wait(10)
-        assert elsewhere.connected.wait(10)
-        roster.register("busy", wake_channel=busy.channel)
-        roster.beat("busy", ready=True)
-        for listener in (busy, elsewhere):
-            listener.wait(0)
-        assert not busy.wait(0.01)  # marked idle...
-        busy._woken.set()  # ...then woken otherwise, about to claim: its process has none idle
-        store.submit(key_id="k", endpoint=T2V, input={})
-        assert wait_for_woken([elsewhere]) is elsewhere
-    finally:
-        busy.close()
-        elsewhere.close()
