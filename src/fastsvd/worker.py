@@ -131,11 +131,15 @@ class Worker:
         # again now, not when their lease expires; before registering, so that a dead worker
         # whose pid this process reuses (and so its name) is judged by its own start time.
         self.services.jobs.requeue_abandoned()
-        self.listener = self.services.open_listener(self.name)
-        self.services.roster.register(
-            self.name, endpoints=self.endpoints.ids(), wake_channel=self.listener.channel
-        )
-        self.runner.load()
+        self.listener = self.services.open_listener(self.name)  # its channel is registered
+        try:
+            self.services.roster.register(
+                self.name, endpoints=self.endpoints.ids(), wake_channel=self.listener.channel
+            )
+            self.runner.load()
+        except BaseException:
+            self.listener.close()
+            raise
         self.services.roster.beat(self.name, ready=True)
         self.metrics.serving(self.endpoints.ids())
         log.info("worker %s ready", self.name)

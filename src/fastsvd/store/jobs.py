@@ -200,7 +200,9 @@ _RECENT_OF_KEY = select(func.count(), func.min(jobs.c.created_at)).where(
 # PostgreSQL's wake-up of one worker: the longest idle one (``WorkerRoster.mark_idle``) serving
 # the endpoint, through its process's channel, with its name (the process wakes that worker,
 # or another idle one of its own, or everyone when it has none); with no worker marked idle,
-# every process (each wakes one idle worker of its own, if it has one).
+# every process (each wakes one idle worker of its own, if it has one). A worker that died
+# while marked is picked once (the pick takes the mark): that one job waits for another
+# worker's safety poll (``idle_poll_s``) or its next claim.
 _WAKE_LONGEST_IDLE = text(
     """
     WITH chosen AS (
