@@ -70,6 +70,7 @@ SERVING_LEASES = 3
 RENEWALS_PER_LEASE = 3
 REAPS_PER_LEASE = 2  # a worker looks for jobs of dead workers at least this often a lease
 REAP_EVERY_S = 5.0  # ... and at least this often (also: housekeeping)
+START_DEADLINE_SWEEP_S = 1.0  # the API ends queued jobs past their start deadline this often
 
 # workers and fastsvd serve
 DRAIN_GRACE_S = 60.0  # fastsvd serve's stop: how long workers get to hand back their jobs

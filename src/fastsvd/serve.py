@@ -26,6 +26,7 @@ from fastsvd import constants as c
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import configured
 from fastsvd.errors import FastSVDError, Unavailable
+from fastsvd.periodic import Every
 from fastsvd.retry import Outage
 from fastsvd.services import Services
 from fastsvd.settings import Settings
@@ -158,15 +159,20 @@ class Supervisor:
 
 
 def housekeeping(services: Services, stop: threading.Event) -> None:
-    """Requeue jobs of dead workers and delete expired files, every
-    ``housekeeping_interval_s``."""
+    """End queued jobs past their start deadline every ``START_DEADLINE_SWEEP_S`` (a claim skips
+    them; their callers wait for the 504); requeue jobs of dead workers and delete expired
+    files every ``housekeeping_interval_s``."""
     outage = Outage(log)  # an unavailable store: one warning when it starts, one when it ends
-    while not stop.wait(services.settings.housekeeping_interval_s):
+    interval_s = services.settings.housekeeping_interval_s
+    rounds = Every(interval_s)
+    while not stop.wait(min(c.START_DEADLINE_SWEEP_S, interval_s)):
         try:
-            if services.jobs.requeue_abandoned():
-                services.waker.wake_all()  # one machine: no NOTIFY tells the idle workers
-            for file_id in services.files.take_expired():
-                services.storage.delete(file_id)
+            services.jobs.expire_start_deadlines()
+            if rounds.due():
+                if services.jobs.requeue_abandoned():
+                    services.waker.wake_all()  # one machine: no NOTIFY tells the idle workers
+                for file_id in services.files.take_expired():
+                    services.storage.delete(file_id)
         except Unavailable as exc:  # retried at the next round
             outage.failed(exc.message)
             continue

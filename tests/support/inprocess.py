@@ -1,8 +1,8 @@
 """A fastsvd server in the test's own process: the app driven through its ASGI interface (no
-socket, no uvicorn), a worker and the webhook deliverer in threads, the store on the backend
-the test names. It answers as ``fastsvd serve`` does and offers what ``servers.Server`` offers,
-so protocol and validation tests need not start processes; lifecycle, topology and fault tests
-(signals, restarts, outages) still do.
+socket, no uvicorn), a worker, the webhook deliverer and the housekeeping in threads, the store
+on the backend the test names. It answers as ``fastsvd serve`` does and offers what
+``servers.Server`` offers, so protocol and validation tests need not start processes; lifecycle,
+topology and fault tests (signals, restarts, outages) still do.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from fastsvd.api.app import create_app
 from fastsvd.endpoints import configured
+from fastsvd.serve import housekeeping
 from fastsvd.services import Services
 from fastsvd.settings import Settings
 from fastsvd.store.jobs import Job
@@ -96,8 +97,9 @@ class InProcessServer:
 
 
 def start_in_process(folder: Path, **env: str) -> InProcessServer:
-    """The app, a worker and the deliverer on the store ``env`` names (``FASTSVD_*``
-    variables, as ``start_server`` takes them), with ``folder`` as the data folder."""
+    """The app, a worker, the deliverer and the housekeeping on the store ``env`` names
+    (``FASTSVD_*`` variables, as ``start_server`` takes them), with ``folder`` as the data
+    folder."""
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FASTSVD_")},
         "FASTSVD_DATA_DIR": str(folder / "data"),
@@ -118,6 +120,7 @@ def start_in_process(folder: Path, **env: str) -> InProcessServer:
     server._threads = [
         threading.Thread(target=worker.serve, daemon=True),
         threading.Thread(target=deliverer.serve, args=(server._stop,), daemon=True),
+        threading.Thread(target=housekeeping, args=(services, server._stop), daemon=True),
     ]
     for thread in server._threads:
         thread.start()
