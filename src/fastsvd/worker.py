@@ -306,4 +306,7 @@ class Worker:
         while not self._heart_stop.wait(tick_s):
             ctx = self._current
             if ctx is not None and not ctx.done.is_set() and not ctx.lost.is_set():
-                ctx.beat()
+                try:
+                    ctx.beat()
+                except Exception:  # a bug: the next tick tries again, for this job and the next
+                    log.exception("heartbeat failed", extra={"request_id": ctx.job.id})
