@@ -51,6 +51,20 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+async def answer(reader: asyncio.StreamReader, url: str) -> bytes:
+    """One HTTP/1.1 answer's body (sized by its content-length); raises on a status >= 300."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length)
+    if status >= 300:
+        raise RuntimeError(f"HTTP {status} from {url}: {body[:200]!r}")
+    return body
+
+
 async def poll(url: str, headers: dict[str, str], pollers: int, seconds: float) -> list[float]:
     """``pollers`` keep-alive connections, each: GET, wait for the answer, sleep 0.1 s, again.
 
@@ -71,15 +85,7 @@ async def poll(url: str, headers: dict[str, str], pollers: int, seconds: float) 
             while time.monotonic() < stop_at:
                 started = time.perf_counter()
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                if status >= 300:
-                    raise RuntimeError(f"HTTP {status} from {url}")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
+                await answer(reader, url)
                 latencies.append(time.perf_counter() - started)
                 await asyncio.sleep(0.1)
         finally:
@@ -115,15 +121,7 @@ async def submit_at(
                 index, next_index = next_index, next_index + 1
                 await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                answer = await reader.readexactly(length)
-                if status >= 300:
-                    raise RuntimeError(f"HTTP {status} from {url.geturl()}: {answer[:200]!r}")
+                await answer(reader, url.geturl())
                 answered += 1
         finally:
             writer.close()
